@@ -1,0 +1,16 @@
+//! labtest's library. Layers, lowest first; a module only uses the ones above it in this list:
+//!
+//! * [`events`] - the one vocabulary every layer reports through.
+//! * [`wait`] - deadlines, poll intervals and conditions, shared by every wait.
+//! * [`vm`] - one QEMU machine: its run script, QMP, the guest channel, faults.
+//! * [`net`] - the lab's private L2 hub (partitions per pair) and host port picks.
+//! * [`nix`] - `nix build` with progress, out-links, new system generations.
+//! * [`lab`] - a lab spec plus its machines and network, booted and torn down together.
+//! * [`report`] - the live view, summary, JUnit, JSON and the artifacts folder, all fed by events.
+pub mod events;
+pub mod lab;
+pub mod net;
+pub mod nix;
+pub mod report;
+pub mod vm;
+pub mod wait;
