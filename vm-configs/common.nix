@@ -1,0 +1,272 @@
+# Shared by grey-area, congenital-optimist and limiting-factor, on the real hardware and in the
+# VMs alike: Kubernetes with easyCerts and flannel on the cluster network, nginx-free, ssh.
+# Everything that only makes sense in a VM lives in ./vm.nix, applied through
+# virtualisation.vmVariant below, so `nixos-rebuild switch` on the real machines never sees it.
+#
+# Written against the nixpkgs sources (paths relative to the nixpkgs root are cited where a
+# value depends on how a module behaves); never booted on the machine that wrote it.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  lab = import ./lab-network.nix;
+  hostName = config.networking.hostName;
+  me =
+    lab.machines.${hostName} or (throw ''
+      labtest: networking.hostName = "${hostName}" is not a machine of vm-configs/lab-network.nix
+      (expected one of: ${lib.concatStringsSep ", " (lib.attrNames lab.machines)})'');
+  masterIp = lab.machines.${lab.master}.address;
+  k8s = config.services.kubernetes;
+  isMaster = lib.elem "master" k8s.roles;
+  iface = config.labtest.clusterInterface;
+
+  # The workload image pods of the scenarios run. Built, never pulled: the guests have no route
+  # to any registry. busybox gives `sleep`, `httpd` and `nc`.
+  # buildImage (not streamLayeredImage) because kubelet.nix's preStart pipes the image file into
+  # `ctr image import` (nixos/modules/services/cluster/kubernetes/kubelet.nix, seedDockerImages).
+  workloadImage = pkgs.dockerTools.buildImage {
+    name = "labtest/workload";
+    tag = "1";
+    copyToRoot = pkgs.buildEnv {
+      name = "labtest-workload-root";
+      paths = [ pkgs.busybox ];
+      pathsToLink = [ "/bin" ];
+    };
+    config.Cmd = [
+      "/bin/sleep"
+      "86400"
+    ];
+  };
+
+  labelArg = lib.concatStringsSep "," (lib.mapAttrsToList (k: v: "${k}=${v}") config.labtest.nodeLabels);
+
+  # The kubelet's own credentials (set by nixos/modules/services/cluster/kubernetes/pki.nix:
+  # kubelet.kubeconfig.{certFile,keyFile} = the kubelet-client cert, CN system:node:<name>),
+  # rendered with the module's own helper (kubernetes/default.nix, services.kubernetes.lib).
+  kubeletKubeconfig = k8s.lib.mkKubeConfig "labtest-node-labels" k8s.kubelet.kubeconfig;
+  nodeName = k8s.kubelet.hostname;
+
+  # `--node-labels` only applies when the kubelet *registers* the Node; a kubelet restarted with
+  # new labels does not touch an existing Node. So a rebuild that changes labels would be
+  # invisible in the cluster. This reconciler makes the labtest.io/ labels on this node equal to
+  # labtest.nodeLabels, with the node's own identity (the Node authorizer and the NodeRestriction
+  # admission plugin, both on by default in kubernetes/apiserver.nix, let a node relabel itself
+  # outside the kubernetes.io/ namespaces).
+  reconcileLabels = pkgs.writeShellScript "labtest-node-labels" ''
+    set -u
+    export KUBECONFIG=${kubeletKubeconfig}
+    kubectl=${k8s.package}/bin/kubectl
+    want=(${lib.concatStringsSep " " (lib.mapAttrsToList (k: v: lib.escapeShellArg "${k}=${v}") config.labtest.nodeLabels)})
+    while :; do
+      # Until the node has joined (nodes: nixos-kubernetes-node-join), there is no client cert.
+      if [ -s ${toString k8s.kubelet.kubeconfig.certFile} ] \
+        && have=$($kubectl get node ${nodeName} \
+          -o go-template='{{range $k, $v := .metadata.labels}}{{$k}}{{"\n"}}{{end}}' 2>/dev/null); then
+        args=("''${want[@]}")
+        for key in $have; do
+          case $key in
+            labtest.io/*)
+              keep=
+              for kv in "''${want[@]}"; do [ "''${kv%%=*}" = "$key" ] && keep=1; done
+              [ -n "$keep" ] || args+=("$key-")
+              ;;
+          esac
+        done
+        if [ ''${#args[@]} -eq 0 ] || $kubectl label node ${nodeName} --overwrite "''${args[@]}"; then
+          echo "labtest.io labels of ${nodeName} reconciled: ''${args[*]:-none}"
+          exit 0
+        fi
+      fi
+      sleep 10
+    done
+  '';
+in
+{
+  options.labtest = {
+    clusterInterface = lib.mkOption {
+      type = lib.types.str;
+      default = "eth1";
+      description = ''
+        The NIC on the cluster network. eth1 in the VMs (qemu-vm.nix turns predictable interface
+        names off; eth0 is QEMU's user-mode NIC). On the real hardware set it to the real name.
+      '';
+    };
+    nodeLabels = lib.mkOption {
+      type = lib.types.attrsOf lib.types.str;
+      default = { };
+      example = {
+        "labtest.io/generation" = "node-label";
+      };
+      description = ''
+        Node labels under labtest.io/ this machine's Node must carry. Passed to the kubelet with
+        --node-labels and reconciled on an already registered Node.
+      '';
+    };
+  };
+
+  config = lib.mkMerge [
+    {
+      assertions = [
+        {
+          assertion = lib.all (k: lib.hasPrefix "labtest.io/" k) (lib.attrNames config.labtest.nodeLabels);
+          message = "labtest.nodeLabels keys must start with labtest.io/ (the reconciler manages only those).";
+        }
+      ];
+
+      system.stateVersion = lib.mkDefault "26.05";
+      nixpkgs.hostPlatform = lib.mkDefault "x86_64-linux";
+
+      # Names come from /etc/hosts on every machine: the lab has no DNS server, and
+      # masterAddress must resolve to grey-area's cluster IP everywhere (certmgr reaches cfssl at
+      # https://<masterAddress>:8888, kubernetes/pki.nix `remote`).
+      networking.hosts = lib.mapAttrs' (name: m: lib.nameValuePair m.address [ name ]) lab.machines;
+
+      # Static address on the cluster NIC, no DHCP there.
+      networking.interfaces.${iface} = {
+        useDHCP = false;
+        ipv4.addresses = [
+          {
+            inherit (me) address;
+            inherit (lab) prefixLength;
+          }
+        ];
+      };
+
+      # nixos/modules/services/networking/flannel.nix: iface -> FLANNELD_IFACE. Without it flannel
+      # picks the default-route NIC, which in a VM is not the cluster network.
+      services.flannel.iface = iface;
+
+      services.kubernetes = {
+        easyCerts = true;
+        # kubernetes/default.nix: etcd endpoints, cfssl URL and the apiserver cert SANs
+        # (kubernetes/apiserver.nix pki.certs.apiServer.hosts) all use masterAddress, so the
+        # harness can verify the apiserver's certificate as "grey-area" (lab.toml tls_server_name).
+        masterAddress = lab.master;
+        # kubernetes/default.nix defaults apiserverAddress to "https://<advertiseAddress>" WITHOUT
+        # the port when advertiseAddress is set (and the module's securePort default is 6443):
+        # state it, with the port, on every machine.
+        apiserverAddress = "https://${lab.master}:${toString lab.apiserverPort}";
+        # Pod network (controller-manager --cluster-cidr, kube-proxy, flannel's network default in
+        # kubernetes/flannel.nix).
+        clusterCidr = lab.podCidr;
+        apiserver = {
+          securePort = lab.apiserverPort;
+          advertiseAddress = masterIp;
+          # Also read on the nodes: addons/dns.nix derives the DNS clusterIp (x.y.z.254) and with
+          # it the kubelets' clusterDns from this range.
+          serviceClusterIpRange = lab.serviceCidr;
+        };
+        kubelet = {
+          # Every VM's user-mode NIC is 10.0.2.15: without this the Node would advertise that.
+          nodeIp = me.address;
+          seedDockerImages = [ workloadImage ];
+          extraOpts = lib.optionalString (config.labtest.nodeLabels != { }) "--node-labels=${labelArg}";
+        };
+        addons.dns = {
+          replicas = 1;
+          # The module's default Corefile ends in `forward . /etc/resolv.conf`; these machines have
+          # no upstream resolver, and CoreDNS refuses to start a forward block with no nameserver.
+          # Serve the cluster zone only. Ports 10053/10054/10055 are the ones addons/dns.nix wires
+          # into the Deployment's containerPort and liveness probe.
+          corefile = ''
+            .:10053 {
+              errors
+              health :10054
+              kubernetes ${k8s.addons.dns.clusterDomain} in-addr.arpa ip6.arpa {
+                pods insecure
+                fallthrough in-addr.arpa ip6.arpa
+              }
+              prometheus :10055
+              cache 30
+              reload
+              loadbalance
+            }
+          '';
+        };
+      };
+
+      # The easyCerts start-up race: certificates arrive from certmgr some time after boot, and
+      # every daemon that needs one fails until then. kube-apiserver, kubelet and kube-proxy
+      # already carry Restart=on-failure + StartLimitIntervalSec=0 (kubernetes/apiserver.nix,
+      # kubelet.nix, proxy.nix); etcd restarts after 30 s (services/databases/etcd.nix), flannel
+      # always after 10 s (services/networking/flannel.nix). Give every unit on that path an
+      # unlimited start rate, so no unit can end in "start-limit-hit" whatever a future module
+      # does with RestartSec, and order the control plane after certmgr so the first start
+      # already sees the certs certmgr could fetch. StartLimit* belong in [Unit]: in
+      # serviceConfig systemd ignores them (nixpkgs #45786). Identical values merge with the
+      # modules' own definitions.
+      systemd.services =
+        let
+          # Only for units that exist here: a bare definition would create a unit with no ExecStart.
+          unlimited =
+            enabled: extra:
+            lib.mkIf enabled ({ unitConfig.StartLimitIntervalSec = 0; } // extra);
+          afterCerts = {
+            after = [ "certmgr.service" ];
+          };
+        in
+        {
+          certmgr = unlimited config.services.certmgr.enable { };
+          flannel = unlimited config.services.flannel.enable { };
+          etcd = unlimited config.services.etcd.enable afterCerts;
+          kube-apiserver = unlimited k8s.apiserver.enable afterCerts;
+          kube-controller-manager = unlimited k8s.controllerManager.enable { };
+          kube-scheduler = unlimited k8s.scheduler.enable { };
+          kube-addon-manager = unlimited k8s.addonManager.enable { };
+          kube-proxy = unlimited k8s.proxy.enable afterCerts;
+          kubelet = unlimited k8s.kubelet.enable { };
+
+          labtest-node-labels = lib.mkIf k8s.kubelet.enable {
+            description = "Reconcile this node's labtest.io/ labels with labtest.nodeLabels";
+            wantedBy = [ "kubernetes.target" ];
+            after = [
+              "kubelet.service"
+              "certmgr.service"
+            ];
+            serviceConfig = {
+              Type = "simple";
+              RemainAfterExit = true;
+              ExecStart = reconcileLabels;
+            };
+          };
+        };
+
+      # As nixpkgs' own Kubernetes tests do (nixos/tests/kubernetes/base.nix): kubelet port open,
+      # the CNI bridge trusted, every lab peer trusted. flannel's VXLAN (UDP 8472) comes from
+      # the peers, so trusting them covers it whatever the flannel module opens itself.
+      # extraCommands is spliced into the nixos-fw chain before its final refuse rule
+      # (nixos/modules/services/networking/firewall-iptables.nix), and the chain is rebuilt on
+      # every (re)start, so these rules never pile up.
+      networking.firewall = {
+        allowedTCPPorts = [ 10250 ];
+        trustedInterfaces = [ "mynet" ];
+        extraCommands = lib.concatMapStrings (m: ''
+          iptables -A nixos-fw -s ${m.address} -j nixos-fw-accept
+        '') (lib.attrValues lab.machines) + ''
+          iptables -A nixos-fw -s ${lab.podCidr} -j nixos-fw-accept
+        '';
+      };
+
+      services.openssh.enable = true;
+
+      environment.systemPackages = [ k8s.package ];
+
+      # The VM overlay (and the labtest guest channel inside it) only ever reach the VM.
+      virtualisation.vmVariant.imports = [ ./vm.nix ];
+    }
+
+    (lib.mkIf isMaster {
+      # The apiserver (the harness forwards a host port to it over QEMU's user NIC, so it must be
+      # open on every interface) and cfssl, which has no open-firewall option of its own
+      # (kubernetes/pki.nix: services.cfssl.address = "0.0.0.0", port 8888 by default).
+      # etcd stays on 127.0.0.1 with easyCerts (pki.nix services.etcd.listenClientUrls): no 2379.
+      networking.firewall.allowedTCPPorts = [
+        lab.apiserverPort
+        config.services.cfssl.port
+      ];
+    })
+  ];
+}

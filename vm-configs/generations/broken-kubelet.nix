@@ -1,0 +1,16 @@
+# A bad change for limiting-factor: the kubelet is given a flag it does not know, so it exits at
+# once with "unknown flag" (kubelet.nix splices extraOpts into ExecStart).
+#
+# kubelet.nix keeps Restart=on-failure with StartLimitIntervalSec=0, so on its own the unit would
+# cycle through "activating (auto-restart)" forever and never read `failed`. For this generation
+# only (the kubelet cannot start in it anyway) a start limit makes the failure visible the way an
+# operator sees it: ActiveState=failed, listed by `systemctl --failed`. Rolling back restores the
+# unlimited unit, which systemd re-reads on the switch's daemon-reload.
+{ lib, ... }:
+{
+  services.kubernetes.kubelet.extraOpts = "--labtest-rejected-flag=broken-kubelet";
+  systemd.services.kubelet.unitConfig = {
+    StartLimitIntervalSec = lib.mkForce 120;
+    StartLimitBurst = 3;
+  };
+}

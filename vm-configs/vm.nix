@@ -1,0 +1,71 @@
+# The VM overlay: applied to each machine through virtualisation.vmVariant (common.nix), so it
+# shapes `config.system.build.vm` (bin/run-<machine>-vm) and never the real hardware.
+# Options below come from nixos/modules/virtualisation/qemu-vm.nix unless stated otherwise.
+{
+  config,
+  lib,
+  ...
+}:
+let
+  lab = import ./lab-network.nix;
+  me = lab.machines.${config.networking.hostName};
+  isMaster = lib.elem "master" config.services.kubernetes.roles;
+
+  # MAC = 52:54:00:4c + the last two octets of the cluster address in hex (10.77.0.10 -> 00:0a),
+  # the scheme the fixture lab and the harness use.
+  octets = map lib.toInt (lib.splitString "." me.address);
+  hex2 = n: lib.toLower (lib.fixedWidthString 2 "0" (lib.toHexString n));
+  mac = "52:54:00:4c:${hex2 (lib.elemAt octets 2)}:${hex2 (lib.elemAt octets 3)}";
+in
+{
+  imports = [ ./guest.nix ];
+
+  virtualisation = {
+    # The master runs etcd + the control plane + pods; the nodes only kubelet and pods
+    # (nixos/tests/kubernetes/base.nix uses 1536 for every machine).
+    memorySize = if isMaster then 3072 else 1536;
+    cores = 1;
+    # nixos/modules/virtualisation/disk-size-option.nix; only used when the qcow2 is first created.
+    diskSize = 4096;
+    graphics = false;
+    # qemu-vm.nix turns this into `restrict=on` on the user-mode netdev: the guest can open no
+    # connection through the host, while hostfwd (QEMU_NET_OPTS) keeps working.
+    restrictNetwork = true;
+    # The cluster NIC comes from the harness's L2 hub. qemu-vm.nix splices networkingOptions
+    # unquoted into the run script (`${concatStringsSep " " networkingOptions}`), so the shell
+    # expands this at run time: no socket in the environment, no second NIC. Appended after the
+    # user-mode NIC, which therefore stays eth0 (qemu-vm.nix sets usePredictableInterfaceNames =
+    # false). The netdev id must stay `lab`: the harness cuts links with QMP `set_link lab`.
+    qemu.networkingOptions = [
+      "\${LABTEST_LAB_SOCKET:+-netdev stream,id=lab,server=off,addr.type=unix,addr.path=$LABTEST_LAB_SOCKET -device virtio-net-pci,netdev=lab,mac=${mac}}"
+    ];
+  };
+
+  # No DHCP anywhere: QEMU's DHCP would hand out 10.0.2.3 as resolver and 10.0.2.2 as default
+  # gateway. eth0 gets the address QEMU's hostfwd targets (10.0.2.15); names come from
+  # networking.hosts (common.nix), so there is no nameserver at all.
+  networking.useDHCP = false;
+  networking.interfaces.eth0.ipv4.addresses = [
+    {
+      address = "10.0.2.15";
+      prefixLength = 24;
+    }
+  ];
+  networking.nameservers = lib.mkForce [ ];
+  # A route for everything (Kubernetes service IPs need one before kube-proxy's DNAT applies) via
+  # a gateway nobody has: stray packets die in the harness's hub instead of leaving the host.
+  networking.defaultGateway = {
+    address = lab.gateway;
+    interface = config.labtest.clusterInterface;
+  };
+  services.resolved.enable = false;
+
+  # Direct kernel boot; `switch-to-configuration switch` must not try to install GRUB.
+  boot.loader.grub.enable = false;
+  # nixos/modules/system/activation/switchable-system.nix: switch-to-configuration must exist for
+  # the rebuild/rollback scenario (it is the default; stated because the scenario depends on it).
+  system.switch.enable = true;
+
+  # Nothing in the lab reads the NixOS manual; not building it saves minutes per change.
+  documentation.nixos.enable = false;
+}
