@@ -1,0 +1,268 @@
+//! Static checks of the NixOS lab's files that can run without nixpkgs:
+//! (a) every `.nix` file in the repository parses (`nix-instantiate --parse`);
+//! (b) the flake's outputs carry the names the harness and `lab.toml` rely on, evaluated with
+//!     nixpkgs replaced by `tests/nix-stub`, a test double that only shapes `lib.nixosSystem`.
+//!
+//! Neither check says the NixOS configurations evaluate or boot: that takes the real nixpkgs
+//! (the `nixos` nextest profile). A missing Nix is a failure, not a skip: the project's set-up
+//! installs Debian's nix-bin, so its absence means the machine is not set up.
+
+use std::collections::BTreeSet;
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MACHINES: [&str; 3] = ["grey-area", "congenital-optimist", "limiting-factor"];
+
+/// Directories that hold build products or other tools' state, never lab sources.
+const SKIP_DIRS: [&str; 4] = ["target", ".git", "node_modules", ".direnv"];
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Flakes and an empty substituter list, as the notes on Debian's Nix 2.8 prescribe: no
+/// download is ever attempted. An empty build-users-group lets root evaluate without a daemon.
+fn nix_command(tool: &Path) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.env(
+        "NIX_CONFIG",
+        "experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\n",
+    );
+    cmd
+}
+
+fn find_tool(name: &str) -> PathBuf {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` not found on PATH. Expected Nix to be installed (Debian: \
+                 `apt-get install -y --no-install-recommends nix-bin`, which the project's \
+                 set-up script does); seen PATH={}",
+                path.to_string_lossy()
+            )
+        })
+}
+
+fn run(mut cmd: Command, what: &str) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("could not run {what}: {e} (command: {cmd:?})"))
+}
+
+fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries =
+        fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    for entry in entries {
+        let entry =
+            entry.unwrap_or_else(|e| panic!("cannot read an entry of {}: {e}", dir.display()));
+        let path = entry.path();
+        let file_type = entry
+            .file_type()
+            .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()));
+        // Symlinks are skipped: `result` links of nix builds point into /nix/store.
+        if file_type.is_dir() {
+            let name = entry.file_name();
+            if !SKIP_DIRS.iter().any(|skip| name == *skip) {
+                nix_files(&path, out);
+            }
+        } else if file_type.is_file() && path.extension().is_some_and(|ext| ext == "nix") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_nix_file_parses() {
+    let nix_instantiate = find_tool("nix-instantiate");
+    let root = repo_root();
+    let mut files = Vec::new();
+    nix_files(&root, &mut files);
+    files.sort();
+
+    for expected in [
+        "flake.nix",
+        "vm-configs/common.nix",
+        "vm-configs/vm.nix",
+        "vm-configs/guest.nix",
+    ] {
+        assert!(
+            files.contains(&root.join(expected)),
+            "expected the lab file {expected} under {}, not found",
+            root.display()
+        );
+    }
+
+    let mut failures = Vec::new();
+    for file in &files {
+        let mut cmd = nix_command(&nix_instantiate);
+        cmd.arg("--parse").arg(file);
+        let out = run(cmd, "nix-instantiate --parse");
+        if !out.status.success() {
+            failures.push(format!(
+                "{}: {}",
+                file.strip_prefix(&root).unwrap_or(file).display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} .nix files do not parse:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    let entries =
+        fs::read_dir(from).unwrap_or_else(|e| panic!("cannot list {}: {e}", from.display()));
+    for entry in entries {
+        let entry =
+            entry.unwrap_or_else(|e| panic!("cannot read an entry of {}: {e}", from.display()));
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            fs::copy(&src, &dst).unwrap_or_else(|e| {
+                panic!("cannot copy {} to {}: {e}", src.display(), dst.display())
+            });
+        }
+    }
+}
+
+/// `nix eval --json` of one flake attribute with nixpkgs overridden by the test double.
+fn eval_flake(nix: &Path, flake: &Path, cache: &Path, attr: &str, apply: &str) -> String {
+    let stub = repo_root().join("tests/nix-stub");
+    let mut cmd = nix_command(nix);
+    cmd.env("XDG_CACHE_HOME", cache)
+        .args([
+            "eval",
+            "--json",
+            "--no-write-lock-file",
+            "--override-input",
+            "nixpkgs",
+        ])
+        .arg(format!("path:{}", stub.display()))
+        .arg(format!("path:{}#{attr}", flake.display()))
+        .args(["--apply", apply]);
+    let out = run(cmd, "nix eval");
+    assert!(
+        out.status.success(),
+        "nix eval of flake.nix#{attr} (nixpkgs = test double {}) failed:\n{}",
+        stub.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Names from a JSON list of plain strings (attribute names: no quotes or commas inside).
+fn json_names(json: &str) -> BTreeSet<String> {
+    json.trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[test]
+fn flake_outputs_have_the_names_the_harness_uses() {
+    let nix = find_tool("nix");
+    let root = repo_root();
+    // A flake inside a git repository only sees files git tracks; a copy outside it sees what is
+    // on disk, so the check does not depend on what has been committed yet.
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+    let flake = work.path().join("lab");
+    fs::create_dir_all(&flake).unwrap_or_else(|e| panic!("cannot create {}: {e}", flake.display()));
+    fs::copy(root.join("flake.nix"), flake.join("flake.nix"))
+        .unwrap_or_else(|e| panic!("cannot copy {}/flake.nix: {e}", root.display()));
+    copy_tree(&root.join("vm-configs"), &flake.join("vm-configs"));
+    let cache = work.path().join("cache");
+
+    let configs = json_names(&eval_flake(
+        &nix,
+        &flake,
+        &cache,
+        "nixosConfigurations",
+        "builtins.attrNames",
+    ));
+    let expected: BTreeSet<String> = MACHINES.iter().map(|m| m.to_string()).collect();
+    assert_eq!(configs, expected, "flake.nix: nixosConfigurations names");
+
+    let missing = eval_flake(
+        &nix,
+        &flake,
+        &cache,
+        "nixosConfigurations",
+        "cs: builtins.concatLists (builtins.attrValues (builtins.mapAttrs (n: c: c.missingModules) cs))",
+    );
+    assert_eq!(
+        missing, "[]",
+        "flake.nix passes module files to nixosSystem that do not exist"
+    );
+
+    let packages = json_names(&eval_flake(
+        &nix,
+        &flake,
+        &cache,
+        "packages.x86_64-linux",
+        "builtins.attrNames",
+    ));
+    let mut expected: BTreeSet<String> = MACHINES.iter().map(|m| format!("{m}-vm")).collect();
+    expected.extend(
+        [
+            "vm",
+            "limiting-factor-node-label",
+            "limiting-factor-broken-kubelet",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(packages, expected, "flake.nix: packages.x86_64-linux names");
+
+    let vm_paths = eval_flake(
+        &nix,
+        &flake,
+        &cache,
+        "packages.x86_64-linux.vm",
+        "p: p.pathCount",
+    );
+    assert_eq!(
+        vm_paths, "3",
+        "flake.nix: packages.x86_64-linux.vm should join the three run-<machine>-vm outputs"
+    );
+
+    // Every attribute lab.toml names must be one the flake has.
+    let spec_path = root.join("lab.toml");
+    let spec = fs::read_to_string(&spec_path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", spec_path.display()));
+    for line in spec.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        let attr = match key.trim() {
+            "vm_attr" => value,
+            "attr" => value
+                .strip_prefix("packages.x86_64-linux.")
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: generation attr {value:?} is not under packages.x86_64-linux",
+                        spec_path.display()
+                    )
+                }),
+            _ => continue,
+        };
+        assert!(
+            packages.contains(attr),
+            "{} names flake attribute {attr:?}, which flake.nix does not define (it has {packages:?})",
+            spec_path.display()
+        );
+    }
+}
