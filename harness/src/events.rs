@@ -1,1 +1,408 @@
-//! placeholder
+//! The one vocabulary every layer reports through.
+//!
+//! Lower layers (vm, net, nix, kube, scenarios) say what happened with [`Events::emit`]; they
+//! never print. Everything a user sees - the live view, the plain CI lines, the summary, JUnit,
+//! the JSON files - is rendered from these events by [`crate::report`], so the renderings cannot
+//! disagree with each other and a run can be re-rendered later from its `events.jsonl`.
+//!
+//! This module depends on nothing else in the crate so that every layer may use it.
+//!
+//! # Usage
+//! ```
+//! use harness::events::{EventKind, Events};
+//!
+//! let events = Events::new();
+//! let recorder = events.record();
+//! let worker = events.clone();
+//! std::thread::spawn(move || {
+//!     worker.emit(EventKind::Warning { message: "KVM unusable, using TCG: ~10x slower".into() });
+//! })
+//! .join()
+//! .unwrap();
+//! assert_eq!(recorder.events().len(), 1);
+//! ```
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Something that happened, stamped with the time since the run started.
+///
+/// Serialized as one JSON object per line: `{"elapsed":12.345,"kind":"machine_up",...}`.
+/// Durations are seconds with millisecond precision, so the files stay readable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Since the run started ([`Events::new`]).
+    #[serde(with = "secs")]
+    pub elapsed: Duration,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Names of machines, checks and scenarios are the user-facing ones
+/// (`grey-area`, `apiserver /readyz`, `node-failure`): renderers show them as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The first event of a run: which lab, and the scenarios that will run, in order.
+    RunStarted { lab: String, scenarios: Vec<String> },
+    /// The last event of a run. `aborted` says why the run stopped before running its
+    /// scenarios to the end (e.g. the lab never became ready); `None` for a complete run,
+    /// whatever its scenarios' outcomes.
+    RunFinished { aborted: Option<String> },
+    /// The run moved on to another phase. Phases only move forward, except that a
+    /// scenario may rebuild (`Build`) and reboot (`Boot`) in the middle of `Scenario`.
+    Phase { phase: Phase },
+    /// `nix build` progress, as often as nix reports it. Counts are for the whole build
+    /// of `what` (e.g. `.#vm`); `running` names the derivations being built right now.
+    BuildProgress {
+        what: String,
+        done: u64,
+        expected: u64,
+        running: Vec<String>,
+        downloads_done: u64,
+        downloads_expected: u64,
+    },
+    /// QEMU is being started for `machine` (first boot, or again after a crash or shutdown).
+    MachineStarting { machine: String },
+    /// The guest channel answered: the machine is up. `boot_time` counts from
+    /// `MachineStarting`.
+    MachineUp {
+        machine: String,
+        #[serde(with = "secs")]
+        boot_time: Duration,
+    },
+    /// QEMU exited; `status` is its exit status as the OS reports it (`exit status: 0`,
+    /// `signal: 9 (SIGKILL)`).
+    MachineExited { machine: String, status: String },
+    /// The harness did something to a machine on purpose. `fault` is one of `crash`,
+    /// `freeze`, `thaw`, `reboot`, `shutdown`, `link down`, `link up`,
+    /// `partition <peer>` or `heal <peer>`: renderers show it as it is, so a new fault
+    /// needs no change here.
+    FaultInjected { machine: String, fault: String },
+    /// A named check with a deadline started. `scope` groups checks: `readiness` for the
+    /// readiness gate, the scenario's name for a scenario's steps (the report attributes
+    /// a check to a scenario by this name).
+    CheckStarted {
+        scope: String,
+        check: String,
+        #[serde(with = "secs")]
+        timeout: Duration,
+    },
+    /// The check looked and is not satisfied yet; `observed` is what it saw. Emitted when
+    /// the observed state changes, not on every poll, so the stream stays readable.
+    CheckProgress {
+        scope: String,
+        check: String,
+        observed: String,
+    },
+    CheckPassed {
+        scope: String,
+        check: String,
+        #[serde(with = "secs")]
+        took: Duration,
+    },
+    /// The check gave up. `observed` is the last state it saw (what a timeout is about);
+    /// `evidence` lists files written to explain it (journal excerpts, `kubectl describe`).
+    CheckFailed {
+        scope: String,
+        check: String,
+        reason: String,
+        observed: Option<String>,
+        evidence: Vec<PathBuf>,
+        #[serde(with = "secs")]
+        took: Duration,
+    },
+    /// A scenario attempt began. `attempt` counts from 1; a retry of a failed scenario
+    /// is the same name with the next attempt number.
+    ScenarioStarted { scenario: String, attempt: u32 },
+    /// A scenario attempt ended. `message` explains a `Failed` or `Error` outcome in one line.
+    ScenarioFinished {
+        scenario: String,
+        attempt: u32,
+        outcome: Outcome,
+        #[serde(with = "secs")]
+        took: Duration,
+        message: Option<String>,
+    },
+    /// Output of one step (a command in a guest, a kubectl call) in `scope`, emitted when
+    /// the step ends. Kept out of the live view and attached to JUnit when the step failed.
+    StepOutput {
+        scope: String,
+        step: String,
+        stream: Stream,
+        text: String,
+    },
+    /// A file was written into the artifacts folder (or elsewhere); `what` says what it holds.
+    Artifact { path: PathBuf, what: String },
+    /// Something the user must not miss, e.g. "KVM unusable, using TCG: ~10x slower".
+    Warning { message: String },
+}
+
+/// The phases of a run, in the order they normally come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Build,
+    Boot,
+    Readiness,
+    Scenario,
+    Teardown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Build => "build",
+            Phase::Boot => "boot",
+            Phase::Readiness => "readiness",
+            Phase::Scenario => "scenario",
+            Phase::Teardown => "teardown",
+        }
+    }
+}
+
+/// How a scenario attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Passed,
+    /// The lab misbehaved: a check failed. This is what the scenario exists to catch.
+    Failed,
+    /// The scenario could not do its job (harness bug, bad input, lost connection):
+    /// says nothing about the lab.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The emission handle. Cheap to clone; every clone feeds the same consumers and shares
+/// the run's start time.
+///
+/// [`Events::emit`] never blocks and never fails: a slow or gone consumer cannot stall a
+/// boot or a scenario. Consumers attach with [`Events::subscribe`] (a stream, for the live
+/// view) or [`Events::record`] (a `Vec`, for tests and `events.jsonl`); attach them before
+/// the work starts, since nothing is replayed.
+#[derive(Clone)]
+pub struct Events {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    start: Instant,
+    // One lock for stamping and fan-out, so every consumer sees the same order and
+    // `elapsed` never goes backwards within a stream.
+    sinks: Mutex<Vec<Sink>>,
+}
+
+enum Sink {
+    Channel(mpsc::UnboundedSender<Event>),
+    Record(Arc<Mutex<Vec<Event>>>),
+}
+
+impl Events {
+    /// A new run: `elapsed` counts from now.
+    pub fn new() -> Self {
+        Self {
+            inner: Some(Arc::new(Inner {
+                start: Instant::now(),
+                sinks: Mutex::new(Vec::new()),
+            })),
+        }
+    }
+
+    /// A handle that drops everything, for callers (tests, one-off commands) that want no
+    /// reporting. Subscribers of it never receive anything.
+    pub fn discard() -> Self {
+        Self { inner: None }
+    }
+
+    /// Stamps `kind` with the time since the run started and hands it to every consumer.
+    pub fn emit(&self, kind: EventKind) {
+        let Some(inner) = &self.inner else { return };
+        let mut sinks = lock(&inner.sinks);
+        let event = Event {
+            elapsed: inner.start.elapsed(),
+            kind,
+        };
+        // A receiver that was dropped has stopped listening; forget it.
+        sinks.retain(|sink| match sink {
+            Sink::Channel(tx) => tx.send(event.clone()).is_ok(),
+            Sink::Record(events) => {
+                lock(events).push(event.clone());
+                true
+            }
+        });
+    }
+
+    /// A stream of every event emitted from now on. Use `recv().await` in a task or
+    /// `blocking_recv()` in a thread; the stream ends when every `Events` clone is dropped.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(inner) = &self.inner {
+            lock(&inner.sinks).push(Sink::Channel(tx));
+        }
+        rx
+    }
+
+    /// Keeps every event emitted from now on in memory.
+    pub fn record(&self) -> Recorder {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        if let Some(inner) = &self.inner {
+            lock(&inner.sinks).push(Sink::Record(events.clone()));
+        }
+        Recorder { events }
+    }
+
+    /// Time since the run started (zero for [`Events::discard`]).
+    pub fn elapsed(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .map_or(Duration::ZERO, |inner| inner.start.elapsed())
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("discard", &self.inner.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The events recorded by [`Events::record`].
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    /// A copy of everything recorded so far, in emission order.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.events).clone()
+    }
+}
+
+// A panic in one emitter must not silence reporting for the rest of the run: the data
+// under these locks (a Vec of events or of senders) is valid whatever panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Durations as seconds with millisecond precision: readable in `events.jsonl`, and a
+/// whole-millisecond duration survives the round trip exactly.
+pub mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_millis() as f64 / 1000.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(serde::de::Error::custom(format!(
+                "not a duration in seconds: {secs}"
+            )));
+        }
+        Ok(Duration::from_millis((secs * 1000.0).round() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_consumer_sees_every_event_in_order() {
+        let events = Events::new();
+        let recorder = events.record();
+        let mut rx = events.subscribe();
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let events = events.clone();
+                std::thread::spawn(move || {
+                    for j in 0..50 {
+                        events.emit(EventKind::Warning {
+                            message: format!("{i}/{j}"),
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("emitter thread");
+        }
+        drop(events);
+        let recorded = recorder.events();
+        assert_eq!(recorded.len(), 200);
+        assert!(recorded.windows(2).all(|w| w[0].elapsed <= w[1].elapsed));
+        let mut streamed = Vec::new();
+        while let Some(event) = rx.blocking_recv() {
+            streamed.push(event);
+        }
+        assert_eq!(streamed, recorded);
+    }
+
+    #[test]
+    fn a_dropped_subscriber_does_not_stop_the_others() {
+        let events = Events::new();
+        drop(events.subscribe());
+        let recorder = events.record();
+        events.emit(EventKind::Phase {
+            phase: Phase::Boot,
+        });
+        assert_eq!(recorder.events().len(), 1);
+    }
+
+    #[test]
+    fn discard_accepts_and_drops() {
+        let events = Events::discard();
+        let recorder = events.record();
+        events.emit(EventKind::RunFinished { aborted: None });
+        assert!(recorder.events().is_empty());
+    }
+
+    #[test]
+    fn json_line_round_trip() {
+        let event = Event {
+            elapsed: Duration::from_millis(12_345),
+            kind: EventKind::CheckFailed {
+                scope: "readiness".into(),
+                check: "apiserver /readyz".into(),
+                reason: "timed out after 120s".into(),
+                observed: Some("connection refused".into()),
+                evidence: vec![PathBuf::from("machines/grey-area/journal-kube-apiserver.txt")],
+                took: Duration::from_millis(120_001),
+            },
+        };
+        let line = serde_json::to_string(&event).expect("serialize");
+        assert!(line.starts_with(r#"{"elapsed":12.345,"kind":"check_failed","#));
+        let back: Event = serde_json::from_str(&line).expect("deserialize");
+        assert_eq!(back, event);
+    }
+}

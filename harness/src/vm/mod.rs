@@ -1,1 +1,924 @@
-//! placeholder
+//! One QEMU machine, started from a `run-<name>-vm` script that honours the NixOS qemu-vm contract
+//! (NIX_DISK_IMAGE, TMPDIR/USE_TMPDIR, SHARED_DIR, QEMU_OPTS, QEMU_NET_OPTS, QEMU_KERNEL_PARAMS,
+//! extra arguments). The harness cannot tell a NixOS script from a fixture script, on purpose.
+//!
+//! What the harness adds to every machine: a QMP socket, a virtio-serial controller with two guest
+//! channel ports (`labtest.shell` for commands, `labtest.ctl` to rescue the first when a command
+//! overruns), the accelerator choice, the lab NIC socket (`LABTEST_LAB_SOCKET`) and host port
+//! forwards. All of it lives in the machine's own state dir, so two labs never collide.
+//!
+//! Faults live here too: [`Machine::crash`], [`Machine::freeze`], [`Machine::thaw`],
+//! [`Machine::shutdown`], [`Machine::reboot`], [`Machine::set_link`].
+pub mod accel;
+pub mod channel;
+pub mod qmp;
+pub mod spawn;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::events::{EventKind, Events};
+use crate::wait::{poll_until, tail_chars, Poll, Wait, WaitError};
+pub use accel::Accel;
+use channel::Channel;
+pub use channel::{ChannelError, ExecOutput};
+use qmp::{Qmp, QmpError};
+
+/// The netdev id of the lab NIC in every run script (`-netdev stream,id=lab,...`).
+pub const LAB_NETDEV: &str = "lab";
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{machine}: run script {path} does not exist or is not executable")]
+    NoRunScript { machine: String, path: PathBuf },
+    #[error("{machine}: could not start {path}: {source}")]
+    Spawn {
+        machine: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{machine}: QEMU exited ({status}) {during}; console log {console}:\n{tail}")]
+    Exited {
+        machine: String,
+        status: String,
+        during: String,
+        console: PathBuf,
+        tail: String,
+    },
+    #[error("{machine}: {message}; console log {console}")]
+    Boot {
+        machine: String,
+        message: String,
+        console: PathBuf,
+    },
+    #[error("{machine}: {source} (console log {console})")]
+    Channel {
+        machine: String,
+        source: Box<ChannelError>,
+        console: PathBuf,
+    },
+    #[error("{machine}: {source}")]
+    Qmp { machine: String, source: QmpError },
+    #[error("{machine}: `{command}` exited with {status}, expected 0\nstdout: {stdout}\nstderr: {stderr}")]
+    CommandFailed {
+        machine: String,
+        command: String,
+        status: i32,
+        stdout: String,
+        stderr: String,
+    },
+    #[error("{machine}: {source} (console log {console})")]
+    Wait {
+        machine: String,
+        source: WaitError,
+        console: PathBuf,
+    },
+    #[error("{machine}: {message}")]
+    State { machine: String, message: String },
+    #[error("{machine}: {context}: {source}")]
+    Io {
+        machine: String,
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+/// How to start one machine. Build with [`MachineBuilder`].
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub name: String,
+    pub run_script: PathBuf,
+    pub state_dir: PathBuf,
+    pub accel: Accel,
+    pub lab_socket: Option<PathBuf>,
+    /// (host port on 127.0.0.1, guest port)
+    pub forwards: Vec<(u16, u16)>,
+    pub kernel_params: Option<String>,
+    pub boot_timeout: Duration,
+}
+
+/// Builder for a [`Machine`].
+///
+/// # Usage
+/// ```no_run
+/// # async fn demo() -> Result<(), harness::vm::VmError> {
+/// use harness::vm::{Accel, MachineBuilder};
+/// let machine = MachineBuilder::new("grey-area", "result/bin/run-grey-area-vm", "/tmp/lab/grey-area")
+///     .accel(Accel::Tcg)
+///     .forward(6443)
+///     .start(&harness::events::Events::discard())
+///     .await?;
+/// let out = machine.succeed("uname -r").await?;
+/// # Ok(()) }
+/// ```
+pub struct MachineBuilder {
+    config: MachineConfig,
+}
+
+impl MachineBuilder {
+    pub fn new(
+        name: impl Into<String>,
+        run_script: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            config: MachineConfig {
+                name: name.into(),
+                run_script: run_script.into(),
+                state_dir: state_dir.into(),
+                accel: Accel::Tcg,
+                lab_socket: None,
+                forwards: Vec::new(),
+                kernel_params: None,
+                boot_timeout: Duration::from_secs(120),
+            },
+        }
+    }
+
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.config.accel = accel;
+        self
+    }
+
+    /// Wires the machine's lab NIC to a hub port socket.
+    pub fn lab_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.config.lab_socket = Some(socket.into());
+        self
+    }
+
+    /// Forwards a free host port on 127.0.0.1 to `guest_port`; see [`Machine::host_port`].
+    pub fn forward(mut self, guest_port: u16) -> Self {
+        self.config.forwards.push((0, guest_port));
+        self
+    }
+
+    pub fn kernel_params(mut self, params: impl Into<String>) -> Self {
+        self.config.kernel_params = Some(params.into());
+        self
+    }
+
+    /// Deadline from QEMU start to the guest channel answering.
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.config.boot_timeout = timeout;
+        self
+    }
+
+    pub fn config(self) -> MachineConfig {
+        self.config
+    }
+
+    /// Starts the machine and waits for its guest channel.
+    pub async fn start(self, events: &Events) -> Result<Machine, VmError> {
+        let machine = Machine::new(self.config, events.clone())?;
+        machine.start().await?;
+        Ok(machine)
+    }
+}
+
+struct Connections {
+    qmp: Qmp,
+    shell: Channel,
+    ctl: Channel,
+}
+
+/// A running (or stopped) QEMU machine. Dropping it kills QEMU.
+pub struct Machine {
+    config: MachineConfig,
+    events: Events,
+    child: std::sync::Mutex<Option<Child>>,
+    conn: Mutex<Option<Connections>>,
+    boot_id: std::sync::Mutex<Option<String>>,
+    starts: std::sync::atomic::AtomicU32,
+}
+
+/// What [`Machine::start`] and [`Machine::reboot`] observed.
+#[derive(Debug, Clone)]
+pub struct BootInfo {
+    pub boot_id: String,
+    pub took: Duration,
+}
+
+impl Machine {
+    /// Prepares a machine (state dir, ports) without starting it.
+    pub fn new(mut config: MachineConfig, events: Events) -> Result<Self, VmError> {
+        let name = config.name.clone();
+        let io = |context: &str, source| VmError::Io {
+            machine: name.clone(),
+            context: context.to_string(),
+            source,
+        };
+        if !is_executable(&config.run_script) {
+            return Err(VmError::NoRunScript {
+                machine: config.name.clone(),
+                path: config.run_script.clone(),
+            });
+        }
+        if config.state_dir.to_string_lossy().contains(',') {
+            return Err(VmError::State {
+                machine: config.name.clone(),
+                message: format!(
+                    "state dir {} contains a comma, which QEMU's option syntax cannot carry",
+                    config.state_dir.display()
+                ),
+            });
+        }
+        for sub in ["tmp", "shared"] {
+            std::fs::create_dir_all(config.state_dir.join(sub))
+                .map_err(|e| io(&format!("creating {}/{sub}", config.state_dir.display()), e))?;
+        }
+        for forward in &mut config.forwards {
+            if forward.0 == 0 {
+                forward.0 = free_port().map_err(|e| io("picking a free port", e))?;
+            }
+        }
+        Ok(Self {
+            config,
+            events,
+            child: std::sync::Mutex::new(None),
+            conn: Mutex::new(None),
+            boot_id: std::sync::Mutex::new(None),
+            starts: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.config.state_dir.join("console.log")
+    }
+
+    /// The host port forwarded to `guest_port`, if the machine forwards it.
+    pub fn host_port(&self, guest_port: u16) -> Option<u16> {
+        self.config
+            .forwards
+            .iter()
+            .find(|(_, guest)| *guest == guest_port)
+            .map(|(host, _)| *host)
+    }
+
+    /// The guest's boot id as of the last (re)connect.
+    pub fn boot_id(&self) -> Option<String> {
+        self.boot_id.lock().ok().and_then(|b| b.clone())
+    }
+
+    fn socket(&self, name: &str) -> PathBuf {
+        self.config.state_dir.join(name)
+    }
+
+    fn qemu_args(&self) -> Vec<String> {
+        let qmp = self.socket("qmp.sock");
+        let mut args = vec![
+            "-qmp".to_string(),
+            format!("unix:{},server=on,wait=off", qmp.display()),
+            "-device".into(),
+            "virtio-serial-pci,id=ltser".into(),
+        ];
+        for port in ["shell", "ctl"] {
+            args.push("-chardev".into());
+            args.push(format!(
+                "socket,id=lt-{port},path={},server=on,wait=off",
+                self.socket(&format!("{port}.sock")).display()
+            ));
+            args.push("-device".into());
+            args.push(format!(
+                "virtserialport,bus=ltser.0,chardev=lt-{port},name=labtest.{port}"
+            ));
+        }
+        args
+    }
+
+    /// Starts QEMU (again, after a crash or shutdown) and waits for the guest channel.
+    pub async fn start(&self) -> Result<BootInfo, VmError> {
+        if self.is_running() {
+            return Err(self.state_error("is already running"));
+        }
+        let started = Instant::now();
+        let n = self
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.events.emit(EventKind::MachineStarting {
+            machine: self.config.name.clone(),
+        });
+        for sock in ["qmp.sock", "shell.sock", "ctl.sock"] {
+            let _ = std::fs::remove_file(self.socket(sock));
+        }
+        let console = self.open_console(n)?;
+        let mut command = Command::new(&self.config.run_script);
+        let forwards: Vec<String> = self
+            .config
+            .forwards
+            .iter()
+            .map(|(host, guest)| format!("hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
+            .collect();
+        command
+            .current_dir(&self.config.state_dir)
+            .env(
+                "NIX_DISK_IMAGE",
+                self.config
+                    .state_dir
+                    .join(format!("{}.qcow2", self.config.name)),
+            )
+            .env("TMPDIR", self.config.state_dir.join("tmp"))
+            .env("USE_TMPDIR", "1")
+            .env("SHARED_DIR", self.config.state_dir.join("shared"))
+            .env("QEMU_OPTS", self.config.accel.qemu_opts())
+            .env("QEMU_NET_OPTS", forwards.join(","))
+            .env(
+                "QEMU_KERNEL_PARAMS",
+                self.config.kernel_params.clone().unwrap_or_default(),
+            )
+            .args(self.qemu_args())
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().map_err(|e| self.io("console log", e))?)
+            .stderr(console);
+        match &self.config.lab_socket {
+            Some(socket) => command.env("LABTEST_LAB_SOCKET", socket),
+            None => command.env_remove("LABTEST_LAB_SOCKET"),
+        };
+        let child = spawn::spawn_guarded(command).map_err(|source| VmError::Spawn {
+            machine: self.config.name.clone(),
+            path: self.config.run_script.clone(),
+            source,
+        })?;
+        *self
+            .child
+            .lock()
+            .map_err(|_| self.state_error("child lock poisoned"))? = Some(child);
+
+        let deadline = started + self.config.boot_timeout;
+        let conn = self.connect(deadline, "while booting").await?;
+        *self.conn.lock().await = Some(conn);
+        let boot_id = self.handshake(deadline).await?;
+        let info = BootInfo {
+            boot_id,
+            took: started.elapsed(),
+        };
+        self.events.emit(EventKind::MachineUp {
+            machine: self.config.name.clone(),
+            boot_time: info.took,
+        });
+        Ok(info)
+    }
+
+    fn open_console(&self, start_number: u32) -> Result<File, VmError> {
+        let mut console = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.console_log())
+            .map_err(|e| self.io("opening the console log", e))?;
+        writeln!(
+            console,
+            "=== labtest: start #{start_number} of {} ({}) ===",
+            self.config.name,
+            self.config.run_script.display()
+        )
+        .map_err(|e| self.io("writing the console log", e))?;
+        Ok(console)
+    }
+
+    /// Connects QMP and both channels, failing fast if QEMU exits meanwhile.
+    async fn connect(&self, deadline: Instant, during: &str) -> Result<Connections, VmError> {
+        let qmp_path = self.socket("qmp.sock");
+        let wait = Wait::new(
+            format!("QEMU of {} to open its QMP socket", self.config.name),
+            deadline.saturating_duration_since(Instant::now()),
+            Duration::from_millis(20),
+        );
+        let qmp = poll_until(&wait, || async {
+            if let Some(exit) = self.exit_status() {
+                return Poll::Failed(exit);
+            }
+            match Qmp::connect(&qmp_path, QMP_TIMEOUT).await {
+                Ok(qmp) => Poll::Ready(qmp),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|e| self.boot_failure(e, during))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let shell = Channel::connect(&self.socket("shell.sock"), remaining)
+            .await
+            .map_err(|e| self.channel_error(e))?;
+        let ctl = Channel::connect(&self.socket("ctl.sock"), remaining)
+            .await
+            .map_err(|e| self.channel_error(e))?;
+        Ok(Connections { qmp, shell, ctl })
+    }
+
+    /// Waits for the shell to answer and records the boot id. The request waits in QEMU's socket
+    /// buffer until the guest opens the port, so one request is enough: no polling, no boot race.
+    async fn handshake(&self, deadline: Instant) -> Result<String, VmError> {
+        let mut guard = self.conn.lock().await;
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| self.state_error("is not connected"))?;
+        let reply = loop {
+            let slice =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            match conn
+                .shell
+                .exec("read -r b </proc/sys/kernel/random/boot_id; echo $b", slice)
+                .await
+            {
+                Ok(out) => break out,
+                Err(ChannelError::Timeout { .. }) | Err(ChannelError::Busy { .. })
+                    if Instant::now() < deadline =>
+                {
+                    if let Some(exit) = self.exit_status() {
+                        return Err(self.exited(exit, "before its guest channel answered"));
+                    }
+                }
+                Err(ChannelError::Timeout { .. }) | Err(ChannelError::Busy { .. }) => {
+                    return Err(VmError::Boot {
+                        machine: self.config.name.clone(),
+                        message: format!(
+                            "the guest channel (virtio port labtest.shell) did not answer within {:.0}s of QEMU start; \
+                             is labtest-shell installed in the guest? last console lines:\n{}",
+                            self.config.boot_timeout.as_secs_f64(),
+                            self.console_tail(15)
+                        ),
+                        console: self.console_log(),
+                    })
+                }
+                Err(e) => return Err(self.channel_error(e)),
+            }
+        };
+        let boot_id = reply.stdout_str().trim().to_string();
+        if let Ok(mut b) = self.boot_id.lock() {
+            *b = Some(boot_id.clone());
+        }
+        Ok(boot_id)
+    }
+
+    /// Runs a command in the guest with a deadline; the exit status is in the result.
+    ///
+    /// When the command overruns, the harness kills it through the `labtest.ctl` port so the
+    /// channel is usable again, and returns the timeout error.
+    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
+        let mut guard = self.conn.lock().await;
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| self.state_error("is not running (start it first)"))?;
+        match conn.shell.exec(command, timeout).await {
+            Ok(out) => Ok(out),
+            Err(err @ ChannelError::Timeout { .. }) => {
+                // Kill the overrunning command's process tree, so the next command can run.
+                let rescue = "kill_tree() { local c; for c in $(pgrep -P \"$1\"); do kill_tree \"$c\"; done; \
+                              [ \"$1\" = \"$2\" ] || kill -KILL \"$1\" 2>/dev/null; }; \
+                              p=$(cat /run/labtest/labtest.shell.pid) && kill_tree \"$p\" \"$p\"";
+                let _ = conn.ctl.exec(rescue, Duration::from_secs(5)).await;
+                Err(self.channel_error(err))
+            }
+            Err(e) => Err(self.channel_error(e)),
+        }
+    }
+
+    /// Runs a command that must exit 0 (deadline 60 s) and returns its stdout.
+    pub async fn succeed(&self, command: &str) -> Result<String, VmError> {
+        self.succeed_within(command, Duration::from_secs(60)).await
+    }
+
+    /// Like [`Machine::succeed`] with an explicit deadline.
+    pub async fn succeed_within(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<String, VmError> {
+        let out = self.exec(command, timeout).await?;
+        if out.status != 0 {
+            return Err(VmError::CommandFailed {
+                machine: self.config.name.clone(),
+                command: command.to_string(),
+                status: out.status,
+                stdout: tail_chars(&out.stdout_str(), 2000),
+                stderr: tail_chars(&out.stderr_str(), 2000),
+            });
+        }
+        Ok(out.stdout_str())
+    }
+
+    /// Writes `data` to `guest_path` through the shared dir (9p `shared`, /tmp/shared in the guest).
+    pub async fn copy_in(
+        &self,
+        data: &[u8],
+        guest_path: &str,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let name = format!("in-{}", unique_suffix());
+        let host = self.config.state_dir.join("shared").join(&name);
+        std::fs::write(&host, data).map_err(|e| self.io("writing into the shared dir", e))?;
+        let target = channel::ansi_c_quote(guest_path);
+        let result = self
+            .succeed_within(
+                &format!("mkdir -p \"$(dirname {target})\" && cp /tmp/shared/{name} {target}"),
+                timeout,
+            )
+            .await;
+        let _ = std::fs::remove_file(&host);
+        result.map(|_| ())
+    }
+
+    /// Reads `guest_path` through the shared dir.
+    pub async fn copy_out(&self, guest_path: &str, timeout: Duration) -> Result<Vec<u8>, VmError> {
+        let name = format!("out-{}", unique_suffix());
+        let host = self.config.state_dir.join("shared").join(&name);
+        self.succeed_within(
+            &format!(
+                "cp {} /tmp/shared/{name}",
+                channel::ansi_c_quote(guest_path)
+            ),
+            timeout,
+        )
+        .await?;
+        let data = std::fs::read(&host).map_err(|e| self.io("reading from the shared dir", e))?;
+        let _ = std::fs::remove_file(&host);
+        Ok(data)
+    }
+
+    /// Waits until `command` exits 0 in the guest; returns its stdout.
+    pub async fn wait_until_succeeds(&self, command: &str, wait: &Wait) -> Result<String, VmError> {
+        let per_try = wait.timeout.min(Duration::from_secs(30));
+        poll_until(wait, || async move {
+            if let Some(exit) = self.exit_status() {
+                return Poll::Failed(format!("QEMU exited: {exit}"));
+            }
+            match self.exec(command, per_try).await {
+                Ok(out) if out.status == 0 => Poll::Ready(out.stdout_str()),
+                Ok(out) => Poll::Pending(format!(
+                    "`{command}` exited {}: {}",
+                    out.status,
+                    tail_chars(&format!("{}{}", out.stdout_str(), out.stderr_str()), 300)
+                )),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|source| self.wait_error(source))
+    }
+
+    /// Waits until something in the guest listens on TCP `port` (checked with bash's /dev/tcp,
+    /// so no tool needs to exist in the guest).
+    pub async fn wait_for_port(&self, port: u16, wait: &Wait) -> Result<(), VmError> {
+        self.wait_until_succeeds(&format!("exec 3<>/dev/tcp/127.0.0.1/{port}"), wait)
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits until a systemd unit is active; gives up at once if it enters `failed`, with its
+    /// status and journal tail as the reason.
+    pub async fn wait_for_unit(&self, unit: &str, wait: &Wait) -> Result<(), VmError> {
+        let query = format!(
+            "systemctl show -p ActiveState --value {}",
+            channel::ansi_c_quote(unit)
+        );
+        poll_until(wait, || {
+            let query = query.clone();
+            async move {
+                if let Some(exit) = self.exit_status() {
+                    return Poll::Failed(format!("QEMU exited: {exit}"));
+                }
+                match self.exec(&query, Duration::from_secs(30)).await {
+                    Ok(out) => match out.stdout_str().trim() {
+                        "active" => Poll::Ready(()),
+                        "failed" => Poll::Failed(format!(
+                            "{unit} failed:\n{}",
+                            self.unit_evidence(unit).await
+                        )),
+                        other => Poll::Pending(format!("{unit} is {other}")),
+                    },
+                    Err(e) => Poll::Pending(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|source| self.wait_error(source))
+    }
+
+    /// `systemctl status` and the journal tail of a unit, for error messages and artifacts.
+    pub async fn unit_evidence(&self, unit: &str) -> String {
+        let unit = channel::ansi_c_quote(unit);
+        match self
+            .exec(
+                &format!("systemctl status --no-pager {unit} 2>&1 | head -20; journalctl --no-pager -n 30 -u {unit} 2>&1"),
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(out) => out.stdout_str(),
+            Err(e) => format!("(could not read the unit's status: {e})"),
+        }
+    }
+
+    /// Waits until `text` appears in the console log (this start's part of it).
+    pub async fn wait_for_console_text(&self, text: &str, wait: &Wait) -> Result<(), VmError> {
+        let marker = format!(
+            "=== labtest: start #{} ",
+            self.starts.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        poll_until(wait, || async {
+            let log = std::fs::read_to_string(self.console_log()).unwrap_or_default();
+            let this_start = log.rfind(&marker).map_or(log.as_str(), |at| &log[at..]);
+            if this_start.contains(text) {
+                Poll::Ready(())
+            } else if let Some(exit) = self.exit_status() {
+                Poll::Failed(format!("QEMU exited: {exit}"))
+            } else {
+                Poll::Pending(format!("last console line: {}", last_line(this_start)))
+            }
+        })
+        .await
+        .map_err(|source| self.wait_error(source))
+    }
+
+    /// The last `lines` lines of the console log.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.console_log()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    async fn qmp(
+        &self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VmError> {
+        let mut guard = self.conn.lock().await;
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| self.state_error("is not running"))?;
+        conn.qmp
+            .execute(command, arguments, QMP_TIMEOUT)
+            .await
+            .map_err(|source| VmError::Qmp {
+                machine: self.config.name.clone(),
+                source,
+            })
+    }
+
+    fn fault(&self, fault: &str) {
+        self.events.emit(EventKind::FaultInjected {
+            machine: self.config.name.clone(),
+            fault: fault.to_string(),
+        });
+    }
+
+    /// Power loss: QEMU quits at once, nothing in the guest gets to run. [`Machine::start`]
+    /// boots it again from the same disk.
+    pub async fn crash(&self) -> Result<(), VmError> {
+        self.fault("crash");
+        // QEMU may exit before answering `quit`: a closed connection is the expected outcome.
+        let _ = self.qmp("quit", None).await;
+        self.reap(Duration::from_secs(10)).await
+    }
+
+    /// Pauses the guest's CPUs (QMP `stop`): it answers nothing until [`Machine::thaw`].
+    pub async fn freeze(&self) -> Result<(), VmError> {
+        self.fault("freeze");
+        self.qmp("stop", None).await.map(|_| ())
+    }
+
+    pub async fn thaw(&self) -> Result<(), VmError> {
+        self.fault("thaw");
+        self.qmp("cont", None).await.map(|_| ())
+    }
+
+    /// Sets the lab NIC's carrier (QMP `set_link lab`): down cuts the machine from every peer.
+    pub async fn set_link(&self, up: bool) -> Result<(), VmError> {
+        self.fault(if up { "link up" } else { "link down" });
+        self.qmp("set_link", Some(json!({ "name": LAB_NETDEV, "up": up })))
+            .await
+            .map(|_| ())
+    }
+
+    /// The state QMP reports: "running", "paused", ...
+    pub async fn qmp_status(&self) -> Result<String, VmError> {
+        let mut guard = self.conn.lock().await;
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| self.state_error("is not running"))?;
+        conn.qmp
+            .status(QMP_TIMEOUT)
+            .await
+            .map_err(|source| VmError::Qmp {
+                machine: self.config.name.clone(),
+                source,
+            })
+    }
+
+    /// ACPI power button, then waits for QEMU to exit.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), VmError> {
+        self.fault("shutdown");
+        self.qmp("system_powerdown", None).await?;
+        self.reap(timeout).await
+    }
+
+    /// Reboots the guest through systemd and waits for the channel to answer from the new boot
+    /// (a changed boot id), reconnecting by itself.
+    pub async fn reboot(&self, timeout: Duration) -> Result<BootInfo, VmError> {
+        self.fault("reboot");
+        let started = Instant::now();
+        let old = self.boot_id();
+        {
+            let mut guard = self.conn.lock().await;
+            let conn = guard
+                .as_mut()
+                .ok_or_else(|| self.state_error("is not running"))?;
+            // The reply may never come: the shell dies with the old boot.
+            let _ = conn
+                .ctl
+                .exec("systemctl reboot >/dev/null 2>&1 &", Duration::from_secs(5))
+                .await;
+        }
+        let deadline = started + timeout;
+        // Wait for QEMU's RESET, then reconnect: a fresh socket connection drops whatever the
+        // old boot left half-written.
+        let reset = Wait::new(
+            format!("{} to reset", self.config.name),
+            timeout,
+            Duration::from_millis(100),
+        );
+        poll_until(&reset, || async {
+            if let Some(exit) = self.exit_status() {
+                return Poll::Failed(format!("QEMU exited: {exit}"));
+            }
+            let mut guard = self.conn.lock().await;
+            match guard.as_mut() {
+                Some(conn) => {
+                    let _ = conn.qmp.status(QMP_TIMEOUT).await;
+                    if conn.qmp.events.iter().any(|e| e["event"] == "RESET") {
+                        conn.qmp.events.clear();
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending("no RESET event yet".into())
+                    }
+                }
+                None => Poll::Failed("not connected".into()),
+            }
+        })
+        .await
+        .map_err(|source| self.wait_error(source))?;
+        *self.conn.lock().await = None;
+        let conn = self.connect(deadline, "while rebooting").await?;
+        *self.conn.lock().await = Some(conn);
+        let boot_id = self.handshake(deadline).await?;
+        if Some(&boot_id) == old.as_ref() {
+            return Err(self.state_error("answered after reboot with the same boot id"));
+        }
+        Ok(BootInfo {
+            boot_id,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Whether QEMU's process is alive.
+    pub fn is_running(&self) -> bool {
+        self.child
+            .lock()
+            .map(|mut c| matches!(c.as_mut().map(|c| c.try_wait()), Some(Ok(None))))
+            .unwrap_or(false)
+    }
+
+    /// The exit status if QEMU has exited, `None` while it runs (or never ran).
+    fn exit_status(&self) -> Option<String> {
+        let mut guard = self.child.lock().ok()?;
+        match guard.as_mut()?.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Waits for QEMU to exit; then the machine is stopped and can be started again.
+    async fn reap(&self, timeout: Duration) -> Result<(), VmError> {
+        let wait = Wait::new(
+            format!("QEMU of {} to exit", self.config.name),
+            timeout,
+            Duration::from_millis(20),
+        );
+        poll_until(&wait, || async {
+            match self.exit_status() {
+                Some(status) => Poll::Ready(status),
+                None => Poll::Pending("QEMU still running".into()),
+            }
+        })
+        .await
+        .map_err(|source| self.wait_error(source))?;
+        *self.conn.lock().await = None;
+        self.events.emit(EventKind::MachineExited {
+            machine: self.config.name.clone(),
+            status: self.exit_status().unwrap_or_default(),
+        });
+        Ok(())
+    }
+
+    /// Kills QEMU now (SIGKILL to its process group). Idempotent.
+    pub fn kill(&self) {
+        if let Ok(mut guard) = self.child.lock() {
+            if let Some(child) = guard.as_mut() {
+                spawn::kill_group(child);
+            }
+        }
+    }
+
+    fn boot_failure(&self, error: WaitError, during: &str) -> VmError {
+        match self.exit_status() {
+            Some(status) => self.exited(status, during),
+            None => VmError::Wait {
+                machine: self.config.name.clone(),
+                source: error,
+                console: self.console_log(),
+            },
+        }
+    }
+
+    fn exited(&self, status: String, during: &str) -> VmError {
+        VmError::Exited {
+            machine: self.config.name.clone(),
+            status,
+            during: during.to_string(),
+            console: self.console_log(),
+            tail: self.console_tail(15),
+        }
+    }
+
+    fn channel_error(&self, source: ChannelError) -> VmError {
+        VmError::Channel {
+            machine: self.config.name.clone(),
+            source: Box::new(source),
+            console: self.console_log(),
+        }
+    }
+
+    fn wait_error(&self, source: WaitError) -> VmError {
+        VmError::Wait {
+            machine: self.config.name.clone(),
+            source,
+            console: self.console_log(),
+        }
+    }
+
+    fn state_error(&self, message: &str) -> VmError {
+        VmError::State {
+            machine: self.config.name.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    fn io(&self, context: &str, source: std::io::Error) -> VmError {
+        VmError::Io {
+            machine: self.config.name.clone(),
+            context: context.to_string(),
+            source,
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| tail_chars(l, 200))
+        .unwrap_or_else(|| "(nothing yet)".into())
+}
+
+/// A free TCP port on 127.0.0.1 for a host forward. Another process could take it before QEMU
+/// binds it; QEMU then fails at start with "could not set up host forwarding rule", which the
+/// console log shows.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,222 @@
+//! KVM or TCG. A `/dev/kvm` node proves nothing: on nested hosts without vmx/svm it exists, yet
+//! stock kernels fail under it (MSR errors, a hang in the decompressor, emulation failures). So the
+//! harness boots a real kernel under KVM for a few seconds and believes only that, caches the
+//! verdict per host boot, and otherwise falls back to TCG with one loud line - nobody should
+//! wonder why a run is slow.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The accelerator a machine runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    /// What the harness puts in QEMU_OPTS. Later `-machine` options override the run script's
+    /// `-machine accel=kvm:tcg`, which would otherwise silently pick a broken KVM.
+    pub fn qemu_opts(self) -> &'static str {
+        match self {
+            Accel::Kvm => "-machine accel=kvm",
+            Accel::Tcg => "-machine accel=tcg",
+        }
+    }
+}
+
+/// What the user asked for (`LABTEST_ACCEL=auto|kvm|tcg`, or a CLI flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccelError {
+    #[error("LABTEST_ACCEL={0:?} is not one of auto, kvm, tcg")]
+    BadChoice(String),
+    #[error("KVM was forced (LABTEST_ACCEL=kvm) but does not work here: {0}")]
+    KvmForcedButBroken(String),
+}
+
+impl AccelChoice {
+    pub fn from_env() -> Result<Self, AccelError> {
+        match std::env::var("LABTEST_ACCEL") {
+            Err(_) => Ok(Self::Auto),
+            Ok(v) => v.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = AccelError;
+    fn from_str(s: &str) -> Result<Self, AccelError> {
+        match s.trim() {
+            "" | "auto" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Kvm),
+            "tcg" => Ok(Self::Tcg),
+            other => Err(AccelError::BadChoice(other.to_string())),
+        }
+    }
+}
+
+/// The outcome of [`resolve`].
+#[derive(Debug, Clone)]
+pub struct AccelVerdict {
+    pub accel: Accel,
+    /// Set when KVM was wanted but unusable: print it once, loudly.
+    pub warning: Option<String>,
+}
+
+/// The kernel line that proves a guest got far past early boot under the accelerator.
+const PROBE_MARKER: &str = "Freeing unused kernel";
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Picks the accelerator. `probe_script` is a run script of the lab being started: booting the
+/// lab's own kernel is the only honest test.
+///
+/// # Errors
+/// [`AccelError::KvmForcedButBroken`] when KVM was forced and the probe failed.
+pub fn resolve(
+    choice: AccelChoice,
+    probe_script: &Path,
+    cache_dir: &Path,
+) -> Result<AccelVerdict, AccelError> {
+    let verdict = match choice {
+        AccelChoice::Tcg => {
+            return Ok(AccelVerdict {
+                accel: Accel::Tcg,
+                warning: None,
+            })
+        }
+        _ => kvm_verdict(probe_script, cache_dir),
+    };
+    match (choice, verdict) {
+        (_, Ok(())) => Ok(AccelVerdict {
+            accel: Accel::Kvm,
+            warning: None,
+        }),
+        (AccelChoice::Kvm, Err(reason)) => Err(AccelError::KvmForcedButBroken(reason)),
+        (_, Err(reason)) => Ok(AccelVerdict {
+            accel: Accel::Tcg,
+            warning: Some(format!(
+                "KVM is not usable here ({reason}); running under TCG software emulation, expect boots and Go binaries ~10x slower. Set LABTEST_ACCEL=tcg to skip the probe."
+            )),
+        }),
+    }
+}
+
+fn host_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Ok when KVM works; Err(reason) otherwise. Cached per host boot, since only a reboot (or a
+/// module load) changes the answer.
+fn kvm_verdict(probe_script: &Path, cache_dir: &Path) -> Result<(), String> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        return Err(format!("/dev/kvm cannot be opened: {e}"));
+    }
+    let cache = cache_dir.join("kvm-probe");
+    let boot = host_boot_id();
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        if let Some((cached_boot, verdict)) = text.split_once(' ') {
+            if cached_boot == boot {
+                return match verdict.trim() {
+                    "ok" => Ok(()),
+                    reason => Err(format!("{reason} (cached from an earlier probe this boot)")),
+                };
+            }
+        }
+    }
+    let verdict = probe(probe_script);
+    let line = match &verdict {
+        Ok(()) => format!("{boot} ok"),
+        Err(reason) => format!("{boot} {reason}"),
+    };
+    let _ = std::fs::create_dir_all(cache_dir);
+    let _ = std::fs::write(&cache, line);
+    verdict
+}
+
+/// Boots `script` under KVM alone, on a throwaway disk, until the kernel frees its init memory.
+fn probe(script: &Path) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("labtest-kvm-probe-")
+        .tempdir()
+        .map_err(|e| format!("no temp dir for the probe: {e}"))?;
+    let log: PathBuf = dir.path().join("console.log");
+    let console = std::fs::File::create(&log).map_err(|e| format!("probe log: {e}"))?;
+    let console_err = console.try_clone().map_err(|e| format!("probe log: {e}"))?;
+    let mut command = Command::new(script);
+    command
+        .current_dir(dir.path())
+        .env("NIX_DISK_IMAGE", dir.path().join("probe.qcow2"))
+        .env("TMPDIR", dir.path())
+        .env("USE_TMPDIR", "1")
+        .env("SHARED_DIR", dir.path())
+        .env("QEMU_OPTS", Accel::Kvm.qemu_opts())
+        .env("QEMU_NET_OPTS", "")
+        .env("QEMU_KERNEL_PARAMS", "loglevel=7")
+        .env_remove("LABTEST_LAB_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(console_err);
+    let mut child =
+        super::spawn::spawn_guarded(command).map_err(|e| format!("probe did not start: {e}"))?;
+    let start = Instant::now();
+    let outcome = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(PROBE_MARKER) {
+            break Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!(
+                "a KVM boot exited ({status}): {}",
+                crate::wait::tail_chars(&text, 200)
+            ));
+        }
+        if start.elapsed() > PROBE_TIMEOUT {
+            break Err(format!(
+                "a KVM boot did not reach {PROBE_MARKER:?} within {}s",
+                PROBE_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    super::spawn::kill_group(&mut child);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_reject_nonsense() {
+        assert_eq!("kvm".parse::<AccelChoice>().unwrap(), AccelChoice::Kvm);
+        assert_eq!("".parse::<AccelChoice>().unwrap(), AccelChoice::Auto);
+        let err = "fast".parse::<AccelChoice>().unwrap_err();
+        assert!(err.to_string().contains("auto, kvm, tcg"), "{err}");
+    }
+
+    #[test]
+    fn forcing_tcg_needs_no_probe() {
+        let verdict = resolve(
+            AccelChoice::Tcg,
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(verdict.accel, Accel::Tcg);
+        assert!(verdict.warning.is_none());
+    }
+}

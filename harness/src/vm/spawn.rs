@@ -1,0 +1,71 @@
+//! Starting QEMU so that it can never outlive the harness.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process. A
+//! child forked from a tokio blocking-pool thread (reaped after ~10 s idle) would be killed in
+//! the middle of a test. So every machine is forked from one dedicated thread that lives as long
+//! as the process: the child then dies with SIGKILL when the harness dies in any way, SIGKILL
+//! included. Each child also gets its own process group so a terminal's Ctrl-C reaches the harness
+//! (which tears down in order) and not QEMU directly.
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use ::nix::sys::signal::Signal;
+use ::nix::unistd::{getppid, Pid};
+
+type Request = (Command, mpsc::Sender<io::Result<Child>>);
+
+fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
+    static SPAWNER: OnceLock<Result<Mutex<mpsc::Sender<Request>>, String>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Request>();
+            std::thread::Builder::new()
+                .name("labtest-spawner".into())
+                .spawn(move || {
+                    // Never returns while the process lives: the sender sits in a static.
+                    for (mut command, reply) in rx {
+                        let _ = reply.send(command.spawn());
+                    }
+                })
+                .map_err(|e| format!("could not start the labtest-spawner thread: {e}"))?;
+            Ok(Mutex::new(tx))
+        })
+        .as_ref()
+        .map_err(|e| io::Error::other(e.clone()))
+}
+
+/// Spawns `command` tied to the harness's life (SIGKILL on harness death) in a new process group.
+pub fn spawn_guarded(mut command: Command) -> io::Result<Child> {
+    let parent = Pid::this();
+    command.process_group(0);
+    // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            ::nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The harness may have died between fork and prctl: then nobody would kill us.
+            if getppid() != parent {
+                ::nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner()?
+        .lock()
+        .map_err(|_| io::Error::other("the spawner lock was poisoned"))?
+        .send((command, tx))
+        .map_err(|_| io::Error::other("the labtest-spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("the labtest-spawner thread did not answer"))?
+}
+
+/// SIGKILLs a guarded child's whole process group and reaps it.
+pub fn kill_group(child: &mut Child) {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = ::nix::sys::signal::killpg(pid, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
