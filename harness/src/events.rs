@@ -373,9 +373,7 @@ mod tests {
         let events = Events::new();
         drop(events.subscribe());
         let recorder = events.record();
-        events.emit(EventKind::Phase {
-            phase: Phase::Boot,
-        });
+        events.emit(EventKind::Phase { phase: Phase::Boot });
         assert_eq!(recorder.events().len(), 1);
     }
 
@@ -396,7 +394,9 @@ mod tests {
                 check: "apiserver /readyz".into(),
                 reason: "timed out after 120s".into(),
                 observed: Some("connection refused".into()),
-                evidence: vec![PathBuf::from("machines/grey-area/journal-kube-apiserver.txt")],
+                evidence: vec![PathBuf::from(
+                    "machines/grey-area/journal-kube-apiserver.txt",
+                )],
                 took: Duration::from_millis(120_001),
             },
         };
