@@ -1,5 +1,5 @@
 # Shared by grey-area, congenital-optimist and limiting-factor, on the real hardware and in the
-# VMs alike: Kubernetes with easyCerts and flannel on the cluster network, nginx-free, ssh.
+# VMs alike: Kubernetes with easyCerts and flannel on the cluster network, firewall, ssh.
 # Everything that only makes sense in a VM lives in ./vm.nix, applied through
 # virtualisation.vmVariant below, so `nixos-rebuild switch` on the real machines never sees it.
 #
@@ -188,36 +188,34 @@ in
         };
       };
 
-      # The easyCerts start-up race: certificates arrive from certmgr some time after boot, and
-      # every daemon that needs one fails until then. kube-apiserver, kubelet and kube-proxy
-      # already carry Restart=on-failure + StartLimitIntervalSec=0 (kubernetes/apiserver.nix,
-      # kubelet.nix, proxy.nix); etcd restarts after 30 s (services/databases/etcd.nix), flannel
-      # always after 10 s (services/networking/flannel.nix). Give every unit on that path an
-      # unlimited start rate, so no unit can end in "start-limit-hit" whatever a future module
-      # does with RestartSec, and order the control plane after certmgr so the first start
-      # already sees the certs certmgr could fetch. StartLimit* belong in [Unit]: in
-      # serviceConfig systemd ignores them (nixpkgs #45786). Identical values merge with the
-      # modules' own definitions.
+      # The easyCerts start-up race: certificates arrive from certmgr (through cfssl on the master)
+      # some time after boot, and every daemon that needs one fails until then. What keeps a unit
+      # from giving up is an unlimited start rate: after 5 failed starts in 10 s systemd's
+      # defaults leave a unit "failed (start-limit-hit)" for good. kube-apiserver, kubelet and
+      # kube-proxy already carry Restart=on-failure + StartLimitIntervalSec=0
+      # (kubernetes/apiserver.nix, kubelet.nix, proxy.nix); etcd restarts after 30 s
+      # (services/databases/etcd.nix) and is restarted by certmgr when its cert lands
+      # (apiserver.nix pki.certs.etcd.action); certmgr and flannel restart after 10 s
+      # (services/security/certmgr.nix, services/networking/flannel.nix). Set the unlimited rate
+      # on every unit on that path, so none can end in start-limit-hit whatever a module's
+      # RestartSec becomes. StartLimit* belong in [Unit] (unitConfig): systemd ignores them in
+      # [Service] (nixpkgs #45786). Identical values merge with the modules' own definitions.
       systemd.services =
         let
           # Only for units that exist here: a bare definition would create a unit with no ExecStart.
           unlimited =
-            enabled: extra:
-            lib.mkIf enabled ({ unitConfig.StartLimitIntervalSec = 0; } // extra);
-          afterCerts = {
-            after = [ "certmgr.service" ];
-          };
+            enabled: lib.mkIf enabled { unitConfig.StartLimitIntervalSec = 0; };
         in
         {
-          certmgr = unlimited config.services.certmgr.enable { };
-          flannel = unlimited config.services.flannel.enable { };
-          etcd = unlimited config.services.etcd.enable afterCerts;
-          kube-apiserver = unlimited k8s.apiserver.enable afterCerts;
-          kube-controller-manager = unlimited k8s.controllerManager.enable { };
-          kube-scheduler = unlimited k8s.scheduler.enable { };
-          kube-addon-manager = unlimited k8s.addonManager.enable { };
-          kube-proxy = unlimited k8s.proxy.enable afterCerts;
-          kubelet = unlimited k8s.kubelet.enable { };
+          certmgr = unlimited config.services.certmgr.enable;
+          flannel = unlimited config.services.flannel.enable;
+          etcd = unlimited config.services.etcd.enable;
+          kube-apiserver = unlimited k8s.apiserver.enable;
+          kube-controller-manager = unlimited k8s.controllerManager.enable;
+          kube-scheduler = unlimited k8s.scheduler.enable;
+          kube-addon-manager = unlimited k8s.addonManager.enable;
+          kube-proxy = unlimited k8s.proxy.enable;
+          kubelet = unlimited k8s.kubelet.enable;
 
           labtest-node-labels = lib.mkIf k8s.kubelet.enable {
             description = "Reconcile this node's labtest.io/ labels with labtest.nodeLabels";

@@ -10,7 +10,7 @@
 {
   services.kubernetes.kubelet.extraOpts = "--labtest-rejected-flag=broken-kubelet";
   systemd.services.kubelet.unitConfig = {
-    StartLimitIntervalSec = lib.mkForce 120;
+    StartLimitIntervalSec = lib.mkForce 600;
     StartLimitBurst = 3;
   };
 }
