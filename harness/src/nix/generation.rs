@@ -1,0 +1,429 @@
+//! System generations in a guest: switch to a new toplevel, roll back, read what is active.
+//!
+//! The steps are those of `nixos-rebuild switch` and deploy tools, done by hand because a direct-boot
+//! `system.build.vm` has no system profile and the guest cannot build (no nixpkgs):
+//! 1. make the toplevel's closure valid in the guest's Nix database: `nix-store --dump-db` of the
+//!    closure on the host, `nix-store --load-db` in the guest (the guest sees the host's /nix/store
+//!    over 9p, but a path is only usable by nix-env once its database knows it);
+//! 2. `nix-env -p PROFILE --set TOPLEVEL` - a new generation;
+//! 3. `TOPLEVEL/bin/switch-to-configuration switch`.
+//!
+//! Rollback is `nixos-rebuild switch --rollback`: `nix-env --rollback -p PROFILE`, then the profile's
+//! own `bin/switch-to-configuration switch`.
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{Nix, NixError};
+
+/// What a command did in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestOutput {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("{machine}: command {command:?} did not finish within {:.1}s", timeout.as_secs_f64())]
+    Timeout {
+        machine: String,
+        command: String,
+        timeout: Duration,
+    },
+    #[error("{machine}: the guest channel failed: {message}")]
+    Channel { machine: String, message: String },
+}
+
+/// A machine the harness can run root commands in. The VM layer implements it for its machines.
+///
+/// The methods return `Send` futures so scenarios can drive several guests from spawned tasks;
+/// an implementation may still write `async fn`. Not object safe: use generics (or wrap in an enum).
+pub trait Guest: Sync {
+    fn name(&self) -> &str;
+
+    /// Runs `command` with bash as root; a non-zero exit is a normal [`GuestOutput`], not an error.
+    fn exec(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<GuestOutput, GuestError>> + Send;
+
+    /// Writes `data` to `guest_path`, replacing it.
+    fn copy_in(
+        &self,
+        data: &[u8],
+        guest_path: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), GuestError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    #[error("{machine}: `{command}` exited with {status}, expected 0; stderr: {stderr}")]
+    Step {
+        machine: String,
+        command: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error("{machine}: `{command}`: {source}")]
+    Guest {
+        machine: String,
+        command: String,
+        #[source]
+        source: GuestError,
+    },
+    #[error("on the host, `{command}` failed: {message}")]
+    Host { command: String, message: String },
+    #[error("{machine}: could not read `{command}` output {output:?}: {message}")]
+    Parse {
+        machine: String,
+        command: String,
+        output: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Nix(#[from] NixError),
+}
+
+/// The outcome of running a generation's `switch-to-configuration switch`. A failing activation is
+/// a result: a scenario may expect a generation to break a service and then roll back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    pub machine: String,
+    /// The toplevel that was activated.
+    pub toplevel: String,
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Activation {
+    pub fn succeeded(&self) -> bool {
+        self.status == 0
+    }
+}
+
+/// What the guest runs now and what its profile points to; they differ after a failed activation
+/// or when booted from a run script (which never touches the profile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentSystem {
+    /// `readlink -f PROFILE`, `None` while the profile has no generation.
+    pub profile: Option<String>,
+    /// `readlink -f /run/current-system`.
+    pub running: Option<String>,
+}
+
+/// One line of `nix-env --list-generations`, plus the store path it points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub number: u32,
+    /// As Nix prints it: `YYYY-MM-DD HH:MM:SS` in the guest's local time.
+    pub created: String,
+    pub current: bool,
+    pub toplevel: Option<String>,
+}
+
+/// A system profile in a guest, with the deadlines its steps get.
+#[derive(Debug, Clone)]
+pub struct SystemProfile {
+    /// Default `/nix/var/nix/profiles/system`.
+    pub profile: String,
+    /// Default `/run/current-system`, the link `switch-to-configuration` maintains.
+    pub current_system: String,
+    /// Deadline for each bookkeeping step (copying the DB dump, load-db, nix-env, readlink).
+    pub step_timeout: Duration,
+    /// Deadline for `switch-to-configuration` (restarting units can take a while).
+    pub activation_timeout: Duration,
+}
+
+impl Default for SystemProfile {
+    fn default() -> Self {
+        SystemProfile {
+            profile: "/nix/var/nix/profiles/system".into(),
+            current_system: "/run/current-system".into(),
+            step_timeout: Duration::from_secs(120),
+            activation_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+static DUMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl SystemProfile {
+    /// A profile at another path (tests drive a real profile in a temp dir).
+    pub fn at(profile: &str, current_system: &str) -> Self {
+        SystemProfile {
+            profile: profile.into(),
+            current_system: current_system.into(),
+            ..SystemProfile::default()
+        }
+    }
+
+    /// Registers `toplevel`'s closure in the guest, makes it the profile's new generation and
+    /// activates it.
+    ///
+    /// # Errors
+    /// Any bookkeeping step failing ([`GenerationError::Step`], with command and stderr), the host's
+    /// `nix-store` failing, or the guest not answering in time. A failing activation is `Ok` with a
+    /// non-zero [`Activation::status`].
+    pub async fn switch_to<G: Guest>(
+        &self,
+        nix: &Nix,
+        guest: &G,
+        toplevel: &Path,
+    ) -> Result<Activation, GenerationError> {
+        let toplevel = toplevel.to_string_lossy().into_owned();
+        let dump = closure_db_dump(nix, &toplevel).await?;
+        let remote = format!(
+            "/tmp/labtest-closure-{}-{}.db",
+            std::process::id(),
+            DUMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        guest
+            .copy_in(&dump, &remote, self.step_timeout)
+            .await
+            .map_err(|source| GenerationError::Guest {
+                machine: guest.name().into(),
+                command: format!("copy closure DB dump to {remote}"),
+                source,
+            })?;
+        let (r, t) = (sh_quote(&remote), sh_quote(&toplevel));
+        self.step(
+            guest,
+            &format!("nix-store --load-db < {r}; s=$?; rm -f {r}; exit $s"),
+        )
+        .await?;
+        self.step(
+            guest,
+            &format!("nix-env -p {} --set {t}", sh_quote(&self.profile)),
+        )
+        .await?;
+        self.activate(
+            guest,
+            &format!("{t}/bin/switch-to-configuration switch"),
+            &toplevel,
+        )
+        .await
+    }
+
+    /// Makes the previous generation current and activates it.
+    ///
+    /// # Errors
+    /// [`GenerationError::Step`] when there is no previous generation (nix-env says so in stderr).
+    pub async fn rollback<G: Guest>(&self, guest: &G) -> Result<Activation, GenerationError> {
+        let p = sh_quote(&self.profile);
+        self.step(guest, &format!("nix-env --rollback -p {p}"))
+            .await?;
+        let toplevel = self
+            .readlink(guest, &self.profile)
+            .await?
+            .unwrap_or_default();
+        self.activate(
+            guest,
+            &format!("{p}/bin/switch-to-configuration switch"),
+            &toplevel,
+        )
+        .await
+    }
+
+    /// What the profile points to and what is running.
+    pub async fn current<G: Guest>(&self, guest: &G) -> Result<CurrentSystem, GenerationError> {
+        Ok(CurrentSystem {
+            profile: self.readlink(guest, &self.profile).await?,
+            running: self.readlink(guest, &self.current_system).await?,
+        })
+    }
+
+    /// The profile's generations, oldest first; empty when the profile does not exist yet.
+    pub async fn list_generations<G: Guest>(
+        &self,
+        guest: &G,
+    ) -> Result<Vec<Generation>, GenerationError> {
+        let p = sh_quote(&self.profile);
+        let command = format!("nix-env -p {p} --list-generations");
+        let out = self.step(guest, &command).await?;
+        let mut generations =
+            parse_generations(&out).map_err(|message| GenerationError::Parse {
+                machine: guest.name().into(),
+                command: command.clone(),
+                output: out.clone(),
+                message,
+            })?;
+        for g in &mut generations {
+            let link = format!("{}-{}-link", self.profile, g.number);
+            g.toplevel = self.readlink(guest, &link).await?;
+        }
+        Ok(generations)
+    }
+
+    async fn readlink<G: Guest>(
+        &self,
+        guest: &G,
+        path: &str,
+    ) -> Result<Option<String>, GenerationError> {
+        // `|| true`: a missing link is an answer (no generation yet), not a failure.
+        let out = self
+            .step(guest, &format!("readlink -f {} || true", sh_quote(path)))
+            .await?;
+        // `readlink -f` of a missing last component prints the path itself (busybox has no -e).
+        let target = out.trim();
+        Ok((!target.is_empty() && target != path).then(|| target.to_owned()))
+    }
+
+    async fn activate<G: Guest>(
+        &self,
+        guest: &G,
+        command: &str,
+        toplevel: &str,
+    ) -> Result<Activation, GenerationError> {
+        let out = guest
+            .exec(command, self.activation_timeout)
+            .await
+            .map_err(|source| GenerationError::Guest {
+                machine: guest.name().into(),
+                command: command.into(),
+                source,
+            })?;
+        Ok(Activation {
+            machine: guest.name().into(),
+            toplevel: toplevel.into(),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Runs a bookkeeping command that must succeed; returns its stdout.
+    async fn step<G: Guest>(&self, guest: &G, command: &str) -> Result<String, GenerationError> {
+        let out = guest
+            .exec(command, self.step_timeout)
+            .await
+            .map_err(|source| GenerationError::Guest {
+                machine: guest.name().into(),
+                command: command.into(),
+                source,
+            })?;
+        if out.status != 0 {
+            return Err(GenerationError::Step {
+                machine: guest.name().into(),
+                command: command.into(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// `nix-store --dump-db $(nix-store -qR TOPLEVEL)` on the host.
+async fn closure_db_dump(nix: &Nix, toplevel: &str) -> Result<Vec<u8>, GenerationError> {
+    let host = |command: String, out: &std::process::Output| GenerationError::Host {
+        command,
+        message: format!(
+            "exit {}, stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    };
+    let query = format!("nix-store -qR {toplevel}");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        nix.nix_store_command().args(["-qR", toplevel]).output(),
+    )
+    .await
+    .map_err(|_| GenerationError::Host {
+        command: query.clone(),
+        message: "no answer within 120s".into(),
+    })?
+    .map_err(|e| GenerationError::Host {
+        command: query.clone(),
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(host(query, &out));
+    }
+    let closure: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let dump = format!(
+        "nix-store --dump-db <{} paths of {toplevel}>",
+        closure.len()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        nix.nix_store_command()
+            .arg("--dump-db")
+            .args(&closure)
+            .output(),
+    )
+    .await
+    .map_err(|_| GenerationError::Host {
+        command: dump.clone(),
+        message: "no answer within 120s".into(),
+    })?
+    .map_err(|e| GenerationError::Host {
+        command: dump.clone(),
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(host(dump, &out));
+    }
+    Ok(out.stdout)
+}
+
+/// Parses `nix-env --list-generations`: `   2   2024-11-26 16:20:00   (current)`.
+pub fn parse_generations(output: &str) -> Result<Vec<Generation>, String> {
+    let mut generations = Vec::new();
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = line.split_whitespace();
+        let number = words
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("expected a generation number at the start of {line:?}"))?;
+        let rest: Vec<&str> = words.collect();
+        let current = rest.last() == Some(&"(current)");
+        let date_words = if current {
+            &rest[..rest.len() - 1]
+        } else {
+            &rest[..]
+        };
+        generations.push(Generation {
+            number,
+            created: date_words.join(" "),
+            current,
+            toplevel: None,
+        });
+    }
+    Ok(generations)
+}
+
+/// Single-quotes `s` for sh.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_list_generations() {
+        let out = "   1   2024-11-26 16:20:00   \n   2   2024-11-26 16:21:07   (current)\n";
+        let g = parse_generations(out).expect("parses");
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].number, g[0].current), (1, false));
+        assert_eq!((g[1].number, g[1].current), (2, true));
+        assert_eq!(g[1].created, "2024-11-26 16:21:07");
+        assert!(parse_generations("garbage here").is_err());
+    }
+
+    #[test]
+    fn quotes_for_sh() {
+        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+    }
+}
