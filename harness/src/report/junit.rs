@@ -1,0 +1,242 @@
+//! JUnit XML: one testsuite per run, one testcase per scenario (named as on the command
+//! line), with the durations the events measured - never 0.
+//!
+//! A failed scenario lists every check that failed, not only the first, and carries the
+//! output of the steps that failed. Earlier failed attempts become reruns; a scenario that
+//! passed on a retry is a success with flaky runs, as nextest reports it. When the lab
+//! itself failed, a testcase named [`LAB_TESTCASE`] says why, so the suite is never green
+//! with nothing run.
+use std::fmt::Write as _;
+
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
+};
+
+use super::summary::{Attempt, FailedCheck, ScenarioResult, Summary};
+use super::{fmt_duration, ReportError};
+use crate::events::{Outcome, Phase, Stream};
+
+/// The testcase that reports a lab that could not be brought up.
+pub const LAB_TESTCASE: &str = "lab";
+
+const CLASSNAME: &str = "labtest";
+
+/// Renders `summary` as JUnit XML.
+pub fn to_string(summary: &Summary) -> Result<String, ReportError> {
+    Ok(report(summary).to_string()?)
+}
+
+fn report(summary: &Summary) -> Report {
+    let mut suite = TestSuite::new(format!("labtest {}", summary.lab));
+    suite.set_time(summary.duration);
+    suite.add_property(Property::new("lab", summary.lab.as_str()));
+    for phase in &summary.phases {
+        suite.add_property(Property::new(
+            format!("phase.{}", phase.phase.as_str()),
+            fmt_duration(phase.took),
+        ));
+    }
+    if let Some(dir) = &summary.artifacts {
+        suite.add_property(Property::new("artifacts", dir.display().to_string()));
+    }
+    if !summary.warnings.is_empty() {
+        suite.set_system_err(summary.warnings.join("\n"));
+    }
+
+    if !summary.lab_failures.is_empty() || summary.aborted.is_some() {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+        let message = match (summary.lab_failures.first(), &summary.aborted) {
+            (Some(first), _) => format!("{}: {}", first.check, first.reason),
+            (None, Some(reason)) => reason.clone(),
+            (None, None) => String::new(),
+        };
+        status.set_message(message);
+        let mut description = describe_checks(&summary.lab_failures);
+        if let Some(reason) = &summary.aborted {
+            let _ = writeln!(description, "run aborted: {reason}");
+        }
+        status.set_description(description);
+        let mut case = TestCase::new(LAB_TESTCASE, status);
+        case.set_classname(CLASSNAME);
+        // Time the lab took to fail, i.e. everything before the scenarios.
+        case.set_time(
+            summary
+                .phases
+                .iter()
+                .filter(|p| matches!(p.phase, Phase::Build | Phase::Boot | Phase::Readiness))
+                .map(|p| p.took)
+                .sum(),
+        );
+        suite.add_test_case(case);
+    }
+
+    for scenario in &summary.scenarios {
+        let Some((last, earlier)) = scenario.attempts.split_last() else {
+            let mut status = TestCaseStatus::skipped();
+            status.set_message(match &summary.aborted {
+                Some(reason) => format!("not run: {reason}"),
+                None => "not run".to_string(),
+            });
+            let mut case = TestCase::new(scenario.name.as_str(), status);
+            case.set_classname(CLASSNAME);
+            suite.add_test_case(case);
+            continue;
+        };
+        let numbered = !earlier.is_empty();
+        let reruns = earlier.iter().map(|a| rerun(a, numbered));
+        let mut status = if scenario.result == ScenarioResult::Passed
+            || scenario.result == ScenarioResult::Flaky
+        {
+            TestCaseStatus::success()
+        } else {
+            let mut status = TestCaseStatus::non_success(non_success_kind(last));
+            status.set_message(attempt_message(last, numbered));
+            status.set_description(describe_attempt(last));
+            status
+        };
+        status.add_reruns(reruns);
+        let mut case = TestCase::new(scenario.name.as_str(), status);
+        case.set_classname(CLASSNAME);
+        case.set_time(last.took);
+        if last.outcome != Some(Outcome::Passed) {
+            let (out, err) = failing_output(last);
+            if !out.is_empty() {
+                case.set_system_out(out);
+            }
+            if !err.is_empty() {
+                case.set_system_err(err);
+            }
+        }
+        suite.add_test_case(case);
+    }
+
+    let mut report = Report::new("labtest");
+    report.set_time(summary.duration);
+    report.add_test_suite(suite);
+    report
+}
+
+fn rerun(attempt: &Attempt, numbered: bool) -> TestRerun {
+    let mut rerun = TestRerun::new(non_success_kind(attempt));
+    rerun.set_time(attempt.took);
+    rerun.set_message(attempt_message(attempt, numbered));
+    rerun.set_description(describe_attempt(attempt));
+    let (out, err) = failing_output(attempt);
+    if !out.is_empty() {
+        rerun.set_system_out(out);
+    }
+    if !err.is_empty() {
+        rerun.set_system_err(err);
+    }
+    rerun
+}
+
+fn non_success_kind(attempt: &Attempt) -> NonSuccessKind {
+    match attempt.outcome {
+        Some(Outcome::Failed) => NonSuccessKind::Failure,
+        _ => NonSuccessKind::Error,
+    }
+}
+
+/// The one-line message; `numbered` when the scenario ran more than once, so the reader
+/// can tell the attempts apart.
+fn attempt_message(attempt: &Attempt, numbered: bool) -> String {
+    let prefix = if numbered {
+        format!("attempt {}: ", attempt.attempt)
+    } else {
+        String::new()
+    };
+    match (attempt.failed_checks.first(), &attempt.message) {
+        (Some(first), _) if attempt.failed_checks.len() > 1 => format!(
+            "{prefix}{}: {} (+{} more)",
+            first.check,
+            first.reason,
+            attempt.failed_checks.len() - 1
+        ),
+        (Some(first), _) => format!("{prefix}{}: {}", first.check, first.reason),
+        (None, Some(message)) => format!("{prefix}{message}"),
+        (None, None) => format!("{prefix}failed"),
+    }
+}
+
+fn describe_attempt(attempt: &Attempt) -> String {
+    let mut text = describe_checks(&attempt.failed_checks);
+    if let Some(message) = &attempt.message {
+        let _ = writeln!(text, "{message}");
+    }
+    text
+}
+
+fn describe_checks(checks: &[FailedCheck]) -> String {
+    let mut text = String::new();
+    for check in checks {
+        let _ = writeln!(
+            text,
+            "{} / {}: FAILED after {}: {}",
+            check.scope,
+            check.check,
+            fmt_duration(check.took),
+            check.reason
+        );
+        if let Some(observed) = &check.observed {
+            let _ = writeln!(text, "    last seen: {observed}");
+        }
+        for path in &check.evidence {
+            let _ = writeln!(text, "    evidence: {}", path.display());
+        }
+    }
+    text
+}
+
+/// Output of the steps named like a failed check; when no step is (the failure was not in
+/// a step of its own), all of the attempt's output, since the cause is in there somewhere.
+fn failing_output(attempt: &Attempt) -> (String, String) {
+    let failing: Vec<_> = attempt
+        .output
+        .iter()
+        .filter(|o| attempt.failed_checks.iter().any(|c| c.check == o.step))
+        .collect();
+    let chosen: Vec<_> = if failing.is_empty() {
+        attempt.output.iter().collect()
+    } else {
+        failing
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    for o in chosen {
+        let text = match o.stream {
+            Stream::Stdout => &mut out,
+            Stream::Stderr => &mut err,
+        };
+        let _ = writeln!(text, "--- {} ---", o.step);
+        text.push_str(&o.text);
+        if !o.text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    (out, err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixture;
+
+    #[test]
+    fn junit_mixed_run() {
+        let xml = to_string(&Summary::from_events(&fixture::mixed_run())).expect("junit");
+        insta::assert_snapshot!(xml);
+    }
+
+    #[test]
+    fn junit_error_run() {
+        let xml = to_string(&Summary::from_events(&fixture::error_run())).expect("junit");
+        insta::assert_snapshot!(xml);
+    }
+
+    #[test]
+    fn junit_aborted_run() {
+        let xml = to_string(&Summary::from_events(&fixture::aborted_run())).expect("junit");
+        insta::assert_snapshot!(xml);
+    }
+}
