@@ -10,7 +10,6 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
 fn nix() -> Nix {
     Nix::find()
         .expect("these tests need Nix on PATH (Debian: apt-get install nix-bin)")
-        .with_config("experimental-features = nix-command flakes")
         .for_debian_single_user()
 }
 

@@ -318,10 +318,7 @@ impl Run<'_> {
 
     /// Turns a failed run into the most specific error its log supports.
     fn classify(&self, parser: &ProgressParser, status: String) -> NixError {
-        let failed_drv = parser.errors().iter().find_map(|e| {
-            let rest = e.split_once("builder for '")?.1;
-            Some(rest.split_once('\'')?.0.to_owned())
-        });
+        let failed_drv = parser.errors().iter().find_map(|e| failed_derivation(e));
         if let Some(derivation) = failed_drv {
             return NixError::BuildFailed {
                 installable: self.installable.to_owned(),
@@ -380,6 +377,22 @@ impl Run<'_> {
     }
 }
 
+/// The derivation a Nix error message blames, if it is a builder failure. Nix up to 2.2x says
+/// "builder for '<drv>' failed with exit code N"; newer Nix says "Cannot build '<drv>'.\nReason:
+/// builder failed ...". A dependency's failure ("Reason: 1 dependency failed") is skipped: the
+/// leaf's own message names the derivation whose log matters.
+fn failed_derivation(message: &str) -> Option<String> {
+    let rest = message
+        .split_once("builder for '")
+        .or_else(|| {
+            let (_, rest) = message.split_once("Cannot build '")?;
+            (!rest.contains("dependency failed") && !rest.contains("dependencies failed"))
+                .then_some(("", rest))
+        })?
+        .1;
+    Some(rest.split_once('\'')?.0.to_owned())
+}
+
 /// Asks Nix to stop (SIGTERM lets it kill its builders, which run in process groups of their own),
 /// then kills whatever is left of its group.
 async fn stop_group(child: &mut Child) {
@@ -393,5 +406,34 @@ async fn stop_group(child: &mut Child) {
     {
         let _ = ::nix::sys::signal::killpg(group, ::nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failed_derivation;
+
+    #[test]
+    fn finds_the_failed_derivation_in_old_and_new_messages() {
+        assert_eq!(
+            failed_derivation("builder for '/nix/store/a-x.drv' failed with exit code 3")
+                .as_deref(),
+            Some("/nix/store/a-x.drv")
+        );
+        assert_eq!(
+            failed_derivation(
+                "Cannot build '/nix/store/a-x.drv'.\nReason: builder failed with exit code 3."
+            )
+            .as_deref(),
+            Some("/nix/store/a-x.drv")
+        );
+        assert_eq!(
+            failed_derivation("Cannot build '/nix/store/b-y.drv'.\nReason: 1 dependency failed."),
+            None
+        );
+        assert_eq!(
+            failed_derivation("1 dependencies of derivation '/nix/store/b-y.drv' failed to build"),
+            None
+        );
     }
 }
