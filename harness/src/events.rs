@@ -77,10 +77,10 @@ pub enum EventKind {
     /// QEMU exited; `status` is its exit status as the OS reports it (`exit status: 0`,
     /// `signal: 9 (SIGKILL)`).
     MachineExited { machine: String, status: String },
-    /// The harness did something to a machine on purpose. `fault` is one of `crash`,
-    /// `freeze`, `thaw`, `reboot`, `shutdown`, `link down`, `link up`,
-    /// `partition <peer>` or `heal <peer>`: renderers show it as it is, so a new fault
-    /// needs no change here.
+    /// The harness did something to a machine on purpose: `crash`, `freeze`, `thaw`,
+    /// `reboot`, `shutdown`, `link down`, `link up`, `isolate`, `rejoin`; for a fault
+    /// between two machines (`partition`, `heal`) `machine` names the pair as `a<->b`.
+    /// Renderers show `fault` as it is, so a new fault needs no change here.
     FaultInjected { machine: String, fault: String },
     /// A named check with a deadline started. `scope` groups checks: `readiness` for the
     /// readiness gate, the scenario's name for a scenario's steps (the report attributes

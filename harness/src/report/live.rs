@@ -68,7 +68,7 @@ enum Inner {
 impl LiveView {
     pub fn new(mode: Mode) -> Self {
         let inner = match mode {
-            Mode::Tty => Inner::Tty(Bars::new()),
+            Mode::Tty => Inner::Tty(Bars::new(ProgressDrawTarget::stdout())),
             Mode::Plain => Inner::Plain(Plain::new(Box::new(std::io::stdout()))),
         };
         Self { inner }
@@ -170,8 +170,8 @@ struct Bars {
 }
 
 impl Bars {
-    fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+    fn new(target: ProgressDrawTarget) -> Self {
+        let multi = MultiProgress::with_draw_target(target);
         let status = multi.add(ProgressBar::new_spinner());
         status.set_style(
             ProgressStyle::with_template("{spinner} [{elapsed:>4}] {wide_msg}")
@@ -378,6 +378,16 @@ mod tests {
         [  15.0s] readiness: all nodes Ready: not yet: 1/3 Ready
         [  17.0s] readiness: all nodes Ready: not yet: 3/3 Ready
         ");
+    }
+
+    #[test]
+    fn bars_follow_every_kind_of_event() {
+        let mut bars = Bars::new(ProgressDrawTarget::hidden());
+        for event in fixture::every_kind().iter().chain(&fixture::mixed_run()) {
+            bars.handle(event);
+        }
+        assert!(bars.boot.is_none(), "every machine came up");
+        bars.finish();
     }
 
     #[test]

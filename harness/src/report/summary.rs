@@ -403,7 +403,10 @@ impl Fold {
             }
             EventKind::MachineExited { .. } => {}
             EventKind::FaultInjected { machine, fault } => {
-                self.machine(machine).faults.push(fault.clone())
+                // A pair (`a<->b`) is not a machine: it stays in the event log only.
+                if let Some(m) = self.machines.iter_mut().find(|m| &m.name == machine) {
+                    m.faults.push(fault.clone());
+                }
             }
             EventKind::CheckStarted { .. }
             | EventKind::CheckProgress { .. }
