@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Nix, NixError};
+use super::Nix;
 
 /// What a command did in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +85,6 @@ pub enum GenerationError {
         output: String,
         message: String,
     },
-    #[error(transparent)]
-    Nix(#[from] NixError),
 }
 
 /// The outcome of running a generation's `switch-to-configuration switch`. A failing activation is

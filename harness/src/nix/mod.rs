@@ -2,6 +2,14 @@
 //!
 //! Works with Debian's Nix 2.8 (single-user, no daemon) and current Nix: only flags both understand are
 //! used. 2.8 has no `--print-out-paths`, so output paths come from `--json`, which both print alike.
+//!
+//! ```text
+//! let nix = Nix::find()?.for_debian_single_user();          // fixture lab; a real Nix install: Nix::find()?
+//! let paths = nix.build(".", &["vm"], &out, deadline, |p| show(p.done, p.expected, &p.running)).await?;
+//! let profile = SystemProfile::default();                    // /nix/var/nix/profiles/system
+//! let activation = profile.switch_to(&nix, &machine, &new_toplevel).await?;   // machine: impl Guest
+//! let back = profile.rollback(&machine).await?;
+//! ```
 pub mod generation;
 pub mod progress;
 
