@@ -1,1 +1,476 @@
-//! placeholder
+//! A lab: a spec (`lab.toml` beside the lab's flake) plus its machines and their private network,
+//! booted together and torn down together. The repo's NixOS lab and the fixture lab are both labs;
+//! nothing above this layer knows which one it drives.
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::events::{EventKind, Events};
+use crate::net::{Hub, HubError};
+use crate::vm::{Accel, Machine, MachineBuilder, VmError};
+
+/// `lab.toml`: what the harness must know about a lab that its run scripts do not say.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabSpec {
+    pub name: String,
+    /// `nix build <lab>#<vm_attr>` yields `bin/run-<machine>-vm` for every machine.
+    #[serde(default = "default_vm_attr")]
+    pub vm_attr: String,
+    pub network: NetworkSpec,
+    #[serde(rename = "machine")]
+    pub machines: Vec<MachineSpec>,
+    pub kubernetes: Option<KubernetesSpec>,
+    #[serde(default, rename = "generation")]
+    pub generations: Vec<GenerationSpec>,
+}
+
+fn default_vm_attr() -> String {
+    "vm".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSpec {
+    pub name: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSpec {
+    pub master: String,
+    pub apiserver_port: u16,
+    pub tls_server_name: Option<String>,
+    pub admin_kubeconfig: String,
+    /// Run on the master; its stdout is the join token. Absent: nodes join by themselves.
+    pub join_token_command: Option<String>,
+    /// Run on each node with the token on stdin.
+    pub join_command: Option<String>,
+    pub kubelet_unit: String,
+    pub workload_image: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    pub name: String,
+    pub machine: String,
+    pub attr: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("no lab spec at {path}: {source} (a lab is a flake with a lab.toml beside it)")]
+    NoSpec {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lab spec {path} is invalid: {message}")]
+    BadSpec { path: PathBuf, message: String },
+    #[error("lab {lab}: no run script for machine {machine}: expected {path}")]
+    MissingRunScript {
+        lab: String,
+        machine: String,
+        path: PathBuf,
+    },
+    #[error("lab {lab} has no machine named {machine:?} (it has: {known})")]
+    UnknownMachine {
+        lab: String,
+        machine: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Vm(Box<VmError>),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("lab state dir: {0}")]
+    StateDir(std::io::Error),
+}
+
+impl From<VmError> for LabError {
+    fn from(error: VmError) -> Self {
+        LabError::Vm(Box::new(error))
+    }
+}
+
+impl LabSpec {
+    /// Reads `<lab_dir>/lab.toml`.
+    ///
+    /// # Errors
+    /// [`LabError::NoSpec`] when the file is missing; [`LabError::BadSpec`] naming the line and
+    /// field when it does not parse or contradicts itself.
+    pub fn load(lab_dir: &Path) -> Result<Self, LabError> {
+        let path = lab_dir.join("lab.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| LabError::NoSpec {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, LabError> {
+        let bad = |message: String| LabError::BadSpec {
+            path: path.to_path_buf(),
+            message,
+        };
+        let spec: LabSpec = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if spec.machines.is_empty() {
+            return Err(bad("it names no [[machine]]".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for machine in &spec.machines {
+            if !seen.insert(machine.name.as_str()) {
+                return Err(bad(format!("machine {:?} appears twice", machine.name)));
+            }
+            if machine.address.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(bad(format!(
+                    "machine {:?}: address {:?} is not an IPv4 address",
+                    machine.name, machine.address
+                )));
+            }
+        }
+        let known = |name: &str| seen.contains(name);
+        if let Some(k8s) = &spec.kubernetes {
+            if !known(&k8s.master) {
+                return Err(bad(format!(
+                    "[kubernetes] master = {:?} is not one of the machines",
+                    k8s.master
+                )));
+            }
+        }
+        for generation in &spec.generations {
+            if !known(&generation.machine) {
+                return Err(bad(format!(
+                    "generation {:?}: machine {:?} is not one of the machines",
+                    generation.name, generation.machine
+                )));
+            }
+        }
+        Ok(spec)
+    }
+
+    pub fn machine_names(&self) -> Vec<String> {
+        self.machines.iter().map(|m| m.name.clone()).collect()
+    }
+}
+
+/// Boots a lab. See [`Lab`].
+///
+/// # Usage
+/// ```no_run
+/// # async fn demo() -> Result<(), harness::lab::LabError> {
+/// use harness::lab::{LabBuilder, LabSpec};
+/// let spec = LabSpec::load("fixtures/lab".as_ref())?;
+/// let lab = LabBuilder::new(spec, "/path/to/result")
+///     .start(&harness::events::Events::discard())
+///     .await?;
+/// lab.machine("grey-area")?.succeed("hostname").await?;
+/// lab.partition("grey-area", "limiting-factor")?;
+/// # Ok(()) }
+/// ```
+pub struct LabBuilder {
+    spec: LabSpec,
+    run_dir: PathBuf,
+    accel: Accel,
+    keep: bool,
+    boot_timeout: Duration,
+    kernel_params: Vec<(String, String)>,
+}
+
+impl LabBuilder {
+    /// `run_dir` holds `bin/run-<machine>-vm` (a `nix build` result).
+    pub fn new(spec: LabSpec, run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            spec,
+            run_dir: run_dir.into(),
+            accel: Accel::Tcg,
+            keep: false,
+            boot_timeout: Duration::from_secs(180),
+            kernel_params: Vec::new(),
+        }
+    }
+
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.accel = accel;
+        self
+    }
+
+    /// Keep the state dir (disks, console logs) after the lab is dropped.
+    pub fn keep(mut self, keep: bool) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// Extra kernel parameters for one machine (QEMU_KERNEL_PARAMS).
+    pub fn kernel_params(mut self, machine: &str, params: &str) -> Self {
+        self.kernel_params
+            .push((machine.to_string(), params.to_string()));
+        self
+    }
+
+    /// Starts the hub, then every machine at once, and waits for every guest channel.
+    ///
+    /// # Errors
+    /// The first machine that fails to boot; every machine and the hub are torn down then.
+    pub async fn start(self, events: &Events) -> Result<Lab, LabError> {
+        let started = Instant::now();
+        let lab_name = self.spec.name.clone();
+        for machine in &self.spec.machines {
+            let path = run_script(&self.run_dir, &machine.name);
+            if !path.exists() {
+                return Err(LabError::MissingRunScript {
+                    lab: lab_name,
+                    machine: machine.name.clone(),
+                    path,
+                });
+            }
+        }
+        let state = tempfile::Builder::new()
+            .prefix("labtest-")
+            .tempdir()
+            .map_err(LabError::StateDir)?;
+        let hub_dir = state.path().join("hub");
+        std::fs::create_dir_all(&hub_dir).map_err(LabError::StateDir)?;
+        let hub = Hub::start(&hub_dir, &self.spec.machine_names()).await?;
+        let master = self
+            .spec
+            .kubernetes
+            .as_ref()
+            .map(|k| (k.master.clone(), k.apiserver_port));
+        let mut machines = Vec::new();
+        for spec in &self.spec.machines {
+            let mut builder = MachineBuilder::new(
+                &spec.name,
+                run_script(&self.run_dir, &spec.name),
+                state.path().join("machines").join(&spec.name),
+            )
+            .accel(self.accel)
+            .boot_timeout(self.boot_timeout)
+            .lab_socket(hub.socket(&spec.name)?);
+            if let Some((_, port)) = master.as_ref().filter(|(m, _)| *m == spec.name) {
+                builder = builder.forward(*port);
+            }
+            let params: Vec<&str> = self
+                .kernel_params
+                .iter()
+                .filter(|(m, _)| *m == spec.name)
+                .map(|(_, p)| p.as_str())
+                .collect();
+            if !params.is_empty() {
+                builder = builder.kernel_params(params.join(" "));
+            }
+            machines.push(Arc::new(Machine::new(builder.config(), events.clone())?));
+        }
+        let lab = Lab {
+            spec: self.spec,
+            machines,
+            hub,
+            state: Some(state),
+            keep: self.keep,
+            events: events.clone(),
+        };
+        let boots = lab.machines.iter().map(|m| {
+            let m = m.clone();
+            async move { m.start().await }
+        });
+        for result in futures::future::join_all(boots).await {
+            result?;
+        }
+        tracing::info!(
+            "lab {} up in {:.1}s",
+            lab.spec.name,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(lab)
+    }
+}
+
+fn run_script(run_dir: &Path, machine: &str) -> PathBuf {
+    run_dir.join("bin").join(format!("run-{machine}-vm"))
+}
+
+/// A booted lab. Dropping it kills every machine, stops the hub and removes the state dir
+/// (unless kept).
+pub struct Lab {
+    spec: LabSpec,
+    machines: Vec<Arc<Machine>>,
+    hub: Hub,
+    state: Option<tempfile::TempDir>,
+    keep: bool,
+    events: Events,
+}
+
+impl Lab {
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
+    }
+
+    pub fn machines(&self) -> &[Arc<Machine>] {
+        &self.machines
+    }
+
+    /// # Errors
+    /// [`LabError::UnknownMachine`] listing the lab's machines.
+    pub fn machine(&self, name: &str) -> Result<&Arc<Machine>, LabError> {
+        self.machines
+            .iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| LabError::UnknownMachine {
+                lab: self.spec.name.clone(),
+                machine: name.to_string(),
+                known: self.spec.machine_names().join(", "),
+            })
+    }
+
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state.as_ref().map(|s| s.path())
+    }
+
+    /// Cuts the lab network between two machines, both ways; other pairs keep talking.
+    pub fn partition(&self, a: &str, b: &str) -> Result<(), LabError> {
+        self.machine(a)?;
+        self.machine(b)?;
+        self.hub.partition(a, b)?;
+        self.events.emit(EventKind::FaultInjected {
+            machine: format!("{a}<->{b}"),
+            fault: "partition".into(),
+        });
+        Ok(())
+    }
+
+    pub fn heal(&self, a: &str, b: &str) -> Result<(), LabError> {
+        self.machine(a)?;
+        self.machine(b)?;
+        self.hub.heal(a, b)?;
+        self.events.emit(EventKind::FaultInjected {
+            machine: format!("{a}<->{b}"),
+            fault: "heal".into(),
+        });
+        Ok(())
+    }
+
+    /// Cuts a machine from every other machine (the hub keeps its link up, as a real switch
+    /// failure would look from the guest).
+    pub fn isolate(&self, machine: &str) -> Result<(), LabError> {
+        self.machine(machine)?;
+        self.hub.isolate(machine)?;
+        self.events.emit(EventKind::FaultInjected {
+            machine: machine.to_string(),
+            fault: "isolate".into(),
+        });
+        Ok(())
+    }
+
+    pub fn rejoin(&self, machine: &str) -> Result<(), LabError> {
+        self.machine(machine)?;
+        self.hub.rejoin(machine)?;
+        self.events.emit(EventKind::FaultInjected {
+            machine: machine.to_string(),
+            fault: "rejoin".into(),
+        });
+        Ok(())
+    }
+
+    pub fn partitions(&self) -> Vec<(String, String)> {
+        self.hub.partitions()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for machine in &self.machines {
+            machine.kill();
+        }
+        if self.keep {
+            if let Some(state) = self.state.take() {
+                let kept = state.keep();
+                tracing::info!("lab state kept in {}", kept.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+[network]
+cidr = "10.77.0.0/24"
+[[machine]]
+name = "a"
+address = "10.77.0.10"
+[[machine]]
+name = "b"
+roles = ["node"]
+address = "10.77.0.11"
+[kubernetes]
+master = "a"
+apiserver_port = 6443
+admin_kubeconfig = "/etc/k.conf"
+kubelet_unit = "kubelet.service"
+workload_image = "labtest/workload:1"
+"#;
+
+    #[test]
+    fn a_good_spec_parses() {
+        let spec = LabSpec::parse(GOOD, Path::new("lab.toml")).unwrap();
+        assert_eq!(spec.vm_attr, "vm");
+        assert_eq!(spec.machine_names(), ["a", "b"]);
+        assert_eq!(spec.kubernetes.unwrap().apiserver_port, 6443);
+    }
+
+    #[test]
+    fn the_repos_own_specs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let spec = LabSpec::load(&root).unwrap();
+        assert_eq!(
+            spec.machine_names(),
+            ["grey-area", "congenital-optimist", "limiting-factor"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let err = LabSpec::parse(
+            &GOOD.replace("apiserver_port = 6443", "apiserver_port = \"x\""),
+            Path::new("lab.toml"),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 14"), "{text}");
+        assert!(text.contains("apiserver_port"), "{text}");
+
+        let err = LabSpec::parse(
+            &GOOD.replace("master = \"a\"", "master = \"zz\""),
+            Path::new("lab.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("master = \"zz\" is not one of the machines"),
+            "{err}"
+        );
+
+        let err = LabSpec::parse(&GOOD.replace("cidr", "cdir"), Path::new("lab.toml")).unwrap_err();
+        assert!(err.to_string().contains("cdir"), "{err}");
+    }
+}

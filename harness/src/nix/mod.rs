@@ -11,6 +11,7 @@
 //! let back = profile.rollback(&machine).await?;
 //! ```
 pub mod generation;
+mod machine;
 pub mod progress;
 
 use std::path::{Path, PathBuf};

@@ -216,17 +216,18 @@ impl Channel {
         marker: &str,
         deadline: Instant,
     ) -> Result<ExecOutput, ChannelError> {
-        let mut chunk = [0u8; 65536];
         loop {
             if let Some((end, output)) = parse_reply(&self.buffer, marker) {
                 self.buffer.drain(..end);
                 return Ok(output);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let read = tokio::time::timeout(remaining, self.stream.read(&mut chunk)).await;
+            self.buffer.reserve(65536);
+            let read =
+                tokio::time::timeout(remaining, self.stream.read_buf(&mut self.buffer)).await;
             match read {
                 Ok(Ok(0)) => return Err(self.io("QEMU closed the channel socket".into())),
-                Ok(Ok(n)) => self.buffer.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(self.io(format!("read failed: {e}"))),
                 Err(_) => {
                     return Err(ChannelError::Timeout {

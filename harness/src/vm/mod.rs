@@ -719,10 +719,24 @@ impl Machine {
             })
     }
 
-    /// ACPI power button, then waits for QEMU to exit.
+    /// Graceful power-off through systemd (as the NixOS test driver's `shutdown()` does), then
+    /// waits for QEMU to exit. Not the ACPI button: a guest without logind ignores it.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), VmError> {
         self.fault("shutdown");
-        self.qmp("system_powerdown", None).await?;
+        {
+            let mut guard = self.conn.lock().await;
+            let conn = guard
+                .as_mut()
+                .ok_or_else(|| self.state_error("is not running"))?;
+            // The reply may never come: the shell dies with the guest.
+            let _ = conn
+                .ctl
+                .exec(
+                    "systemctl poweroff >/dev/null 2>&1 &",
+                    Duration::from_secs(5),
+                )
+                .await;
+        }
         self.reap(timeout).await
     }
 

@@ -1,0 +1,207 @@
+//! Tier 2: the VM layer on real QEMU (TCG here) with the fixture guest: a lab of three machines,
+//! commands, the lab network with partitions, and every fault the layer offers.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use harness::events::Events;
+use harness::lab::{Lab, LabBuilder};
+use harness::vm::{MachineBuilder, VmError};
+use harness::wait::Wait;
+
+fn wait(what: &str, secs: u64) -> Wait {
+    Wait::new(what, Duration::from_secs(secs), Duration::from_millis(250))
+}
+
+async fn ping(lab: &Lab, from: &str, to: &str) -> bool {
+    let machine = lab.machine(from).unwrap();
+    let out = machine
+        .exec(&format!("ping -c1 -W2 {to}"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    out.status == 0
+}
+
+async fn start_lab() -> Lab {
+    LabBuilder::new(support::vm_spec(), support::run_dir())
+        .boot_timeout(Duration::from_secs(240))
+        .start(&Events::discard())
+        .await
+        .expect("the fixture lab boots")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_machines_run_commands_and_share_a_partitionable_network() {
+    let lab = start_lab().await;
+    let ga = lab.machine("grey-area").unwrap();
+
+    // Exit codes, stdout, stderr.
+    let out = ga
+        .exec("echo out; echo err >&2; exit 3", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((out.status, out.stdout_str().as_str(), out.stderr_str().as_str()), (3, "out\n", "err\n"));
+    for machine in lab.machines() {
+        let name = machine.succeed("hostname").await.unwrap();
+        assert_eq!(name.trim(), machine.name());
+    }
+    // Large output arrives intact.
+    let out = ga
+        .exec("head -c 1000000 /dev/zero | tr '\\0' x", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), 1_000_000);
+    assert!(out.stdout.iter().all(|b| *b == b'x'));
+    // Failing commands say what they ran and what came back.
+    let err = ga.succeed("echo nope >&2; false").await.unwrap_err();
+    assert!(matches!(err, VmError::CommandFailed { status: 1, .. }), "{err}");
+    assert!(err.to_string().contains("nope"), "{err}");
+
+    // Every pair talks over the lab network, by name from /etc/hosts.
+    for (a, b) in [
+        ("grey-area", "congenital-optimist"),
+        ("congenital-optimist", "limiting-factor"),
+        ("limiting-factor", "grey-area"),
+    ] {
+        assert!(ping(&lab, a, b).await, "{a} cannot reach {b}");
+    }
+
+    // A partition cuts exactly one pair.
+    lab.partition("grey-area", "limiting-factor").unwrap();
+    assert!(!ping(&lab, "grey-area", "limiting-factor").await);
+    assert!(!ping(&lab, "limiting-factor", "grey-area").await);
+    assert!(ping(&lab, "grey-area", "congenital-optimist").await);
+    assert!(ping(&lab, "congenital-optimist", "limiting-factor").await);
+    lab.heal("grey-area", "limiting-factor").unwrap();
+    assert!(ping(&lab, "grey-area", "limiting-factor").await);
+    assert!(lab.partitions().is_empty());
+
+    // A command that overruns its deadline is killed; the channel stays usable.
+    let start = Instant::now();
+    let err = ga.exec("sleep 300", Duration::from_secs(2)).await.unwrap_err();
+    assert!(err.to_string().contains("no reply within 2.0s"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(ga.succeed("echo alive").await.unwrap(), "alive\n");
+
+    // Files in and out through the shared dir.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ga.copy_in(&data, "/root/blob", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(ga.copy_out("/root/blob", Duration::from_secs(30)).await.unwrap(), data);
+
+    // Waits: unit, port, console text; each fails clearly.
+    ga.wait_for_unit("systemd-journald.service", &wait("journald", 30)).await.unwrap();
+    let err = ga
+        .wait_for_unit("labtest-no-such.service", &wait("a unit that never starts", 3))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("labtest-no-such.service is inactive"), "{err}");
+    ga.succeed("systemd-run --unit=labtest-fails false").await.unwrap();
+    let err = ga
+        .wait_for_unit("labtest-fails.service", &wait("a failing unit", 60))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("gave up"), "a failed unit ends the wait at once: {err}");
+    let err = ga.wait_for_port(7777, &wait("port 7777", 2)).await.unwrap_err();
+    assert!(err.to_string().contains("last observed"), "{err}");
+    ga.succeed("nohup nc -lk -p 7777 >/dev/null 2>&1 </dev/null & disown").await.unwrap();
+    ga.wait_for_port(7777, &wait("port 7777", 30)).await.unwrap();
+    ga.wait_for_console_text("labtest-shell: labtest.shell ready", &wait("console", 5))
+        .await
+        .unwrap();
+
+    // Freeze: nothing answers until thaw, then everything does.
+    let co = lab.machine("congenital-optimist").unwrap();
+    co.freeze().await.unwrap();
+    assert_eq!(co.qmp_status().await.unwrap(), "paused");
+    let err = co.exec("true", Duration::from_secs(2)).await.unwrap_err();
+    assert!(err.to_string().contains("no reply"), "{err}");
+    co.thaw().await.unwrap();
+    assert_eq!(co.succeed("echo thawed").await.unwrap(), "thawed\n");
+
+    // Power loss, then a fresh boot from the same disk that rejoins the network.
+    let lf = lab.machine("limiting-factor").unwrap();
+    let first_boot = lf.boot_id().unwrap();
+    lf.succeed("echo kept > /root/mark; sync").await.unwrap();
+    lf.crash().await.unwrap();
+    assert!(!lf.is_running());
+    assert!(lf.exec("true", Duration::from_secs(1)).await.is_err());
+    let boot = lf.start().await.unwrap();
+    assert_ne!(boot.boot_id, first_boot);
+    assert_eq!(lf.succeed("cat /root/mark").await.unwrap(), "kept\n");
+    assert!(ping(&lab, "limiting-factor", "grey-area").await);
+
+    // Reboot with automatic reconnect onto the new boot.
+    let before = co.boot_id().unwrap();
+    let boot = co.reboot(Duration::from_secs(180)).await.unwrap();
+    assert_ne!(boot.boot_id, before);
+    assert_eq!(co.succeed("echo back").await.unwrap(), "back\n");
+
+    // Link down through QMP cuts a machine from everyone.
+    co.set_link(false).await.unwrap();
+    assert!(!ping(&lab, "grey-area", "congenital-optimist").await);
+    co.set_link(true).await.unwrap();
+    assert!(ping(&lab, "grey-area", "congenital-optimist").await);
+
+    // Graceful shutdown ends QEMU.
+    co.shutdown(Duration::from_secs(90)).await.unwrap();
+    assert!(!co.is_running());
+
+    let state = lab.state_dir().unwrap().to_path_buf();
+    drop(lab);
+    assert!(!state.exists(), "the state dir is removed");
+    assert!(support::qemu_processes_mentioning(&state.to_string_lossy()).is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_run_script_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = MachineBuilder::new("ghost", dir.path().join("bin/run-ghost-vm"), dir.path().join("state"))
+        .start(&Events::discard())
+        .await
+        .err()
+        .expect("no machine without a run script");
+    assert!(matches!(err, VmError::NoRunScript { .. }), "{err}");
+    assert!(err.to_string().contains("run-ghost-vm does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn a_run_script_that_exits_at_once_is_reported_with_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("run-broken-vm");
+    std::fs::write(&script, "#!/bin/sh\necho 'qemu: could not load kernel' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let start = Instant::now();
+    let err = MachineBuilder::new("broken", &script, dir.path().join("state"))
+        .boot_timeout(Duration::from_secs(30))
+        .start(&Events::discard())
+        .await
+        .err()
+        .expect("the machine cannot start");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    let text = err.to_string();
+    assert!(matches!(err, VmError::Exited { .. }), "{text}");
+    assert!(text.contains("exit status: 3"), "{text}");
+    assert!(text.contains("could not load kernel"), "{text}");
+}
+
+#[tokio::test]
+async fn a_guest_that_never_answers_times_out_with_its_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let err = MachineBuilder::new(
+        "grey-area",
+        support::run_dir().join("bin/run-grey-area-vm"),
+        dir.path().join("state"),
+    )
+    .kernel_params("systemd.mask=labtest-shell@labtest.shell.service")
+    .boot_timeout(Duration::from_secs(40))
+    .start(&Events::discard())
+    .await
+    .err()
+    .expect("the guest channel never answers");
+    let text = err.to_string();
+    assert!(start.elapsed() < Duration::from_secs(50), "took {:?}", start.elapsed());
+    assert!(text.contains("did not answer within 40s"), "{text}");
+    assert!(text.contains("console.log"), "{text}");
+    assert!(support::qemu_processes_mentioning(&dir.path().to_string_lossy()).is_empty());
+}
