@@ -1,3 +1,368 @@
-fn main() {
-    println!("labtest");
+//! labtest's command line. Exit status: 0 all passed, 1 a scenario failed, 2 the lab could not be
+//! brought up or the input was bad.
+mod bringup;
+mod control;
+mod run;
+mod serve;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use harness::events::Events;
+use harness::report::live;
+use harness::vm::accel::AccelChoice;
+
+use control::{Fault, Request};
+use session::{Info, Session};
+
+#[derive(Parser)]
+#[command(
+    name = "labtest",
+    version,
+    about = "Boot a NixOS Kubernetes home lab as QEMU VMs, run scenarios, report"
+)]
+struct Cli {
+    /// The lab: a directory with a flake and a lab.toml.
+    #[arg(long, global = true, default_value = ".", env = "LABTEST_LAB")]
+    lab: PathBuf,
+    /// Accelerator: auto probes KVM and falls back to TCG with a warning.
+    #[arg(long, global = true, default_value = "auto", env = "LABTEST_ACCEL")]
+    accel: AccelChoice,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build and boot the lab, wait until it is ready, run scenarios, report.
+    Run(run::RunArgs),
+    /// Boot the lab and leave it running in the background; print how to reach it.
+    Up {
+        /// How long building, booting and the readiness gate may take, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Show the running lab's machines.
+    Status,
+    /// Tear the running lab down.
+    Down,
+    /// Run a command in a guest and exit with its status.
+    Exec {
+        machine: String,
+        /// Deadline for the command, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// kubectl with the running lab's admin kubeconfig.
+    Kubectl {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Power loss: the machine's QEMU quits at once.
+    Crash { machine: String },
+    /// Pause the machine's CPUs (QMP stop).
+    Freeze { machine: String },
+    /// Resume a frozen machine.
+    Thaw { machine: String },
+    /// Cut the lab network between two machines.
+    Partition { a: String, b: String },
+    /// Undo a partition.
+    Heal { a: String, b: String },
+    /// The scenarios available.
+    List,
+    #[command(name = "__serve", hide = true)]
+    Serve,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LABTEST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("labtest: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("labtest: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::List => {
+            for (name, about) in scenarios::CATALOGUE {
+                println!("{name:<18} {about}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run::run(&cli.lab, cli.accel, args).await,
+        Command::Up { timeout } => up(&cli.lab, cli.accel, Duration::from_secs(timeout)).await,
+        Command::Serve => serve_in_background(&cli.lab, cli.accel).await,
+        Command::Status => {
+            let session = running(&cli.lab)?;
+            let reply = call(&session, Request::Status, 30).await?;
+            print!("{}", reply.text);
+            if let Some(info) = session.info() {
+                println!(
+                    "  server pid {}, state {}",
+                    info.pid,
+                    info.state_dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down => {
+            let session = running(&cli.lab)?;
+            let reply = call(&session, Request::Down, 30).await?;
+            println!("{}", reply.text);
+            let start = Instant::now();
+            while session.is_up() {
+                if start.elapsed() > Duration::from_secs(60) {
+                    bail!(
+                        "the lab's server did not exit within 60s; see {}",
+                        session.log().display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            println!("lab is down");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            machine,
+            timeout,
+            command,
+        } => {
+            let session = running(&cli.lab)?;
+            let command = if command.len() == 1 {
+                command[0].clone()
+            } else {
+                command
+                    .iter()
+                    .map(|a| harness::vm::channel::ansi_c_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let reply = call(
+                &session,
+                Request::Exec {
+                    machine,
+                    command,
+                    timeout_secs: timeout,
+                },
+                timeout + 30,
+            )
+            .await?;
+            print!("{}", reply.stdout);
+            eprint!("{}", reply.stderr);
+            let status = reply.status.unwrap_or(2);
+            Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+        }
+        Command::Kubectl { args } => {
+            let session = running(&cli.lab)?;
+            let kubeconfig = session
+                .info()
+                .and_then(|i| i.kubeconfig)
+                .context("the running lab has no Kubernetes (its lab.toml has no [kubernetes])")?;
+            let kubectl = which::which("kubectl").context("kubectl is not on PATH")?;
+            let status = tokio::process::Command::new(kubectl)
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(args)
+                .status()
+                .await?;
+            Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
+        }
+        Command::Crash { machine } => fault(&cli.lab, machine, Fault::Crash).await,
+        Command::Freeze { machine } => fault(&cli.lab, machine, Fault::Freeze).await,
+        Command::Thaw { machine } => fault(&cli.lab, machine, Fault::Thaw).await,
+        Command::Partition { a, b } => {
+            let reply = call(&running(&cli.lab)?, Request::Partition { a, b }, 30).await?;
+            println!("{}", reply.text);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Heal { a, b } => {
+            let reply = call(&running(&cli.lab)?, Request::Heal { a, b }, 30).await?;
+            println!("{}", reply.text);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The session of a lab that is up, or a clear error saying how to bring it up.
+fn running(lab_dir: &Path) -> Result<Session> {
+    if !lab_dir.join("lab.toml").exists() {
+        bail!(
+            "{} is not a lab (no lab.toml there); pass --lab PATH",
+            lab_dir.display()
+        );
+    }
+    let session = Session::for_lab(lab_dir)?;
+    if !session.is_up() {
+        bail!(
+            "no lab is up for {}; start one with `labtest up --lab {}`",
+            lab_dir.display(),
+            lab_dir.display()
+        );
+    }
+    Ok(session)
+}
+
+async fn call(session: &Session, request: Request, timeout_secs: u64) -> Result<control::Reply> {
+    let reply = control::call(
+        &session.socket(),
+        &request,
+        Duration::from_secs(timeout_secs),
+    )
+    .await?;
+    if let Some(error) = reply.error {
+        bail!("{error}");
+    }
+    Ok(reply)
+}
+
+async fn fault(lab_dir: &Path, machine: String, fault: Fault) -> Result<ExitCode> {
+    let reply = call(&running(lab_dir)?, Request::Fault { machine, fault }, 60).await?;
+    println!("{}", reply.text);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `labtest up`: starts `labtest __serve` detached, follows its log until the lab is up (or the
+/// server dies, or the deadline passes), then says how to reach the lab.
+async fn up(lab_dir: &Path, accel: AccelChoice, timeout: Duration) -> Result<ExitCode> {
+    bringup::load_spec(lab_dir)?;
+    let session = Session::for_lab(lab_dir)?;
+    if session.is_up() {
+        if let Some(info) = session.info() {
+            println!("lab {} is already up (server pid {})", info.lab, info.pid);
+            print_reach(&info);
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!(
+            "a server for {} is still starting; see {}",
+            lab_dir.display(),
+            session.log().display()
+        );
+    }
+    session.clear_stale();
+    std::fs::create_dir_all(&session.dir)?;
+    let log = std::fs::File::create(session.log())?;
+    let exe = std::env::current_exe()?;
+    let accel_arg = match accel {
+        AccelChoice::Auto => "auto",
+        AccelChoice::Kvm => "kvm",
+        AccelChoice::Tcg => "tcg",
+    };
+    let mut child = std::process::Command::new(exe);
+    child
+        .args(["--lab"])
+        .arg(lab_dir)
+        .args(["--accel", accel_arg, "__serve"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut child, 0);
+    let mut child = child.spawn().context("starting the lab's server")?;
+    let start = Instant::now();
+    let mut shown = 0;
+    loop {
+        let text = std::fs::read_to_string(session.log()).unwrap_or_default();
+        print!("{}", &text[shown.min(text.len())..]);
+        shown = text.len();
+        if let Some(info) = session.info() {
+            println!("lab {} is up", info.lab);
+            print_reach(&info);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the lab could not be brought up (server {status}); its log is {}",
+                session.log().display()
+            );
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            bail!(
+                "the lab was not up within {}s; its log is {}",
+                timeout.as_secs(),
+                session.log().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_reach(info: &Info) {
+    let lab = info.lab_dir.display();
+    println!("  machines: {}", info.machines.join(", "));
+    if let Some(first) = info.machines.first() {
+        println!("  a shell command:  labtest --lab {lab} exec {first} -- systemctl --failed");
+    }
+    if let Some(kubeconfig) = &info.kubeconfig {
+        println!("  kubectl:          labtest --lab {lab} kubectl -- get nodes");
+        println!(
+            "                    (or KUBECONFIG={})",
+            kubeconfig.display()
+        );
+    }
+    println!(
+        "  console logs:     {}/machines/*/console.log",
+        info.state_dir.display()
+    );
+    println!("  tear down:        labtest --lab {lab} down");
+}
+
+/// `labtest __serve`: the background half of `up`.
+async fn serve_in_background(lab_dir: &Path, accel: AccelChoice) -> Result<ExitCode> {
+    let session = Session::for_lab(lab_dir)?;
+    let Some(_lock) = session.lock()? else {
+        bail!("another server already serves {}", lab_dir.display());
+    };
+    let spec = bringup::load_spec(lab_dir)?;
+    let events = Events::new();
+    let view = live::spawn(&events, live::Mode::Plain);
+    let work = session.dir.join("work");
+    let booted = run::bring_up_ready(lab_dir, &spec, &work, &session.dir, accel, &events).await;
+    let lab = match booted {
+        Ok(lab) => Arc::new(lab),
+        Err(e) => {
+            events.emit(harness::events::EventKind::RunFinished {
+                aborted: Some(format!("{e:#}")),
+            });
+            let _ = view.join();
+            return Err(e);
+        }
+    };
+    session.write_info(&Info {
+        lab: spec.name.clone(),
+        lab_dir: lab_dir.canonicalize()?,
+        pid: std::process::id(),
+        machines: spec.machine_names(),
+        state_dir: lab.state_dir().map(Path::to_path_buf).unwrap_or_default(),
+        kubeconfig: spec.kubernetes.as_ref().map(|_| session.kubeconfig()),
+    })?;
+    serve::serve(lab.clone(), &session).await?;
+    session.clear_stale();
+    events.emit(harness::events::EventKind::RunFinished { aborted: None });
+    let _ = view.join();
+    Ok(ExitCode::SUCCESS)
 }

@@ -20,6 +20,13 @@ pub struct LabSpec {
     /// `nix build <lab>#<vm_attr>` yields `bin/run-<machine>-vm` for every machine.
     #[serde(default = "default_vm_attr")]
     pub vm_attr: String,
+    /// A command run in the lab dir before `nix build` (e.g. building cached fixture parts).
+    /// A lab with one is built as a `path:` flake, so files it generates count even when git
+    /// does not track them.
+    pub prepare: Option<String>,
+    /// Extra `nix.conf` lines for this lab's builds (e.g. `sandbox = false`).
+    #[serde(default)]
+    pub nix_config: Vec<String>,
     pub network: NetworkSpec,
     #[serde(rename = "machine")]
     pub machines: Vec<MachineSpec>,
@@ -97,6 +104,96 @@ pub enum LabError {
     Hub(#[from] HubError),
     #[error("lab state dir: {0}")]
     StateDir(std::io::Error),
+    #[error("lab {lab}: prepare step `{command}` failed ({status}); log {log}:\n{tail}")]
+    Prepare {
+        lab: String,
+        command: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    /// Nix's diagnosis is the source: print the chain (`{:#}` in anyhow) to see it.
+    #[error("lab {lab}: building its machines failed")]
+    Build {
+        lab: String,
+        source: Box<crate::nix::NixError>,
+    },
+}
+
+/// Makes a lab's machines: runs its `prepare` step, then `nix build <lab>#<vm_attr>`, with
+/// progress as [`EventKind::BuildProgress`]. Returns the directory holding `bin/run-*-vm`.
+///
+/// # Errors
+/// [`LabError::Prepare`] with the log's tail, [`LabError::Build`] with Nix's own diagnosis
+/// (evaluation error, failed derivation and its log tail, missing `nix`).
+pub async fn build(
+    lab_dir: &Path,
+    spec: &LabSpec,
+    out_dir: &Path,
+    events: &Events,
+    timeout: Duration,
+) -> Result<PathBuf, LabError> {
+    std::fs::create_dir_all(out_dir).map_err(LabError::StateDir)?;
+    let lab_dir = lab_dir.canonicalize().map_err(|source| LabError::NoSpec {
+        path: lab_dir.to_path_buf(),
+        source,
+    })?;
+    if let Some(command) = &spec.prepare {
+        let log = out_dir.join("prepare.log");
+        let file = std::fs::File::create(&log).map_err(LabError::StateDir)?;
+        let file_err = file.try_clone().map_err(LabError::StateDir)?;
+        let status = tokio::process::Command::new("bash")
+            .args(["-c", command])
+            .current_dir(&lab_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(file_err)
+            .status()
+            .await
+            .map_err(LabError::StateDir)?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            return Err(LabError::Prepare {
+                lab: spec.name.clone(),
+                command: command.clone(),
+                status: status.to_string(),
+                log,
+                tail: lines[lines.len().saturating_sub(20)..].join("\n"),
+            });
+        }
+    }
+    let build_error = |source| LabError::Build {
+        lab: spec.name.clone(),
+        source: Box::new(source),
+    };
+    let mut nix = crate::nix::Nix::find().map_err(build_error)?;
+    for line in &spec.nix_config {
+        nix = nix.with_config(line);
+    }
+    let flake = if spec.prepare.is_some() {
+        format!("path:{}", lab_dir.display())
+    } else {
+        lab_dir.display().to_string()
+    };
+    let what = format!("{flake}#{}", spec.vm_attr);
+    let paths = nix
+        .build(&flake, &[spec.vm_attr.as_str()], out_dir, timeout, |p| {
+            events.emit(EventKind::BuildProgress {
+                what: what.clone(),
+                done: p.done,
+                expected: p.expected,
+                running: p.running.clone(),
+                downloads_done: 0,
+                downloads_expected: p.downloads.len() as u64,
+            })
+        })
+        .await
+        .map_err(build_error)?;
+    paths.into_iter().next().ok_or_else(|| LabError::BadSpec {
+        path: lab_dir.join("lab.toml"),
+        message: format!("nix build {what} returned no output path"),
+    })
 }
 
 impl From<VmError> for LabError {
@@ -187,6 +284,7 @@ pub struct LabBuilder {
     keep: bool,
     boot_timeout: Duration,
     kernel_params: Vec<(String, String)>,
+    evidence_dir: Option<PathBuf>,
 }
 
 impl LabBuilder {
@@ -199,6 +297,7 @@ impl LabBuilder {
             keep: false,
             boot_timeout: Duration::from_secs(180),
             kernel_params: Vec::new(),
+            evidence_dir: None,
         }
     }
 
@@ -215,6 +314,13 @@ impl LabBuilder {
 
     pub fn boot_timeout(mut self, timeout: Duration) -> Self {
         self.boot_timeout = timeout;
+        self
+    }
+
+    /// Where each machine's console log is copied when the lab goes away (also after a failed
+    /// boot), as `<dir>/machines/<name>/console.log`: the state dir itself is temporary.
+    pub fn evidence_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.evidence_dir = Some(dir.into());
         self
     }
 
@@ -284,6 +390,7 @@ impl LabBuilder {
             hub,
             state: Some(state),
             keep: self.keep,
+            evidence_dir: self.evidence_dir,
             events: events.clone(),
         };
         let boots = lab.machines.iter().map(|m| {
@@ -314,6 +421,7 @@ pub struct Lab {
     hub: Hub,
     state: Option<tempfile::TempDir>,
     keep: bool,
+    evidence_dir: Option<PathBuf>,
     events: Events,
 }
 
@@ -397,6 +505,19 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for machine in &self.machines {
             machine.kill();
+        }
+        if let Some(dir) = &self.evidence_dir {
+            for machine in &self.machines {
+                let target = dir.join("machines").join(machine.name());
+                if std::fs::create_dir_all(&target).is_ok()
+                    && std::fs::copy(machine.console_log(), target.join("console.log")).is_ok()
+                {
+                    self.events.emit(EventKind::Artifact {
+                        path: target.join("console.log"),
+                        what: format!("{} serial console", machine.name()),
+                    });
+                }
+            }
         }
         if self.keep {
             if let Some(state) = self.state.take() {

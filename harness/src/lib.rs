@@ -5,9 +5,11 @@
 //! * [`vm`] - one QEMU machine: its run script, QMP, the guest channel, faults.
 //! * [`net`] - the lab's private L2 hub (partitions per pair) and host port picks.
 //! * [`nix`] - `nix build` with progress, out-links, new system generations.
+//! * [`kube`] - a client from the lab's kubeconfig, node joins, the readiness gate, object waits.
 //! * [`lab`] - a lab spec plus its machines and network, booted and torn down together.
 //! * [`report`] - the live view, summary, JUnit, JSON and the artifacts folder, all fed by events.
 pub mod events;
+pub mod kube;
 pub mod lab;
 pub mod net;
 pub mod nix;

@@ -1,0 +1,147 @@
+//! The kube layer: a client from the lab's admin kubeconfig, node joins, the readiness gate and
+//! bounded waits on Kubernetes objects.
+//!
+//! It sits below [`crate::lab`] and takes plain parameters (a [`crate::vm::Machine`], paths,
+//! names) rather than lab types, so the same code runs against a lab's guests and against a
+//! control plane on the host (the fast test tier).
+//!
+//! * [`access`] - fetch the admin kubeconfig from the master, point it at the host port forward,
+//!   write it for `labtest kubectl`, build a [`::kube::Client`]; the server version for gating
+//!   newer APIs.
+//! * [`join`] - hand the master's join token to every node's join command.
+//! * [`gate`] - the readiness gate: ordered named checks, each with its own deadline and poll
+//!   interval, reported through [`crate::events`].
+//! * [`conditions`] - [`wait_for`] and ready-made conditions (plain functions behind
+//!   [`crate::wait::Condition`], as in kube-runtime's `wait` module).
+//!
+//! # Usage
+//! ```no_run
+//! # async fn demo(master: &harness::vm::Machine) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use harness::events::Events;
+//! use harness::kube::{conditions, gate, KubeAccess, ReadinessGate};
+//! use harness::wait::Wait;
+//! use k8s_openapi::api::core::v1::Node;
+//!
+//! let access = KubeAccess::from_master(
+//!     master,
+//!     "/etc/kubernetes/cluster-admin.kubeconfig",
+//!     443,
+//!     Some("grey-area"),
+//!     "/tmp/lab/kubeconfig".as_ref(),
+//! )
+//! .await?;
+//! let gate = ReadinessGate::new(["grey-area", "congenital-optimist"], "labtest/workload:1");
+//! gate.run(access.client(), &Events::discard(), gate::no_evidence).await?;
+//! let nodes = kube::Api::<Node>::all(access.client().clone());
+//! let wait = Wait::new("grey-area Ready", Duration::from_secs(60), Duration::from_secs(1));
+//! harness::kube::wait_for(&nodes, "grey-area", conditions::node_ready, &wait).await?;
+//! # Ok(()) }
+//! ```
+pub mod access;
+pub mod conditions;
+pub mod gate;
+pub mod join;
+
+use std::path::PathBuf;
+
+pub use access::{apiserver_version, KubeAccess, ServerVersion};
+pub use conditions::{wait_for, Summary};
+pub use gate::{Budget, GateBudgets, GateError, GateReport, ReadinessGate};
+pub use join::{join_nodes, JoinFailure};
+
+use crate::vm::VmError;
+use crate::wait::WaitError;
+
+/// What went wrong in the kube layer. Messages say what was expected, what was seen, and where
+/// the evidence is.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{machine}: could not read the admin kubeconfig {path}: {source}")]
+    FetchKubeconfig {
+        machine: String,
+        path: String,
+        source: Box<VmError>,
+    },
+    #[error("kubeconfig from {origin} is unusable: expected {expected}, saw {seen}")]
+    BadKubeconfig {
+        origin: String,
+        expected: String,
+        seen: String,
+    },
+    #[error(
+        "{machine} forwards no host port to the apiserver's guest port {port} \
+         (forwards: {forwards}); expected the lab to forward it"
+    )]
+    NoForward {
+        machine: String,
+        port: u16,
+        forwards: String,
+    },
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not build a Kubernetes client from {origin}: {source}")]
+    Client {
+        origin: String,
+        source: Box<::kube::Error>,
+    },
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        source: Box<::kube::Error>,
+    },
+    #[error("{what} needs Kubernetes >= {needs}; the apiserver is {seen}")]
+    Unsupported {
+        what: String,
+        needs: String,
+        seen: String,
+    },
+    #[error("{machine}: join token command `{command}` failed: {source}")]
+    JoinToken {
+        machine: String,
+        command: String,
+        source: Box<VmError>,
+    },
+    #[error("{} of {} node(s) failed to join:\n{}", failures.len(), nodes, join::describe(failures))]
+    Join {
+        nodes: usize,
+        failures: Vec<JoinFailure>,
+    },
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    #[error(transparent)]
+    Gate(#[from] Box<GateError>),
+}
+
+impl KubeError {
+    pub(crate) fn api(what: impl Into<String>, source: ::kube::Error) -> Self {
+        KubeError::Api {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// A short, one-line form of a client error for progress lines (the full error is long and
+/// repeats the request).
+pub(crate) fn brief(error: &::kube::Error) -> String {
+    match error {
+        ::kube::Error::Api(status) => {
+            let message = status.message.trim();
+            format!("HTTP {} {}: {}", status.code, status.reason, message)
+        }
+        other => crate::wait::tail_chars(&other.to_string(), 300),
+    }
+}
+
+/// HTTP status of an API error, if the server answered at all.
+pub(crate) fn status_code(error: &::kube::Error) -> Option<u16> {
+    match error {
+        ::kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}

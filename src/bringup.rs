@@ -1,0 +1,72 @@
+//! From a lab dir to a booted lab: prepare + `nix build`, the accelerator verdict, the boot.
+//! Shared by `labtest run` and `labtest up`, so both bring a lab up the same way.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use harness::events::{EventKind, Events, Phase};
+use harness::lab::{self, Lab, LabBuilder, LabSpec};
+use harness::vm::accel::{self, AccelChoice};
+
+/// How long a lab's build may take (a cold fixture lab builds a guest and Kubernetes).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("LABTEST_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("labtest")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/labtest")))
+        .unwrap_or_else(|| std::env::temp_dir().join("labtest-cache"))
+}
+
+/// Loads `<lab_dir>/lab.toml`.
+pub fn load_spec(lab_dir: &Path) -> Result<LabSpec> {
+    Ok(LabSpec::load(lab_dir)?)
+}
+
+/// Builds and boots the lab; `work_dir` receives the build's out-links and logs, `evidence_dir`
+/// the machines' console logs when the lab goes away.
+pub async fn bring_up(
+    lab_dir: &Path,
+    spec: &LabSpec,
+    work_dir: &Path,
+    evidence_dir: &Path,
+    accel_choice: AccelChoice,
+    events: &Events,
+) -> Result<Lab> {
+    events.emit(EventKind::Phase {
+        phase: Phase::Build,
+    });
+    let run_dir = lab::build(
+        lab_dir,
+        spec,
+        &work_dir.join("build"),
+        events,
+        BUILD_TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("building lab {}", lab_dir.display()))?;
+    let probe = spec
+        .machines
+        .first()
+        .map(|m| run_dir.join("bin").join(format!("run-{}-vm", m.name)))
+        .context("the lab has no machines")?;
+    let verdict =
+        tokio::task::spawn_blocking(move || accel::resolve(accel_choice, &probe, &cache_dir()))
+            .await
+            .context("the accelerator probe panicked")??;
+    if let Some(warning) = &verdict.warning {
+        events.emit(EventKind::Warning {
+            message: warning.clone(),
+        });
+    }
+    events.emit(EventKind::Phase { phase: Phase::Boot });
+    let lab = LabBuilder::new(spec.clone(), &run_dir)
+        .accel(verdict.accel)
+        .boot_timeout(BOOT_TIMEOUT)
+        .evidence_dir(evidence_dir)
+        .start(events)
+        .await?;
+    Ok(lab)
+}

@@ -1,0 +1,93 @@
+//! The control socket of a lab kept up between commands: one JSON request per connection, one
+//! JSON reply. Small on purpose: every verb maps to one harness call.
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Exec {
+        machine: String,
+        command: String,
+        timeout_secs: u64,
+    },
+    Fault {
+        machine: String,
+        fault: Fault,
+    },
+    Partition {
+        a: String,
+        b: String,
+    },
+    Heal {
+        a: String,
+        b: String,
+    },
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    Crash,
+    Freeze,
+    Thaw,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub error: Option<String>,
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn error(error: impl Into<String>) -> Self {
+        Self {
+            error: Some(error.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Sends one request and waits for the reply, bounded by `timeout`.
+pub async fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply> {
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        stream.write_all(line.as_bytes()).await?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).await?;
+        if reply.is_empty() {
+            return Err(anyhow!(
+                "the lab's server closed the connection without a reply"
+            ));
+        }
+        Ok(serde_json::from_str::<Reply>(&reply)?)
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        anyhow!(
+            "the lab's server at {} did not answer within {}s",
+            socket.display(),
+            timeout.as_secs()
+        )
+    })?
+}

@@ -1,0 +1,173 @@
+//! `labtest run`: build, boot, wait until ready, run scenarios, report - one event stream feeding
+//! the live view, the summary, JUnit, JSON and the artifacts folder.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use harness::events::{EventKind, Events, Outcome, Phase};
+use harness::lab::{Lab, LabSpec};
+use harness::report::{live, ArtifactsDir};
+use harness::vm::accel::AccelChoice;
+
+use crate::bringup;
+use crate::session::{Info, Session};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A built-in scenario to run (repeatable); all of them when none is given. See `labtest list`.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// Where the run's artifacts go (console logs, journals, kubectl output, reports).
+    #[arg(long, value_name = "DIR")]
+    report_dir: Option<PathBuf>,
+    /// Also write the JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write the JSON summary here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// After a failed run, keep the lab up for debugging until Ctrl-C or `labtest down`.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Brings the lab up and, when it runs Kubernetes, through the readiness gate.
+pub async fn bring_up_ready(
+    lab_dir: &Path,
+    spec: &LabSpec,
+    work: &Path,
+    evidence: &Path,
+    accel: AccelChoice,
+    events: &Events,
+) -> Result<Lab> {
+    let lab = bringup::bring_up(lab_dir, spec, work, evidence, accel, events).await?;
+    Ok(lab)
+}
+
+fn default_report_dir() -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    PathBuf::from("target/labtest").join(format!("run-{secs}"))
+}
+
+pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<ExitCode> {
+    let spec = bringup::load_spec(lab_dir)?;
+    for name in &args.scenarios {
+        if !scenarios::is_builtin(name) {
+            let known: Vec<&str> = scenarios::CATALOGUE.iter().map(|(n, _)| *n).collect();
+            bail!("no scenario named {name:?}; known: {}", known.join(", "));
+        }
+    }
+    let names: Vec<String> = if args.scenarios.is_empty() {
+        scenarios::CATALOGUE
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    } else {
+        args.scenarios.clone()
+    };
+    let report_dir = args.report_dir.clone().unwrap_or_else(default_report_dir);
+    let events = Events::new();
+    let recorder = events.record();
+    let view = live::spawn(&events, live::Mode::detect());
+    let artifacts = ArtifactsDir::create(&report_dir, &events)
+        .with_context(|| format!("creating the report dir {}", report_dir.display()))?;
+    events.emit(EventKind::RunStarted {
+        lab: spec.name.clone(),
+        scenarios: names.clone(),
+    });
+    let session = Session::for_lab(lab_dir)?;
+    let work = report_dir.join("work");
+    let booted = bring_up_ready(lab_dir, &spec, &work, &report_dir, accel, &events).await;
+    let mut failed = false;
+    let lab = match booted {
+        Ok(lab) => Some(Arc::new(lab)),
+        Err(e) => {
+            events.emit(EventKind::RunFinished {
+                aborted: Some(format!("the lab could not be brought up: {e:#}")),
+            });
+            None
+        }
+    };
+    if let Some(lab) = &lab {
+        events.emit(EventKind::Phase {
+            phase: Phase::Scenario,
+        });
+        for name in &names {
+            events.emit(EventKind::ScenarioStarted {
+                scenario: name.clone(),
+                attempt: 1,
+            });
+            let start = Instant::now();
+            let result = scenarios::run(name, lab, &events, &artifacts).await;
+            let (outcome, message) = match result {
+                Ok(()) => (Outcome::Passed, None),
+                Err(e) => {
+                    failed = true;
+                    (e.outcome(), Some(e.to_string()))
+                }
+            };
+            events.emit(EventKind::ScenarioFinished {
+                scenario: name.clone(),
+                attempt: 1,
+                outcome,
+                took: start.elapsed(),
+                message,
+            });
+        }
+        if failed && args.keep {
+            keep_serving(lab.clone(), lab_dir, &spec, &session).await?;
+        }
+        events.emit(EventKind::Phase {
+            phase: Phase::Teardown,
+        });
+        events.emit(EventKind::RunFinished { aborted: None });
+    }
+    drop(lab);
+    let _ = view.join();
+    let summary = artifacts.write_reports(&recorder.events())?;
+    if let Some(path) = &args.junit {
+        std::fs::write(path, harness::report::junit::to_string(&summary)?)?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, harness::report::json::summary_json(&summary)?)?;
+    }
+    print!("{}", summary.render_text());
+    Ok(ExitCode::from(summary.result.exit_code() as u8))
+}
+
+/// `--keep` after a failure: this process becomes the lab's server so `labtest exec`,
+/// `kubectl` and the faults work from another terminal, until Ctrl-C or `labtest down`.
+async fn keep_serving(
+    lab: Arc<Lab>,
+    lab_dir: &Path,
+    spec: &LabSpec,
+    session: &Session,
+) -> Result<()> {
+    let Some(_lock) = session.lock()? else {
+        bail!(
+            "cannot keep the lab up: another lab is already up for {}",
+            lab_dir.display()
+        );
+    };
+    let info = Info {
+        lab: spec.name.clone(),
+        lab_dir: lab_dir.canonicalize()?,
+        pid: std::process::id(),
+        machines: spec.machine_names(),
+        state_dir: lab.state_dir().map(Path::to_path_buf).unwrap_or_default(),
+        kubeconfig: spec.kubernetes.as_ref().map(|_| session.kubeconfig()),
+    };
+    session.write_info(&info)?;
+    println!(
+        "a scenario failed; the lab stays up for debugging (Ctrl-C or `labtest down` ends it):"
+    );
+    crate::print_reach(&info);
+    crate::serve::serve(lab, session).await?;
+    session.clear_stale();
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Serving a booted lab on its control socket until `labtest down`, SIGTERM or Ctrl-C: what
+//! `labtest up` runs in the background and `labtest run --keep` runs after a failure.
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use harness::lab::Lab;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::control::{Fault, Reply, Request};
+use crate::session::Session;
+
+/// Serves until asked to stop; the lab is torn down when this returns and `lab` is dropped.
+pub async fn serve(lab: Arc<Lab>, session: &Session) -> Result<()> {
+    let socket = session.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let stop = Arc::new(Notify::new());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (lab, stop) = (lab.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &lab, &stop).await {
+                        tracing::warn!("control connection: {e:#}");
+                    }
+                });
+            }
+            _ = stop.notified() => break,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, lab: &Lab, stop: &Notify) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Down) => {
+            stop.notify_one();
+            Reply::text("tearing the lab down")
+        }
+        Ok(request) => answer(request, lab).await,
+        Err(e) => Reply::error(format!("bad request: {e}")),
+    };
+    let mut text = serde_json::to_string(&reply)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+async fn answer(request: Request, lab: &Lab) -> Reply {
+    match run(request, lab).await {
+        Ok(reply) => reply,
+        Err(e) => Reply::error(format!("{e:#}")),
+    }
+}
+
+async fn run(request: Request, lab: &Lab) -> Result<Reply> {
+    Ok(match request {
+        Request::Status => Reply::text(status_text(lab).await),
+        Request::Exec {
+            machine,
+            command,
+            timeout_secs,
+        } => {
+            let out = lab
+                .machine(&machine)?
+                .exec(&command, Duration::from_secs(timeout_secs))
+                .await?;
+            Reply {
+                status: Some(out.status),
+                stdout: out.stdout_str(),
+                stderr: out.stderr_str(),
+                ..Reply::default()
+            }
+        }
+        Request::Fault { machine, fault } => {
+            let m = lab.machine(&machine)?;
+            let done = match fault {
+                Fault::Crash => m.crash().await.map(|_| "crashed (power loss)"),
+                Fault::Freeze => m.freeze().await.map(|_| "frozen"),
+                Fault::Thaw => m.thaw().await.map(|_| "thawed"),
+            }?;
+            Reply::text(format!("{machine}: {done}"))
+        }
+        Request::Partition { a, b } => {
+            lab.partition(&a, &b)?;
+            Reply::text(format!("{a} and {b} are cut off from each other"))
+        }
+        Request::Heal { a, b } => {
+            lab.heal(&a, &b)?;
+            Reply::text(format!("{a} and {b} can talk again"))
+        }
+        Request::Down => Reply::text("tearing the lab down"),
+    })
+}
+
+async fn status_text(lab: &Lab) -> String {
+    let mut text = format!("lab {}\n", lab.spec().name);
+    for machine in lab.machines() {
+        let state = if !machine.is_running() {
+            "off".to_string()
+        } else {
+            machine
+                .qmp_status()
+                .await
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        };
+        text.push_str(&format!(
+            "  {:<22} {:<9} console {}\n",
+            machine.name(),
+            state,
+            machine.console_log().display()
+        ));
+    }
+    let cuts = lab.partitions();
+    if !cuts.is_empty() {
+        let pairs: Vec<String> = cuts.iter().map(|(a, b)| format!("{a}<->{b}")).collect();
+        text.push_str(&format!("  partitioned: {}\n", pairs.join(", ")));
+    }
+    text
+}

@@ -1,0 +1,269 @@
+//! The command line, as users and scripts call it: every command, wrong arguments, a missing
+//! lab, and a lab kept up between commands (on tests/labs/vm-only: real guests, no Kubernetes).
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn labtest() -> Command {
+    let mut cmd = Command::cargo_bin("labtest").expect("the labtest binary");
+    cmd.env("LABTEST_ACCEL", "tcg")
+        .timeout(Duration::from_secs(600));
+    cmd
+}
+
+fn vm_lab() -> PathBuf {
+    support::repo_root().join("tests/labs/vm-only")
+}
+
+#[test]
+fn help_and_list_name_every_command_and_scenario() {
+    let help = labtest().arg("--help").assert().success();
+    let out = String::from_utf8_lossy(&help.get_output().stdout).into_owned();
+    for command in [
+        "run",
+        "up",
+        "status",
+        "down",
+        "exec",
+        "kubectl",
+        "crash",
+        "freeze",
+        "thaw",
+        "partition",
+        "heal",
+        "list",
+    ] {
+        assert!(
+            out.contains(command),
+            "--help does not mention {command}:\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("__serve"),
+        "the internal server command stays hidden"
+    );
+    labtest()
+        .arg("list")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("pod-scheduling"))
+        .stdout(predicate::str::contains("node-failure"))
+        .stdout(predicate::str::contains("rebuild-rollback"));
+}
+
+#[test]
+fn wrong_arguments_exit_2_with_usage() {
+    labtest()
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("Usage"));
+    labtest()
+        .arg("crash")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("<MACHINE>"));
+    labtest().args(["partition", "a"]).assert().code(2);
+    labtest().args(["exec", "grey-area"]).assert().code(2);
+    labtest()
+        .args(["--accel", "warp", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("auto, kvm, tcg"));
+}
+
+#[test]
+fn a_missing_lab_exits_2_and_says_so() {
+    let missing = "/nonexistent/lab";
+    labtest()
+        .args(["run", "--lab", missing])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "no lab spec at /nonexistent/lab/lab.toml",
+        ));
+    labtest()
+        .args(["up", "--lab", missing])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no lab spec"));
+    for args in [
+        vec!["status"],
+        vec!["down"],
+        vec!["exec", "grey-area", "--", "true"],
+        vec!["kubectl", "--", "get", "nodes"],
+        vec!["freeze", "grey-area"],
+        vec!["heal", "a", "b"],
+    ] {
+        labtest()
+            .args(["--lab", missing])
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("is not a lab (no lab.toml there)"));
+    }
+}
+
+#[test]
+fn an_unknown_scenario_is_refused_before_anything_boots() {
+    let start = Instant::now();
+    labtest()
+        .args(["run", "--scenario", "chaos-monkey", "--lab"])
+        .arg(vm_lab())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "no scenario named \"chaos-monkey\"",
+        ))
+        .stderr(predicate::str::contains("pod-scheduling"));
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn commands_on_a_lab_that_is_not_up_explain_how_to_start_it() {
+    let lab = vm_lab();
+    for args in [
+        vec!["status"],
+        vec!["exec", "grey-area", "--", "true"],
+        vec!["crash", "grey-area"],
+    ] {
+        labtest()
+            .arg("--lab")
+            .arg(&lab)
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("no lab is up"))
+            .stderr(predicate::str::contains("labtest up"));
+    }
+}
+
+/// One lab kept up across commands, then its server is SIGKILLed: nothing may survive it.
+#[test]
+fn up_exec_faults_down_and_no_qemu_survives_a_killed_server() {
+    let lab = vm_lab();
+    let run = |args: &[&str]| {
+        let mut cmd = labtest();
+        cmd.arg("--lab").arg(&lab).args(args);
+        cmd
+    };
+    run(&["up"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("lab vm-only is up"))
+        .stdout(predicate::str::contains("labtest --lab"));
+    run(&["up"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("already up"));
+    run(&["status"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match("grey-area +running").unwrap());
+    run(&["exec", "grey-area", "--", "hostname"])
+        .assert()
+        .success()
+        .stdout("grey-area\n");
+    run(&[
+        "exec",
+        "limiting-factor",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 7",
+    ])
+    .assert()
+    .code(7)
+    .stderr("oops\n");
+    run(&["exec", "nosuch", "--", "true"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no machine named \"nosuch\""));
+    run(&["kubectl", "--", "get", "nodes"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no Kubernetes"));
+    run(&["partition", "grey-area", "limiting-factor"])
+        .assert()
+        .success();
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        "limiting-factor",
+    ])
+    .assert()
+    .code(1);
+    run(&["heal", "grey-area", "limiting-factor"])
+        .assert()
+        .success();
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "ping",
+        "-c1",
+        "-W5",
+        "limiting-factor",
+    ])
+    .assert()
+    .success();
+    run(&["freeze", "limiting-factor"]).assert().success();
+    run(&["status"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match("limiting-factor +paused").unwrap());
+    run(&["thaw", "limiting-factor"]).assert().success();
+    run(&["crash", "limiting-factor"]).assert().success();
+    run(&["status"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match("limiting-factor +off").unwrap());
+    run(&["down"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("lab is down"));
+    run(&["status"]).assert().code(2);
+
+    // Again, and this time the server dies by SIGKILL: its QEMUs must die with it.
+    run(&["up"]).assert().success();
+    let status = run(&["status"]).assert().success();
+    let text = String::from_utf8_lossy(&status.get_output().stdout).into_owned();
+    let pid: i32 = text
+        .split("server pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no server pid in status:\n{text}"));
+    let state = text
+        .split("state ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no state dir in status:\n{text}"));
+    assert_eq!(support::qemu_processes_mentioning(&state).len(), 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL the server");
+    let start = Instant::now();
+    while !support::qemu_processes_mentioning(&state).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "QEMU outlived its SIGKILLed server: {:?}",
+            support::qemu_processes_mentioning(&state)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The stale session does not block the next `up`... and `status` says it is down.
+    run(&["status"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no lab is up"));
+}
