@@ -67,3 +67,5 @@ pub async fn run(
         "scenario {name} is not implemented yet"
     )))
 }
+
+pub mod file;

@@ -1,0 +1,1653 @@
+//! Scenario files: an incident written down as ordered steps, run by
+//! `labtest run --scenario-file FILE`.
+//!
+//! ```toml
+//! name = "worker-partitioned-during-rollout"
+//! description = "The master loses a worker while a Deployment rolls out"
+//!
+//! [[step]]
+//! apply = "manifests/rollout-v2.yaml"     # relative to this file; or inline: manifest = """..."""
+//!
+//! [[step]]
+//! fault = "partition"
+//! machines = ["grey-area", "limiting-factor"]
+//!
+//! [[step]]
+//! wait = "node-not-ready"
+//! node = "limiting-factor"
+//! timeout = "3m"                          # required on every wait
+//! ```
+//!
+//! Every step has exactly one *kind* key (`apply`, `manifest`, `fault`, `wait`, `rebuild`,
+//! `rollback`, `expect`, `sleep`); the kind decides which other keys it takes, listed in
+//! `scenarios/files/README.md` and in the error for a key that does not belong. Any step may add
+//! `note = "..."`, shown in reports.
+//!
+//! Parsing is all-or-nothing and strict: a run that finds a typo half an hour into an incident
+//! wastes the half hour, so every problem is found at load time, and every error names the file,
+//! the line and the field (`path:LINE: step[3].timeout: ...`). [`ScenarioFile::validate_against`]
+//! then checks the machine and generation names against a lab spec.
+//!
+//! # Usage
+//! ```no_run
+//! # fn demo() -> Result<(), scenarios::file::FileError> {
+//! use scenarios::file::{Action, ScenarioFile};
+//! let file = ScenarioFile::load("scenarios/files/node-failure.toml".as_ref())?;
+//! file.validate_against(
+//!     &["grey-area".into(), "congenital-optimist".into(), "limiting-factor".into()],
+//!     &["node-label".into(), "broken-kubelet".into()],
+//! )?;
+//! for step in &file.steps {
+//!     match &step.action {
+//!         Action::Wait(wait) => println!("step {}: wait up to {:?}", step.number, wait.timeout),
+//!         other => println!("step {}: {}", step.number, other),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+/// A parsed, fully checked scenario file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioFile {
+    /// As given to [`ScenarioFile::load`]; relative manifest paths were resolved against its
+    /// directory.
+    pub path: PathBuf,
+    /// Lower-case letters, digits and dashes: it becomes a JUnit testcase name and a directory
+    /// name in the artifacts folder.
+    pub name: String,
+    pub description: Option<String>,
+    /// In file order; never empty.
+    pub steps: Vec<Step>,
+}
+
+/// One `[[step]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// 1-based, in file order: what error messages and reports call it.
+    pub number: usize,
+    /// The line of its `[[step]]` header.
+    pub line: usize,
+    pub action: Action,
+    /// Free text from `note = "..."`, for reports.
+    pub note: Option<String>,
+    /// field -> line, so checks after parsing (and the executor) can point at the right line.
+    lines: BTreeMap<String, usize>,
+}
+
+impl Step {
+    /// The line `field` (e.g. `"machine"`) was written on; the step's own line when the field
+    /// was not written (a default applies).
+    pub fn line_of(&self, field: &str) -> usize {
+        self.lines.get(field).copied().unwrap_or(self.line)
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `apply = "path"` or `manifest = """..."""`: `kubectl apply`.
+    Apply(Apply),
+    /// `fault = "..."`: something done to a machine or the lab network.
+    Fault(Fault),
+    /// `wait = "..."`: poll until a condition holds, failing the scenario at the deadline.
+    Wait(WaitStep),
+    /// `rebuild = "generation"`: build a `[[generation]]` of the lab spec and switch its
+    /// machine to it.
+    Rebuild(Rebuild),
+    /// `rollback = "machine"`: switch the machine back to its previous system generation.
+    Rollback(Rollback),
+    /// `expect = "..."`: a check that must hold right now (no polling).
+    Expect(Expectation),
+    /// `sleep = "10s"`: let time pass (e.g. to show that something does NOT happen).
+    Sleep(Duration),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Apply {
+    pub source: ManifestSource,
+    /// `namespace = "..."`: passed to kubectl; `None` leaves it to the manifest (and so to
+    /// "default").
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManifestSource {
+    /// `apply = "manifests/web.yaml"`: `path` is resolved against the scenario file's directory
+    /// and was a readable file at load time; `written` is the value as written, for messages.
+    File { path: PathBuf, written: String },
+    /// `manifest = """..."""`: the YAML itself.
+    Inline(String),
+}
+
+/// Faults, named as in the harness (`vm::Machine` and `lab::Lab`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Power loss (QMP `quit`).
+    Crash {
+        machine: String,
+    },
+    /// Pause the CPUs (QMP `stop`).
+    Freeze {
+        machine: String,
+    },
+    /// Resume after `freeze` (QMP `cont`).
+    Thaw {
+        machine: String,
+    },
+    /// Graceful power-off, waiting up to `timeout` for QEMU to exit.
+    Shutdown {
+        machine: String,
+        timeout: Duration,
+    },
+    /// Boot a machine that was crashed or shut down, waiting up to `timeout` for its channel.
+    Start {
+        machine: String,
+        timeout: Duration,
+    },
+    /// Reboot through systemd, waiting up to `timeout` for the new boot to answer.
+    Reboot {
+        machine: String,
+        timeout: Duration,
+    },
+    /// The lab NIC loses carrier (QMP `set_link ... up=false`): the guest sees it.
+    LinkDown {
+        machine: String,
+    },
+    LinkUp {
+        machine: String,
+    },
+    /// The hub drops traffic between two machines, both ways.
+    Partition {
+        a: String,
+        b: String,
+    },
+    Heal {
+        a: String,
+        b: String,
+    },
+    /// The hub drops all of a machine's traffic; its link stays up, as with a dead switch port.
+    Isolate {
+        machine: String,
+    },
+    Rejoin {
+        machine: String,
+    },
+    /// `systemctl stop UNIT` in the guest.
+    StopUnit {
+        machine: String,
+        unit: String,
+    },
+    StartUnit {
+        machine: String,
+        unit: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitStep {
+    pub condition: WaitFor,
+    /// Always written in the file: a wait without a deadline is how test suites hang for hours.
+    pub timeout: Duration,
+    /// `interval = "..."`, or [`WaitFor::default_interval`].
+    pub interval: Duration,
+}
+
+/// Which pods a pod wait looks at: `pod = "name"` or `selector = "app=web"` (exactly one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodSelector {
+    Name(String),
+    /// A Kubernetes label selector, as `kubectl get pods -l` takes it.
+    Labels(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl TaintEffect {
+    const ALL: [(&'static str, TaintEffect); 3] = [
+        ("NoSchedule", TaintEffect::NoSchedule),
+        ("PreferNoSchedule", TaintEffect::PreferNoSchedule),
+        ("NoExecute", TaintEffect::NoExecute),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+/// A taint to look for: `key` (e.g. `node.kubernetes.io/unreachable`) and, optionally, `effect`
+/// (any effect matches when absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Taint {
+    pub key: String,
+    pub effect: Option<TaintEffect>,
+}
+
+/// A node label: `label = "key=value"` (that value) or `label = "key"` (any value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// Conditions of a `wait` step. Nodes are named like the machines they run on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitFor {
+    NodeReady {
+        node: String,
+    },
+    NodeNotReady {
+        node: String,
+    },
+    NodeTainted {
+        node: String,
+        taint: Taint,
+    },
+    NodeUntainted {
+        node: String,
+        taint: Taint,
+    },
+    /// The Deployment's Available condition is True and at least `replicas` replicas are
+    /// available (`None`: its `spec.replicas`).
+    DeploymentAvailable {
+        namespace: String,
+        deployment: String,
+        replicas: Option<u32>,
+    },
+    /// `numberReady == desiredNumberScheduled`.
+    DaemonSetReady {
+        namespace: String,
+        daemonset: String,
+    },
+    /// At least `count` selected pods are Running (and on `node`, when given).
+    PodRunning {
+        namespace: String,
+        pods: PodSelector,
+        node: Option<String>,
+        count: u32,
+    },
+    /// At least `count` selected pods are Pending (e.g. unschedulable).
+    PodPending {
+        namespace: String,
+        pods: PodSelector,
+        count: u32,
+    },
+    UnitActive {
+        machine: String,
+        unit: String,
+    },
+    /// The unit entered `failed` (e.g. a broken kubelet after its restart limit).
+    UnitFailed {
+        machine: String,
+        unit: String,
+    },
+    /// A shell command in the guest exits 0.
+    CommandSucceeds {
+        machine: String,
+        command: String,
+    },
+}
+
+impl WaitFor {
+    /// How often to look when `interval` is not written: often enough that the Kubernetes e2e
+    /// reference timings (taint within 30 s, Ready within 1 min) are measurable, rarely enough
+    /// not to load a TCG guest.
+    pub fn default_interval(&self) -> Duration {
+        match self {
+            WaitFor::NodeTainted { .. }
+            | WaitFor::NodeUntainted { .. }
+            | WaitFor::UnitActive { .. }
+            | WaitFor::UnitFailed { .. } => Duration::from_secs(1),
+            _ => Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuild {
+    /// A `[[generation]]` name of the lab spec (which names the machine).
+    pub generation: String,
+    /// For the build and the switch together.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollback {
+    pub machine: String,
+    pub timeout: Duration,
+}
+
+/// Checks of an `expect` step: they hold now or the scenario fails.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expectation {
+    /// Every pod of the Deployment is Running on a node not in `failed_nodes`, and there is at
+    /// least one.
+    PodsOnSurvivingNodes {
+        namespace: String,
+        deployment: String,
+        failed_nodes: Vec<String>,
+    },
+    /// The Deployment reports exactly `count` available replicas.
+    ReplicasAvailable {
+        namespace: String,
+        deployment: String,
+        count: u32,
+    },
+    NodeHasLabel {
+        node: String,
+        label: Label,
+    },
+    NodeLacksLabel {
+        node: String,
+        label: Label,
+    },
+    /// A shell command in the guest exits 0 and its stdout contains `contains`.
+    CommandOutput {
+        machine: String,
+        command: String,
+        contains: String,
+    },
+}
+
+/// A machine or generation name a step refers to, for [`ScenarioFile::validate_against`] and
+/// for executors that want to check names themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference<'a> {
+    pub kind: ReferenceKind,
+    pub name: &'a str,
+    /// The field it was written in (`machine`, `node`, `machines`, ...).
+    pub field: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceKind {
+    /// A lab machine; Kubernetes node names are machine names.
+    Machine,
+    Generation,
+}
+
+/// Why a scenario file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read scenario file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `field` is a path like `name`, `step[3]` or `step[3].timeout`; `message` says what was
+    /// expected and what was seen.
+    #[error("{}:{line}: {field}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
+}
+
+impl FileError {
+    /// The offending line, 1-based (`None` when the file could not be read).
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            FileError::Read { .. } => None,
+            FileError::Invalid { line, .. } => Some(*line),
+        }
+    }
+
+    /// The offending field (`None` when the file could not be read).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            FileError::Read { .. } => None,
+            FileError::Invalid { field, .. } => Some(field),
+        }
+    }
+}
+
+impl ScenarioFile {
+    /// Reads and checks a scenario file. Relative manifest paths are resolved against the
+    /// file's directory and must exist.
+    ///
+    /// # Errors
+    /// [`FileError::Read`] if the file cannot be read; [`FileError::Invalid`] with line and field
+    /// for the first problem found.
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Like [`ScenarioFile::load`] for text already in memory; `path` names the file in errors and
+    /// anchors relative manifest paths.
+    ///
+    /// # Errors
+    /// [`FileError::Invalid`] with line and field for the first problem found.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, FileError> {
+        let src = Source::new(text, path);
+        let raw: RawFile = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+
+        let name = match raw.name {
+            None => return Err(src.error(1, "name", "missing: every scenario file needs `name = \"...\"` (lower-case letters, digits and dashes)")),
+            Some(value) => {
+                let line = src.line(value.span().start);
+                let name = expect_string(&src, line, "name", value.into_inner())?;
+                if !is_slug(&name) {
+                    return Err(src.error(
+                        line,
+                        "name",
+                        format!("expected lower-case letters, digits and dashes (it becomes a JUnit testcase and a directory name), saw {name:?}"),
+                    ));
+                }
+                name
+            }
+        };
+        let description = match raw.description {
+            None => None,
+            Some(value) => {
+                let line = src.line(value.span().start);
+                Some(expect_string(
+                    &src,
+                    line,
+                    "description",
+                    value.into_inner(),
+                )?)
+            }
+        };
+        if raw.step.is_empty() {
+            return Err(src.error(
+                src.last_line(),
+                "step",
+                "the file has no [[step]]: a scenario needs at least one",
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let steps = raw
+            .step
+            .into_iter()
+            .enumerate()
+            .map(|(i, table)| parse_step(&src, base, i + 1, table))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ScenarioFile {
+            path: path.to_path_buf(),
+            name,
+            description,
+            steps,
+        })
+    }
+
+    /// Checks that every machine, node and generation a step names exists in the lab.
+    ///
+    /// # Errors
+    /// [`FileError::Invalid`] for the first unknown name, with its line and field and the names
+    /// the lab does have.
+    pub fn validate_against(
+        &self,
+        machines: &[String],
+        generations: &[String],
+    ) -> Result<(), FileError> {
+        for step in &self.steps {
+            for reference in step.references() {
+                let (known, what) = match reference.kind {
+                    ReferenceKind::Machine => (machines, "machine"),
+                    ReferenceKind::Generation => (generations, "generation"),
+                };
+                if !known.iter().any(|k| k == reference.name) {
+                    let has = if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    };
+                    return Err(FileError::Invalid {
+                        path: self.path.clone(),
+                        line: step.line_of(reference.field),
+                        field: format!("step[{}].{}", step.number, reference.field),
+                        message: format!(
+                            "the lab has no {what} named {:?} (it has: {has})",
+                            reference.name
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Step {
+    /// Every machine, node and generation name this step refers to.
+    pub fn references(&self) -> Vec<Reference<'_>> {
+        fn machine<'s>(field: &'static str, name: &'s str) -> Reference<'s> {
+            Reference {
+                kind: ReferenceKind::Machine,
+                name,
+                field,
+            }
+        }
+        let mut out: Vec<Reference<'_>> = Vec::new();
+        match &self.action {
+            Action::Apply(_) | Action::Sleep(_) => {}
+            Action::Fault(fault) => match fault {
+                Fault::Partition { a, b } | Fault::Heal { a, b } => {
+                    out.push(machine("machines", a));
+                    out.push(machine("machines", b));
+                }
+                Fault::Crash { machine: m }
+                | Fault::Freeze { machine: m }
+                | Fault::Thaw { machine: m }
+                | Fault::Shutdown { machine: m, .. }
+                | Fault::Start { machine: m, .. }
+                | Fault::Reboot { machine: m, .. }
+                | Fault::LinkDown { machine: m }
+                | Fault::LinkUp { machine: m }
+                | Fault::Isolate { machine: m }
+                | Fault::Rejoin { machine: m }
+                | Fault::StopUnit { machine: m, .. }
+                | Fault::StartUnit { machine: m, .. } => out.push(machine("machine", m)),
+            },
+            Action::Wait(wait) => match &wait.condition {
+                WaitFor::NodeReady { node }
+                | WaitFor::NodeNotReady { node }
+                | WaitFor::NodeTainted { node, .. }
+                | WaitFor::NodeUntainted { node, .. } => out.push(machine("node", node)),
+                WaitFor::PodRunning {
+                    node: Some(node), ..
+                } => out.push(machine("node", node)),
+                WaitFor::UnitActive { machine: m, .. }
+                | WaitFor::UnitFailed { machine: m, .. }
+                | WaitFor::CommandSucceeds { machine: m, .. } => out.push(machine("machine", m)),
+                WaitFor::DeploymentAvailable { .. }
+                | WaitFor::DaemonSetReady { .. }
+                | WaitFor::PodRunning { node: None, .. }
+                | WaitFor::PodPending { .. } => {}
+            },
+            Action::Rebuild(rebuild) => out.push(Reference {
+                kind: ReferenceKind::Generation,
+                name: &rebuild.generation,
+                field: "rebuild",
+            }),
+            Action::Rollback(rollback) => out.push(machine("rollback", &rollback.machine)),
+            Action::Expect(expect) => match expect {
+                Expectation::PodsOnSurvivingNodes { failed_nodes, .. } => {
+                    out.extend(failed_nodes.iter().map(|n| machine("failed_nodes", n)));
+                }
+                Expectation::NodeHasLabel { node, .. }
+                | Expectation::NodeLacksLabel { node, .. } => {
+                    out.push(machine("node", node));
+                }
+                Expectation::CommandOutput { machine: m, .. } => out.push(machine("machine", m)),
+                Expectation::ReplicasAvailable { .. } => {}
+            },
+        }
+        out
+    }
+}
+
+// ---- display: one line per step, for progress lines and reports ----
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Apply(apply) => match &apply.source {
+                ManifestSource::File { written, .. } => write!(f, "apply {written}"),
+                ManifestSource::Inline(_) => write!(f, "apply inline manifest"),
+            },
+            Action::Fault(fault) => write!(f, "fault {fault}"),
+            Action::Wait(wait) => write!(
+                f,
+                "wait {} (deadline {})",
+                wait.condition,
+                humane(wait.timeout)
+            ),
+            Action::Rebuild(r) => write!(f, "rebuild {}", r.generation),
+            Action::Rollback(r) => write!(f, "rollback {}", r.machine),
+            Action::Expect(e) => write!(f, "expect {e}"),
+            Action::Sleep(d) => write!(f, "sleep {}", humane(*d)),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Crash { machine } => write!(f, "crash {machine}"),
+            Fault::Freeze { machine } => write!(f, "freeze {machine}"),
+            Fault::Thaw { machine } => write!(f, "thaw {machine}"),
+            Fault::Shutdown { machine, .. } => write!(f, "shutdown {machine}"),
+            Fault::Start { machine, .. } => write!(f, "start {machine}"),
+            Fault::Reboot { machine, .. } => write!(f, "reboot {machine}"),
+            Fault::LinkDown { machine } => write!(f, "link-down {machine}"),
+            Fault::LinkUp { machine } => write!(f, "link-up {machine}"),
+            Fault::Partition { a, b } => write!(f, "partition {a} {b}"),
+            Fault::Heal { a, b } => write!(f, "heal {a} {b}"),
+            Fault::Isolate { machine } => write!(f, "isolate {machine}"),
+            Fault::Rejoin { machine } => write!(f, "rejoin {machine}"),
+            Fault::StopUnit { machine, unit } => write!(f, "stop-unit {unit} on {machine}"),
+            Fault::StartUnit { machine, unit } => write!(f, "start-unit {unit} on {machine}"),
+        }
+    }
+}
+
+impl fmt::Display for WaitFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitFor::NodeReady { node } => write!(f, "node-ready {node}"),
+            WaitFor::NodeNotReady { node } => write!(f, "node-not-ready {node}"),
+            WaitFor::NodeTainted { node, taint } => write!(f, "node-tainted {node} {taint}"),
+            WaitFor::NodeUntainted { node, taint } => write!(f, "node-untainted {node} {taint}"),
+            WaitFor::DeploymentAvailable {
+                namespace,
+                deployment,
+                ..
+            } => write!(f, "deployment-available {namespace}/{deployment}"),
+            WaitFor::DaemonSetReady {
+                namespace,
+                daemonset,
+            } => write!(f, "daemonset-ready {namespace}/{daemonset}"),
+            WaitFor::PodRunning {
+                namespace,
+                pods,
+                node,
+                ..
+            } => {
+                write!(f, "pod-running {namespace}/{pods}")?;
+                match node {
+                    Some(node) => write!(f, " on {node}"),
+                    None => Ok(()),
+                }
+            }
+            WaitFor::PodPending {
+                namespace, pods, ..
+            } => write!(f, "pod-pending {namespace}/{pods}"),
+            WaitFor::UnitActive { machine, unit } => write!(f, "unit-active {unit} on {machine}"),
+            WaitFor::UnitFailed { machine, unit } => write!(f, "unit-failed {unit} on {machine}"),
+            WaitFor::CommandSucceeds { machine, command } => {
+                write!(f, "command-succeeds on {machine}: {command}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expectation::PodsOnSurvivingNodes {
+                namespace,
+                deployment,
+                failed_nodes,
+            } => write!(
+                f,
+                "pods-on-surviving-nodes {namespace}/{deployment} (not on {})",
+                failed_nodes.join(", ")
+            ),
+            Expectation::ReplicasAvailable {
+                namespace,
+                deployment,
+                count,
+            } => write!(f, "replicas-available {namespace}/{deployment} = {count}"),
+            Expectation::NodeHasLabel { node, label } => write!(f, "node-has-label {node} {label}"),
+            Expectation::NodeLacksLabel { node, label } => {
+                write!(f, "node-lacks-label {node} {label}")
+            }
+            Expectation::CommandOutput {
+                machine, contains, ..
+            } => write!(f, "command-output on {machine} contains {contains:?}"),
+        }
+    }
+}
+
+impl fmt::Display for PodSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PodSelector::Name(name) => write!(f, "{name}"),
+            PodSelector::Labels(selector) => write!(f, "-l {selector}"),
+        }
+    }
+}
+
+impl fmt::Display for Taint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.effect {
+            Some(effect) => write!(f, "{}:{}", self.key, effect.as_str()),
+            None => write!(f, "{}", self.key),
+        }
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{}={value}", self.key),
+            None => write!(f, "{}", self.key),
+        }
+    }
+}
+
+/// "1m30s" style, the way the file writes durations.
+fn humane(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
+// ---- parsing ----
+
+/// Field values stay `toml::Value` so that the type checks are ours: serde's messages name
+/// neither the field nor the line.
+type RawTable = BTreeMap<Spanned<String>, Spanned<Value>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: Option<Spanned<Value>>,
+    description: Option<Spanned<Value>>,
+    #[serde(default)]
+    step: Vec<Spanned<RawTable>>,
+}
+
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+    /// Byte offset of each line's first character.
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str, path: &'a Path) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self {
+            text,
+            path,
+            line_starts,
+        }
+    }
+
+    /// 1-based line of a byte offset.
+    fn line(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&start| start <= offset)
+    }
+
+    fn last_line(&self) -> usize {
+        self.line(self.text.trim_end().len())
+    }
+
+    fn error(
+        &self,
+        line: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> FileError {
+        FileError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Syntax errors, unknown top-level keys and a `step` that is not an array of tables come
+    /// from the TOML parser; its span gives the line, and the field is recovered from its
+    /// message or from the source line.
+    fn toml_error(&self, e: &toml::de::Error) -> FileError {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let line = self.line(offset);
+        let mut message = e.message().trim().to_string();
+        if message.ends_with("expected a sequence") {
+            // serde's words for `[step]` (or `step = ...`) where `[[step]]` was meant.
+            message.push_str(": steps are written as [[step]] tables");
+        }
+        let field = backticked(&message)
+            .filter(|_| {
+                message.starts_with("unknown field") || message.starts_with("duplicate key")
+            })
+            .or_else(|| self.key_on_line(line))
+            .unwrap_or_else(|| "(file)".to_string());
+        self.error(line, field, message)
+    }
+
+    /// The key of `key = value` or the name of a `[table]` header on a line.
+    fn key_on_line(&self, line: usize) -> Option<String> {
+        let text = self.text.lines().nth(line.checked_sub(1)?)?.trim();
+        let key = if let Some(header) = text.strip_prefix('[') {
+            header.trim_start_matches('[').split(']').next()?
+        } else {
+            text.split('=').next()?
+        };
+        let key = key.trim().trim_matches('"');
+        (!key.is_empty() && !key.starts_with('#')).then(|| key.to_string())
+    }
+}
+
+fn backticked(message: &str) -> Option<String> {
+    let rest = &message[message.find('`')? + 1..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn is_slug(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+}
+
+/// How a value looks in a message: its TOML type and, when short, the value itself.
+fn seen(value: &Value) -> String {
+    let shown = value.to_string();
+    if shown.len() <= 40 && !shown.contains('\n') {
+        format!("{} {shown}", value.type_str())
+    } else {
+        value.type_str().to_string()
+    }
+}
+
+fn expect_string(
+    src: &Source,
+    line: usize,
+    field: &str,
+    value: Value,
+) -> Result<String, FileError> {
+    match value {
+        Value::String(s) if !s.trim().is_empty() => Ok(s),
+        Value::String(_) => Err(src.error(line, field, "expected a non-empty string, saw \"\"")),
+        other => Err(src.error(
+            line,
+            field,
+            format!("expected a string, saw {}", seen(&other)),
+        )),
+    }
+}
+
+/// `"90s"`, `"3m"`, `"1m30s"`, `"500ms"`, `"1h"`: numbers each followed by a unit.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+const KINDS: [&str; 8] = [
+    "apply", "manifest", "fault", "wait", "rebuild", "rollback", "expect", "sleep",
+];
+
+const FAULTS: [&str; 14] = [
+    "crash",
+    "freeze",
+    "thaw",
+    "shutdown",
+    "start",
+    "reboot",
+    "link-down",
+    "link-up",
+    "partition",
+    "heal",
+    "isolate",
+    "rejoin",
+    "stop-unit",
+    "start-unit",
+];
+
+const WAITS: [&str; 11] = [
+    "node-ready",
+    "node-not-ready",
+    "node-tainted",
+    "node-untainted",
+    "deployment-available",
+    "daemonset-ready",
+    "pod-running",
+    "pod-pending",
+    "unit-active",
+    "unit-failed",
+    "command-succeeds",
+];
+
+const EXPECTS: [&str; 5] = [
+    "pods-on-surviving-nodes",
+    "replicas-available",
+    "node-has-label",
+    "node-lacks-label",
+    "command-output",
+];
+
+/// The keys a step of a kind (and kind value) takes besides the kind key and `note`.
+fn fields_of(kind: &str, value: &str) -> &'static [&'static str] {
+    match (kind, value) {
+        ("apply" | "manifest", _) => &["namespace"],
+        ("fault", "shutdown" | "start" | "reboot") => &["machine", "timeout"],
+        ("fault", "partition" | "heal") => &["machines"],
+        ("fault", "stop-unit" | "start-unit") => &["machine", "unit"],
+        ("fault", _) => &["machine"],
+        ("wait", "node-ready" | "node-not-ready") => &["node", "timeout", "interval"],
+        ("wait", "node-tainted" | "node-untainted") => {
+            &["node", "key", "effect", "timeout", "interval"]
+        }
+        ("wait", "deployment-available") => {
+            &["deployment", "namespace", "replicas", "timeout", "interval"]
+        }
+        ("wait", "daemonset-ready") => &["daemonset", "namespace", "timeout", "interval"],
+        ("wait", "pod-running") => &[
+            "pod",
+            "selector",
+            "namespace",
+            "node",
+            "count",
+            "timeout",
+            "interval",
+        ],
+        ("wait", "pod-pending") => &[
+            "pod",
+            "selector",
+            "namespace",
+            "count",
+            "timeout",
+            "interval",
+        ],
+        ("wait", "unit-active" | "unit-failed") => &["machine", "unit", "timeout", "interval"],
+        ("wait", _) => &["machine", "command", "timeout", "interval"],
+        ("rebuild" | "rollback", _) => &["timeout"],
+        ("expect", "pods-on-surviving-nodes") => &["deployment", "namespace", "failed_nodes"],
+        ("expect", "replicas-available") => &["deployment", "namespace", "count"],
+        ("expect", "node-has-label" | "node-lacks-label") => &["node", "label"],
+        ("expect", _) => &["machine", "command", "contains"],
+        _ => &[],
+    }
+}
+
+/// Reads the fields of one step, checking types and recording lines.
+struct StepReader<'s, 'a> {
+    src: &'s Source<'a>,
+    number: usize,
+    /// The line of the kind key: where "this step lacks X" errors point.
+    kind_line: usize,
+    /// e.g. `wait = "node-ready"`, for messages.
+    kind_text: String,
+    fields: BTreeMap<String, (usize, Value)>,
+    lines: BTreeMap<String, usize>,
+}
+
+impl StepReader<'_, '_> {
+    fn field(&self, name: &str) -> String {
+        format!("step[{}].{name}", self.number)
+    }
+
+    fn err(&self, line: usize, name: &str, message: impl Into<String>) -> FileError {
+        self.src.error(line, self.field(name), message)
+    }
+
+    fn take(&mut self, name: &str) -> Option<(usize, Value)> {
+        let (line, value) = self.fields.remove(name)?;
+        self.lines.insert(name.to_string(), line);
+        Some((line, value))
+    }
+
+    fn missing(&self, name: &str, example: &str) -> FileError {
+        self.err(
+            self.kind_line,
+            name,
+            format!(
+                "missing: a `{}` step needs `{name}` (e.g. {example})",
+                self.kind_text
+            ),
+        )
+    }
+
+    fn opt_string(&mut self, name: &str) -> Result<Option<String>, FileError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some((line, value)) => {
+                expect_string(self.src, line, &self.field(name), value).map(Some)
+            }
+        }
+    }
+
+    fn string(&mut self, name: &str, example: &str) -> Result<String, FileError> {
+        self.opt_string(name)?
+            .ok_or_else(|| self.missing(name, example))
+    }
+
+    fn opt_duration(&mut self, name: &str) -> Result<Option<Duration>, FileError> {
+        let Some((line, value)) = self.take(name) else {
+            return Ok(None);
+        };
+        let expected =
+            "expected a duration such as \"90s\", \"3m\" or \"1m30s\" (units ms, s, m, h)";
+        let Value::String(text) = &value else {
+            return Err(self.err(line, name, format!("{expected}, saw {}", seen(&value))));
+        };
+        match parse_duration(text) {
+            Some(d) if d > Duration::ZERO => Ok(Some(d)),
+            Some(_) => Err(self.err(
+                line,
+                name,
+                format!("expected a duration above zero, saw {text:?}"),
+            )),
+            None => Err(self.err(line, name, format!("{expected}, saw {text:?}"))),
+        }
+    }
+
+    fn duration_or(&mut self, name: &str, default: Duration) -> Result<Duration, FileError> {
+        Ok(self.opt_duration(name)?.unwrap_or(default))
+    }
+
+    fn opt_count(&mut self, name: &str, min: i64) -> Result<Option<u32>, FileError> {
+        let Some((line, value)) = self.take(name) else {
+            return Ok(None);
+        };
+        match value {
+            Value::Integer(n) if n >= min => u32::try_from(n).map(Some).map_err(|_| {
+                self.err(
+                    line,
+                    name,
+                    format!("expected at most {}, saw {n}", u32::MAX),
+                )
+            }),
+            Value::Integer(n) => {
+                Err(self.err(line, name, format!("expected an integer >= {min}, saw {n}")))
+            }
+            other => Err(self.err(
+                line,
+                name,
+                format!("expected an integer >= {min}, saw {}", seen(&other)),
+            )),
+        }
+    }
+
+    fn string_list(
+        &mut self,
+        name: &str,
+        example: &str,
+    ) -> Result<(usize, Vec<String>), FileError> {
+        let Some((line, value)) = self.take(name) else {
+            return Err(self.missing(name, example));
+        };
+        let Value::Array(items) = value else {
+            return Err(self.err(
+                line,
+                name,
+                format!(
+                    "expected an array of strings (e.g. {example}), saw {}",
+                    seen(&value)
+                ),
+            ));
+        };
+        items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) if !s.trim().is_empty() => Ok(s),
+                other => Err(self.err(
+                    line,
+                    name,
+                    format!("expected an array of non-empty strings (e.g. {example}), saw an element {}", seen(&other)),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|list| (line, list))
+    }
+
+    fn namespace(&mut self) -> Result<String, FileError> {
+        Ok(self
+            .opt_string("namespace")?
+            .unwrap_or_else(|| "default".to_string()))
+    }
+
+    fn pair(&mut self) -> Result<(String, String), FileError> {
+        let example = r#"machines = ["grey-area", "limiting-factor"]"#;
+        let (line, list) = self.string_list("machines", example)?;
+        match <[String; 2]>::try_from(list) {
+            Ok([a, b]) if a != b => Ok((a, b)),
+            Ok([a, _]) => Err(self.err(
+                line,
+                "machines",
+                format!("expected two different machines, saw {a:?} twice"),
+            )),
+            Err(list) => Err(self.err(
+                line,
+                "machines",
+                format!(
+                    "expected exactly two machines (e.g. {example}), saw {}",
+                    list.len()
+                ),
+            )),
+        }
+    }
+
+    fn taint(&mut self) -> Result<Taint, FileError> {
+        let key = self.string("key", r#"key = "node.kubernetes.io/unreachable""#)?;
+        let line = self.kind_line;
+        let effect = match self.opt_string("effect")? {
+            None => None,
+            Some(text) => Some(
+                TaintEffect::ALL
+                    .iter()
+                    .find(|(name, _)| *name == text)
+                    .map(|(_, effect)| *effect)
+                    .ok_or_else(|| {
+                        self.err(
+                            self.lines.get("effect").copied().unwrap_or(line),
+                            "effect",
+                            format!("expected one of NoSchedule | PreferNoSchedule | NoExecute, saw {text:?}"),
+                        )
+                    })?,
+            ),
+        };
+        Ok(Taint { key, effect })
+    }
+
+    fn label(&mut self) -> Result<Label, FileError> {
+        let text = self.string("label", r#"label = "labtest.io/generation=node-label""#)?;
+        let (key, value) = match text.split_once('=') {
+            Some((key, value)) => (key.trim(), Some(value.trim().to_string())),
+            None => (text.trim(), None),
+        };
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            let line = self.lines.get("label").copied().unwrap_or(self.kind_line);
+            return Err(self.err(
+                line,
+                "label",
+                format!(
+                    "expected \"key=value\" or \"key\" with a key without spaces, saw {text:?}"
+                ),
+            ));
+        }
+        Ok(Label {
+            key: key.to_string(),
+            value,
+        })
+    }
+
+    fn pods(&mut self) -> Result<PodSelector, FileError> {
+        match (self.opt_string("pod")?, self.opt_string("selector")?) {
+            (Some(name), None) => Ok(PodSelector::Name(name)),
+            (None, Some(selector)) => Ok(PodSelector::Labels(selector)),
+            (None, None) => Err(self.missing("pod", r#"pod = "web-0" or selector = "app=web""#)),
+            (Some(_), Some(_)) => Err(self.err(
+                self.lines
+                    .get("selector")
+                    .copied()
+                    .unwrap_or(self.kind_line),
+                "selector",
+                "expected either `pod` or `selector`, saw both",
+            )),
+        }
+    }
+}
+
+/// Default deadlines of steps whose `timeout` is optional: long enough for a TCG guest.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(600);
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn parse_step(
+    src: &Source,
+    base: &Path,
+    number: usize,
+    table: Spanned<RawTable>,
+) -> Result<Step, FileError> {
+    let step_line = src.line(table.span().start);
+    let mut fields = BTreeMap::new();
+    for (key, value) in table.into_inner() {
+        let line = src.line(key.span().start);
+        fields.insert(key.into_inner(), (line, value.into_inner()));
+    }
+    let step_field = format!("step[{number}]");
+
+    let present: Vec<&str> = KINDS
+        .iter()
+        .copied()
+        .filter(|k| fields.contains_key(*k))
+        .collect();
+    let kind = match present.as_slice() {
+        [kind] => *kind,
+        [] => {
+            // A misspelt kind key is the likely cause: point at it.
+            let hint = fields
+                .iter()
+                .map(|(key, (line, _))| (did_you_mean(key, &KINDS), *line))
+                .find(|(hint, _)| !hint.is_empty());
+            let (hint, line) = hint.unwrap_or_default();
+            return Err(src.error(
+                if line == 0 { step_line } else { line },
+                step_field,
+                format!(
+                    "this step does nothing: it needs exactly one of {}{hint}",
+                    KINDS.join(", ")
+                ),
+            ));
+        }
+        [first, second, ..] => {
+            let line = |k: &str| fields.get(k).map_or(step_line, |(l, _)| *l);
+            return Err(src.error(
+                line(second),
+                step_field,
+                format!(
+                    "expected one kind per step, saw `{first}` (line {}) and `{second}` (line {}): split it into two [[step]]s",
+                    line(first),
+                    line(second)
+                ),
+            ));
+        }
+    };
+
+    // The kind's value: a name from its vocabulary, or for apply/manifest/rebuild/rollback/sleep
+    // a free string checked below.
+    let (kind_line, kind_value) = fields
+        .remove(kind)
+        .ok_or_else(|| src.error(step_line, format!("step[{number}].{kind}"), "missing"))?;
+    let kind_field = format!("step[{number}].{kind}");
+    let kind_value = expect_string(src, kind_line, &kind_field, kind_value)?;
+    let vocabulary: &[&str] = match kind {
+        "fault" => &FAULTS,
+        "wait" => &WAITS,
+        "expect" => &EXPECTS,
+        _ => &[],
+    };
+    if !vocabulary.is_empty() && !vocabulary.contains(&kind_value.as_str()) {
+        return Err(src.error(
+            kind_line,
+            kind_field,
+            format!(
+                "expected one of {}, saw {kind_value:?}{}",
+                vocabulary.join(" | "),
+                did_you_mean(&kind_value, vocabulary)
+            ),
+        ));
+    }
+    let kind_text = if vocabulary.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} = \"{kind_value}\"")
+    };
+
+    // Keys that do not belong are reported before keys that are missing: a misspelt
+    // `timout` should be named as such, not reported as a missing `timeout`.
+    let allowed = fields_of(kind, &kind_value);
+    for (key, (line, _)) in &fields {
+        if key == "note" || allowed.contains(&key.as_str()) {
+            continue;
+        }
+        let takes = if allowed.is_empty() {
+            "no other keys".to_string()
+        } else {
+            allowed.join(", ")
+        };
+        let what = if KNOWN_FIELDS.contains(&key.as_str()) {
+            "does not apply to"
+        } else {
+            "is not a key of"
+        };
+        return Err(src.error(
+            *line,
+            format!("step[{number}].{key}"),
+            format!(
+                "`{key}` {what} a `{kind_text}` step; it takes: {takes} (and note){}",
+                did_you_mean(key, allowed)
+            ),
+        ));
+    }
+
+    let mut r = StepReader {
+        src,
+        number,
+        kind_line,
+        kind_text,
+        fields,
+        lines: BTreeMap::from([(kind.to_string(), kind_line)]),
+    };
+    let note = r.opt_string("note")?;
+    let machine_example = r#"machine = "limiting-factor""#;
+    let node_example = r#"node = "limiting-factor""#;
+    let action = match kind {
+        "apply" => {
+            let written = kind_value;
+            let path = base.join(&written);
+            if !path.is_file() {
+                return Err(src.error(
+                    kind_line,
+                    format!("step[{number}].apply"),
+                    format!(
+                        "expected a manifest file (relative to the scenario file), saw {written:?}: {} is not a readable file",
+                        path.display()
+                    ),
+                ));
+            }
+            Action::Apply(Apply {
+                source: ManifestSource::File { path, written },
+                namespace: r.opt_string("namespace")?,
+            })
+        }
+        "manifest" => Action::Apply(Apply {
+            source: ManifestSource::Inline(kind_value),
+            namespace: r.opt_string("namespace")?,
+        }),
+        "fault" => Action::Fault(match kind_value.as_str() {
+            "partition" | "heal" => {
+                let (a, b) = r.pair()?;
+                if kind_value == "partition" {
+                    Fault::Partition { a, b }
+                } else {
+                    Fault::Heal { a, b }
+                }
+            }
+            "stop-unit" | "start-unit" => {
+                let machine = r.string("machine", machine_example)?;
+                let unit = r.string("unit", r#"unit = "kubelet.service""#)?;
+                if kind_value == "stop-unit" {
+                    Fault::StopUnit { machine, unit }
+                } else {
+                    Fault::StartUnit { machine, unit }
+                }
+            }
+            other => {
+                let machine = r.string("machine", machine_example)?;
+                match other {
+                    "crash" => Fault::Crash { machine },
+                    "freeze" => Fault::Freeze { machine },
+                    "thaw" => Fault::Thaw { machine },
+                    "shutdown" => Fault::Shutdown {
+                        machine,
+                        timeout: r.duration_or("timeout", SHUTDOWN_TIMEOUT)?,
+                    },
+                    "start" => Fault::Start {
+                        machine,
+                        timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
+                    },
+                    "reboot" => Fault::Reboot {
+                        machine,
+                        timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
+                    },
+                    "link-down" => Fault::LinkDown { machine },
+                    "link-up" => Fault::LinkUp { machine },
+                    "isolate" => Fault::Isolate { machine },
+                    _ => Fault::Rejoin { machine },
+                }
+            }
+        }),
+        "wait" => {
+            let condition = match kind_value.as_str() {
+                "node-ready" => WaitFor::NodeReady {
+                    node: r.string("node", node_example)?,
+                },
+                "node-not-ready" => WaitFor::NodeNotReady {
+                    node: r.string("node", node_example)?,
+                },
+                "node-tainted" | "node-untainted" => {
+                    let node = r.string("node", node_example)?;
+                    let taint = r.taint()?;
+                    if kind_value == "node-tainted" {
+                        WaitFor::NodeTainted { node, taint }
+                    } else {
+                        WaitFor::NodeUntainted { node, taint }
+                    }
+                }
+                "deployment-available" => WaitFor::DeploymentAvailable {
+                    deployment: r.string("deployment", r#"deployment = "web""#)?,
+                    namespace: r.namespace()?,
+                    replicas: r.opt_count("replicas", 1)?,
+                },
+                "daemonset-ready" => WaitFor::DaemonSetReady {
+                    daemonset: r.string("daemonset", r#"daemonset = "probe""#)?,
+                    namespace: r.namespace()?,
+                },
+                "pod-running" => WaitFor::PodRunning {
+                    pods: r.pods()?,
+                    namespace: r.namespace()?,
+                    node: r.opt_string("node")?,
+                    count: r.opt_count("count", 1)?.unwrap_or(1),
+                },
+                "pod-pending" => WaitFor::PodPending {
+                    pods: r.pods()?,
+                    namespace: r.namespace()?,
+                    count: r.opt_count("count", 1)?.unwrap_or(1),
+                },
+                "unit-active" | "unit-failed" => {
+                    let machine = r.string("machine", machine_example)?;
+                    let unit = r.string("unit", r#"unit = "kubelet.service""#)?;
+                    if kind_value == "unit-active" {
+                        WaitFor::UnitActive { machine, unit }
+                    } else {
+                        WaitFor::UnitFailed { machine, unit }
+                    }
+                }
+                _ => WaitFor::CommandSucceeds {
+                    machine: r.string("machine", machine_example)?,
+                    command: r.string("command", r#"command = "test -e /run/ready""#)?,
+                },
+            };
+            let timeout = r.opt_duration("timeout")?.ok_or_else(|| {
+                r.missing("timeout", r#"timeout = "3m"; every wait needs a deadline"#)
+            })?;
+            let interval = r
+                .opt_duration("interval")?
+                .unwrap_or_else(|| condition.default_interval());
+            if interval >= timeout {
+                return Err(r.err(
+                    r.lines.get("interval").copied().unwrap_or(kind_line),
+                    "interval",
+                    format!(
+                        "expected an interval shorter than the timeout ({}), saw {}",
+                        humane(timeout),
+                        humane(interval)
+                    ),
+                ));
+            }
+            Action::Wait(WaitStep {
+                condition,
+                timeout,
+                interval,
+            })
+        }
+        "rebuild" => Action::Rebuild(Rebuild {
+            generation: kind_value,
+            timeout: r.duration_or("timeout", REBUILD_TIMEOUT)?,
+        }),
+        "rollback" => Action::Rollback(Rollback {
+            machine: kind_value,
+            timeout: r.duration_or("timeout", ROLLBACK_TIMEOUT)?,
+        }),
+        "expect" => Action::Expect(match kind_value.as_str() {
+            "pods-on-surviving-nodes" => Expectation::PodsOnSurvivingNodes {
+                deployment: r.string("deployment", r#"deployment = "web""#)?,
+                namespace: r.namespace()?,
+                failed_nodes: {
+                    let example = r#"failed_nodes = ["limiting-factor"]"#;
+                    let (line, nodes) = r.string_list("failed_nodes", example)?;
+                    if nodes.is_empty() {
+                        return Err(r.err(
+                            line,
+                            "failed_nodes",
+                            format!("expected at least one node (e.g. {example}), saw []"),
+                        ));
+                    }
+                    nodes
+                },
+            },
+            "replicas-available" => Expectation::ReplicasAvailable {
+                deployment: r.string("deployment", r#"deployment = "web""#)?,
+                namespace: r.namespace()?,
+                count: r
+                    .opt_count("count", 0)?
+                    .ok_or_else(|| r.missing("count", "count = 3"))?,
+            },
+            "node-has-label" => Expectation::NodeHasLabel {
+                node: r.string("node", node_example)?,
+                label: r.label()?,
+            },
+            "node-lacks-label" => Expectation::NodeLacksLabel {
+                node: r.string("node", node_example)?,
+                label: r.label()?,
+            },
+            _ => Expectation::CommandOutput {
+                machine: r.string("machine", machine_example)?,
+                command: r.string("command", r#"command = "hostname""#)?,
+                contains: r.string("contains", r#"contains = "limiting-factor""#)?,
+            },
+        }),
+        _ => {
+            let d = parse_duration(&kind_value).filter(|d| *d > Duration::ZERO);
+            Action::Sleep(d.ok_or_else(|| {
+                src.error(
+                    kind_line,
+                    format!("step[{number}].sleep"),
+                    format!("expected a duration above zero such as \"10s\" or \"1m30s\", saw {kind_value:?}"),
+                )
+            })?)
+        }
+    };
+    debug_assert!(r.fields.is_empty(), "unread fields {:?}", r.fields.keys());
+    Ok(Step {
+        number,
+        line: step_line,
+        action,
+        note,
+        lines: r.lines,
+    })
+}
+
+/// Every key some step kind takes: a key outside this list is a typo, inside it a misplaced key.
+const KNOWN_FIELDS: [&str; 19] = [
+    "namespace",
+    "machine",
+    "machines",
+    "timeout",
+    "interval",
+    "unit",
+    "node",
+    "key",
+    "effect",
+    "deployment",
+    "replicas",
+    "daemonset",
+    "pod",
+    "selector",
+    "count",
+    "command",
+    "failed_nodes",
+    "label",
+    "contains",
+];
+
+/// " (did you mean `x`?)" for a near miss among `candidates`, else "".
+fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min()
+        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let s = Duration::from_secs;
+        assert_eq!(parse_duration("90s"), Some(s(90)));
+        assert_eq!(parse_duration("3m"), Some(s(180)));
+        assert_eq!(parse_duration("1m30s"), Some(s(90)));
+        assert_eq!(parse_duration("1h2m3s"), Some(s(3723)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        for bad in ["", "90", "s", "3 m", "1.5m", "-1s", "3min", "1d"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn humane_round_trips() {
+        for text in ["90s", "3m", "1m30s", "1h", "500ms"] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(parse_duration(&humane(d)), Some(d), "{text}");
+        }
+        assert_eq!(humane(Duration::from_secs(90)), "1m30s");
+    }
+
+    #[test]
+    fn lines_are_one_based() {
+        let src = Source::new("a\nb\n\nc", Path::new("x"));
+        assert_eq!(src.line(0), 1);
+        assert_eq!(src.line(2), 2);
+        assert_eq!(src.line(4), 3);
+        assert_eq!(src.line(5), 4);
+    }
+
+    #[test]
+    fn near_misses_are_suggested() {
+        assert_eq!(
+            did_you_mean("timout", &["node", "timeout"]),
+            " (did you mean `timeout`?)"
+        );
+        assert_eq!(did_you_mean("zzz", &["node", "timeout"]), "");
+        assert_eq!(edit_distance("crsh", "crash"), 1);
+    }
+}
