@@ -590,3 +590,183 @@ fn a_missing_file_names_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn every_kind_parses_with_every_key_it_takes() {
+    // One step per kind value, each with all its optional keys: the documented vocabulary and
+    // the parser agree, and no accepted key is silently ignored.
+    let text = r#"name = "all-kinds"
+[[step]]
+apply = "manifests/web.yaml"
+namespace = "default"
+note = "n"
+[[step]]
+manifest = "kind: Pod"
+[[step]]
+fault = "crash"
+machine = "grey-area"
+[[step]]
+fault = "freeze"
+machine = "grey-area"
+[[step]]
+fault = "thaw"
+machine = "grey-area"
+[[step]]
+fault = "shutdown"
+machine = "grey-area"
+timeout = "1m"
+[[step]]
+fault = "start"
+machine = "grey-area"
+timeout = "3m"
+[[step]]
+fault = "reboot"
+machine = "grey-area"
+timeout = "3m"
+[[step]]
+fault = "link-down"
+machine = "grey-area"
+[[step]]
+fault = "link-up"
+machine = "grey-area"
+[[step]]
+fault = "partition"
+machines = ["grey-area", "limiting-factor"]
+[[step]]
+fault = "heal"
+machines = ["grey-area", "limiting-factor"]
+[[step]]
+fault = "isolate"
+machine = "grey-area"
+[[step]]
+fault = "rejoin"
+machine = "grey-area"
+[[step]]
+fault = "stop-unit"
+machine = "grey-area"
+unit = "kubelet.service"
+[[step]]
+fault = "start-unit"
+machine = "grey-area"
+unit = "kubelet.service"
+[[step]]
+wait = "node-ready"
+node = "grey-area"
+timeout = "1m"
+interval = "1s"
+[[step]]
+wait = "node-not-ready"
+node = "grey-area"
+timeout = "1m"
+[[step]]
+wait = "node-tainted"
+node = "grey-area"
+key = "k"
+effect = "NoSchedule"
+timeout = "1m"
+interval = "500ms"
+[[step]]
+wait = "node-untainted"
+node = "grey-area"
+key = "k"
+effect = "PreferNoSchedule"
+timeout = "1m"
+[[step]]
+wait = "deployment-available"
+deployment = "web"
+namespace = "default"
+replicas = 2
+timeout = "1m"
+interval = "3s"
+[[step]]
+wait = "daemonset-ready"
+daemonset = "probe"
+namespace = "kube-system"
+timeout = "1m"
+[[step]]
+wait = "pod-running"
+pod = "p"
+namespace = "default"
+node = "grey-area"
+count = 1
+timeout = "1m"
+[[step]]
+wait = "pod-pending"
+selector = "app=p"
+namespace = "default"
+count = 2
+timeout = "1m"
+[[step]]
+wait = "unit-active"
+machine = "grey-area"
+unit = "kubelet.service"
+timeout = "1m"
+[[step]]
+wait = "unit-failed"
+machine = "grey-area"
+unit = "kubelet.service"
+timeout = "1m"
+[[step]]
+wait = "command-succeeds"
+machine = "grey-area"
+command = "true"
+timeout = "1m"
+interval = "5s"
+[[step]]
+rebuild = "node-label"
+timeout = "20m"
+[[step]]
+rollback = "limiting-factor"
+timeout = "5m"
+[[step]]
+expect = "pods-on-surviving-nodes"
+deployment = "web"
+namespace = "default"
+failed_nodes = ["limiting-factor", "congenital-optimist"]
+[[step]]
+expect = "replicas-available"
+deployment = "web"
+namespace = "default"
+count = 0
+[[step]]
+expect = "node-has-label"
+node = "grey-area"
+label = "a=b"
+[[step]]
+expect = "node-lacks-label"
+node = "grey-area"
+label = "a"
+[[step]]
+expect = "command-output"
+machine = "grey-area"
+command = "hostname"
+contains = "grey-area"
+[[step]]
+sleep = "1m30s"
+"#;
+    let file = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.steps.len(), 35);
+    file.validate_against(&names(&MACHINES), &names(&GENERATIONS))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.steps[0].note.as_deref(), Some("n"));
+    assert_eq!(
+        file.steps[5].action,
+        Action::Fault(Fault::Shutdown {
+            machine: "grey-area".into(),
+            timeout: Duration::from_secs(60)
+        })
+    );
+    assert_eq!(
+        file.steps[34].action,
+        Action::Sleep(Duration::from_secs(90))
+    );
+    // Every kind value appears once, so Display covers every arm.
+    let shown: Vec<String> = file.steps.iter().map(|s| s.action.to_string()).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|s| s == "fault stop-unit kubelet.service on grey-area"),
+        "{shown:?}"
+    );
+    assert!(shown.iter().any(|s| s == "sleep 1m30s"), "{shown:?}");
+}
