@@ -166,6 +166,71 @@ pub async fn no_evidence(_failed: FailedCheck) -> Vec<PathBuf> {
     Vec::new()
 }
 
+/// An evidence hook for labs: `systemctl status` and the journal tail of each of `units` on each
+/// machine (units a machine lacks say so in their file), written to
+/// `<dir>/readiness-<check>-<machine>-<unit>.txt` under a header naming the failed check and its
+/// last observed state. Returns the files written; a file that cannot be written is left out
+/// rather than hiding the gate's own failure.
+///
+/// # Usage
+/// ```no_run
+/// # async fn demo(client: kube::Client, master: &harness::vm::Machine, node: &harness::vm::Machine) {
+/// use harness::kube::{gate, ReadinessGate};
+/// let machines = [master, node];
+/// let dir = std::path::Path::new("/tmp/report/artifacts");
+/// let hook = |failed| gate::collect_unit_evidence(&machines, &["kubelet.service"], dir, failed);
+/// let gate = ReadinessGate::new(["grey-area"], "labtest/workload:1");
+/// let _ = gate.run(&client, &harness::events::Events::discard(), hook).await;
+/// # }
+/// ```
+pub async fn collect_unit_evidence(
+    machines: &[&crate::vm::Machine],
+    units: &[&str],
+    dir: &std::path::Path,
+    failed: FailedCheck,
+) -> Vec<PathBuf> {
+    if std::fs::create_dir_all(dir).is_err() {
+        return Vec::new();
+    }
+    let slug = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+            .split('-')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("-")
+    };
+    let header = format!(
+        "readiness check `{}` failed: {}\nlast observed: {}\n\n",
+        failed.check,
+        failed.reason,
+        failed.last_observed.as_deref().unwrap_or("(nothing)")
+    );
+    let mut files = Vec::new();
+    for machine in machines {
+        for unit in units {
+            let text = machine.unit_evidence(unit).await;
+            let path = dir.join(format!(
+                "readiness-{}-{}-{}.txt",
+                slug(&failed.check),
+                machine.name(),
+                slug(unit)
+            ));
+            if std::fs::write(&path, format!("{header}{text}")).is_ok() {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
 /// What a passed gate observed.
 #[derive(Debug, Clone)]
 pub struct GateReport {
