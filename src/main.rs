@@ -343,7 +343,7 @@ async fn serve_in_background(lab_dir: &Path, accel: AccelChoice) -> Result<ExitC
     let work = session.dir.join("work");
     let booted = run::bring_up_ready(lab_dir, &spec, &work, &session.dir, accel, &events).await;
     let lab = match booted {
-        Ok(lab) => Arc::new(lab),
+        Ok(ready) => Arc::new(ready.lab),
         Err(e) => {
             events.emit(harness::events::EventKind::RunFinished {
                 aborted: Some(format!("{e:#}")),

@@ -3,13 +3,18 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use harness::events::{EventKind, Events, Outcome, Phase};
+use harness::kube::{gate, join_nodes, KubeAccess, ReadinessGate};
 use harness::lab::{Lab, LabSpec};
 use harness::report::{live, ArtifactsDir};
 use harness::vm::accel::AccelChoice;
+use harness::vm::Machine;
+use harness::wait::Wait;
+
+use scenarios::{Ctx, ScenarioError};
 
 use crate::bringup;
 use crate::session::{Info, Session};
@@ -33,7 +38,19 @@ pub struct RunArgs {
     keep: bool,
 }
 
-/// Brings the lab up and, when it runs Kubernetes, through the readiness gate.
+/// A booted lab, with a client when it runs Kubernetes.
+pub struct Ready {
+    pub lab: Lab,
+    pub kube: Option<KubeAccess>,
+}
+
+/// How long a master may take to create its PKI, join token and admin kubeconfig after boot.
+const CONTROL_PLANE_FILES: Duration = Duration::from_secs(600);
+const JOIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Brings the lab up and, when it runs Kubernetes, joins its nodes and takes it through the
+/// readiness gate. `evidence` receives console logs, the admin kubeconfig (`kubeconfig`) and the
+/// gate's evidence when it fails.
 pub async fn bring_up_ready(
     lab_dir: &Path,
     spec: &LabSpec,
@@ -41,9 +58,65 @@ pub async fn bring_up_ready(
     evidence: &Path,
     accel: AccelChoice,
     events: &Events,
-) -> Result<Lab> {
+) -> Result<Ready> {
     let lab = bringup::bring_up(lab_dir, spec, work, evidence, accel, events).await?;
-    Ok(lab)
+    let Some(k8s) = &spec.kubernetes else {
+        return Ok(Ready { lab, kube: None });
+    };
+    events.emit(EventKind::Phase {
+        phase: Phase::Readiness,
+    });
+    let master = lab.machine(&k8s.master)?;
+    let files = Wait::new(
+        format!("{} to create {}", k8s.master, k8s.admin_kubeconfig),
+        CONTROL_PLANE_FILES,
+        Duration::from_secs(3),
+    );
+    master
+        .wait_until_succeeds(&format!("test -s {}", k8s.admin_kubeconfig), &files)
+        .await?;
+    if let (Some(token), Some(join)) = (&k8s.join_token_command, &k8s.join_command) {
+        let token_ready = Wait::new(
+            format!("the join token on {}", k8s.master),
+            CONTROL_PLANE_FILES,
+            Duration::from_secs(3),
+        );
+        master.wait_until_succeeds(token, &token_ready).await?;
+        let nodes: Vec<&Machine> = lab
+            .machines()
+            .iter()
+            .filter(|m| m.name() != k8s.master)
+            .map(|m| m.as_ref())
+            .collect();
+        join_nodes(master, &nodes, token, join, JOIN_DEADLINE).await?;
+    }
+    let access = KubeAccess::from_master(
+        master,
+        &k8s.admin_kubeconfig,
+        k8s.apiserver_port,
+        k8s.tls_server_name.as_deref(),
+        &evidence.join("kubeconfig"),
+    )
+    .await?;
+    let node_names: Vec<String> = spec
+        .machines
+        .iter()
+        .filter(|m| m.roles.iter().any(|r| r == "node"))
+        .map(|m| m.name.clone())
+        .collect();
+    let gate = ReadinessGate::new(node_names, k8s.workload_image.clone());
+    let machines: Vec<&Machine> = lab.machines().iter().map(|m| m.as_ref()).collect();
+    let units = [k8s.kubelet_unit.as_str()];
+    let evidence_dir = evidence.join("readiness");
+    gate.run(access.client(), events, |failed| {
+        gate::collect_unit_evidence(&machines, &units, &evidence_dir, failed)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Ready {
+        lab,
+        kube: Some(access),
+    })
 }
 
 fn default_report_dir() -> PathBuf {
@@ -84,13 +157,13 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
     let work = report_dir.join("work");
     let booted = bring_up_ready(lab_dir, &spec, &work, &report_dir, accel, &events).await;
     let mut failed = false;
-    let lab = match booted {
-        Ok(lab) => Some(Arc::new(lab)),
+    let (lab, kube) = match booted {
+        Ok(ready) => (Some(Arc::new(ready.lab)), ready.kube),
         Err(e) => {
             events.emit(EventKind::RunFinished {
                 aborted: Some(format!("the lab could not be brought up: {e:#}")),
             });
-            None
+            (None, None)
         }
     };
     if let Some(lab) = &lab {
@@ -103,7 +176,24 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
                 attempt: 1,
             });
             let start = Instant::now();
-            let result = scenarios::run(name, lab, &events, &artifacts).await;
+            let result = match &kube {
+                Some(access) => {
+                    let ctx = Ctx {
+                        lab,
+                        lab_dir,
+                        client: access.client().clone(),
+                        events: &events,
+                        artifacts: &artifacts,
+                        work_dir: work.clone(),
+                        scope: name.clone(),
+                    };
+                    scenarios::run(name, &ctx).await
+                }
+                None => Err(ScenarioError::Error(format!(
+                    "scenario {name} needs Kubernetes, and lab {} has no [kubernetes] in its lab.toml",
+                    spec.name
+                ))),
+            };
             let (outcome, message) = match result {
                 Ok(()) => (Outcome::Passed, None),
                 Err(e) => {

@@ -163,22 +163,31 @@ pub async fn build(
             });
         }
     }
+    build_attr(&lab_dir, spec, &spec.vm_attr, out_dir, events, timeout).await
+}
+
+/// Builds one attribute of a lab's flake (the machines, or a system generation for a rebuild)
+/// with the lab's Nix settings; returns its output path.
+///
+/// # Errors
+/// [`LabError::Build`] with Nix's own diagnosis.
+pub async fn build_attr(
+    lab_dir: &Path,
+    spec: &LabSpec,
+    attr: &str,
+    out_dir: &Path,
+    events: &Events,
+    timeout: Duration,
+) -> Result<PathBuf, LabError> {
     let build_error = |source| LabError::Build {
         lab: spec.name.clone(),
         source: Box::new(source),
     };
-    let mut nix = crate::nix::Nix::find().map_err(build_error)?;
-    for line in &spec.nix_config {
-        nix = nix.with_config(line);
-    }
-    let flake = if spec.prepare.is_some() {
-        format!("path:{}", lab_dir.display())
-    } else {
-        lab_dir.display().to_string()
-    };
-    let what = format!("{flake}#{}", spec.vm_attr);
+    let nix = lab_nix(spec).map_err(build_error)?;
+    let flake = flake_ref(lab_dir, spec);
+    let what = format!("{flake}#{attr}");
     let paths = nix
-        .build(&flake, &[spec.vm_attr.as_str()], out_dir, timeout, |p| {
+        .build(&flake, &[attr], out_dir, timeout, |p| {
             events.emit(EventKind::BuildProgress {
                 what: what.clone(),
                 done: p.done,
@@ -194,6 +203,25 @@ pub async fn build(
         path: lab_dir.join("lab.toml"),
         message: format!("nix build {what} returned no output path"),
     })
+}
+
+/// `nix` with the lab's own settings (`nix_config` in lab.toml).
+pub fn lab_nix(spec: &LabSpec) -> Result<crate::nix::Nix, crate::nix::NixError> {
+    let mut nix = crate::nix::Nix::find()?;
+    for line in &spec.nix_config {
+        nix = nix.with_config(line);
+    }
+    Ok(nix)
+}
+
+/// A lab with a prepare step is a `path:` flake, so files the step generates count even where
+/// git does not track them; any other lab is whatever flake its directory is.
+fn flake_ref(lab_dir: &Path, spec: &LabSpec) -> String {
+    if spec.prepare.is_some() {
+        format!("path:{}", lab_dir.display())
+    } else {
+        lab_dir.display().to_string()
+    }
 }
 
 impl From<VmError> for LabError {

@@ -1,7 +1,12 @@
-//! labtest's scenarios. Each is a reusable async function over a booted lab.
-use harness::events::{Events, Outcome};
-use harness::lab::Lab;
-use harness::report::ArtifactsDir;
+//! labtest's scenarios. Each is a reusable async function over a booted lab ([`Ctx`]); the
+//! CLI runs them by name, scenario files (see [`file`]) describe incidents as steps.
+mod ctx;
+pub mod file;
+pub mod node_failure;
+pub mod pod_scheduling;
+pub mod rebuild_rollback;
+
+pub use ctx::{Ctx, ScenarioError};
 
 /// The built-in scenarios, in the order `labtest run` runs them: (name, what it proves).
 /// The names are stable: scripts, CI and JUnit testcase names depend on them.
@@ -25,47 +30,16 @@ pub fn is_builtin(name: &str) -> bool {
     CATALOGUE.iter().any(|(n, _)| *n == name)
 }
 
-/// Why a scenario did not pass.
-#[derive(Debug, thiserror::Error)]
-pub enum ScenarioError {
-    /// The lab misbehaved: what the scenario exists to catch.
-    #[error("{check}: {reason}")]
-    Failed { check: String, reason: String },
-    /// The scenario could not do its job (bad input, a lost connection): says nothing about
-    /// the lab.
-    #[error("{0}")]
-    Error(String),
-}
-
-impl ScenarioError {
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            ScenarioError::Failed { .. } => Outcome::Failed,
-            ScenarioError::Error(_) => Outcome::Error,
-        }
-    }
-}
-
 /// Runs the built-in scenario `name` against a booted lab.
 ///
 /// # Errors
 /// [`ScenarioError::Failed`] naming the failed check, [`ScenarioError::Error`] for an unknown
-/// name or a lab without Kubernetes.
-pub async fn run(
-    name: &str,
-    lab: &Lab,
-    _events: &Events,
-    _artifacts: &ArtifactsDir,
-) -> Result<(), ScenarioError> {
-    if lab.spec().kubernetes.is_none() {
-        return Err(ScenarioError::Error(format!(
-            "scenario {name} needs Kubernetes, and lab {} has no [kubernetes] in its lab.toml",
-            lab.spec().name
-        )));
+/// name or a lab without what the scenario needs.
+pub async fn run(name: &str, ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
+    match name {
+        "pod-scheduling" => pod_scheduling::run(ctx).await,
+        "node-failure" => node_failure::run(ctx).await,
+        "rebuild-rollback" => rebuild_rollback::run(ctx).await,
+        other => Err(ScenarioError::Error(format!("no scenario named {other:?}"))),
     }
-    Err(ScenarioError::Error(format!(
-        "scenario {name} is not implemented yet"
-    )))
 }
-
-pub mod file;

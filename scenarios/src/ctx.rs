@@ -1,0 +1,251 @@
+//! What every scenario works with: the booted lab, a Kubernetes client, the event stream and the
+//! artifacts folder - and the few helpers that make each step a named, bounded, reported check.
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harness::events::{EventKind, Events, Outcome, Stream};
+use harness::kube::{gate, wait_for, Summary};
+use harness::lab::{KubernetesSpec, Lab};
+use harness::report::ArtifactsDir;
+use harness::wait::{Condition, Poll, Wait};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why a scenario did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The lab misbehaved: what the scenario exists to catch.
+    #[error("{check}: {reason}")]
+    Failed { check: String, reason: String },
+    /// The scenario could not do its job (bad input, a lost connection, a missing generation):
+    /// says nothing about the lab.
+    #[error("{0}")]
+    Error(String),
+}
+
+impl ScenarioError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ScenarioError::Failed { .. } => Outcome::Failed,
+            ScenarioError::Error(_) => Outcome::Error,
+        }
+    }
+
+    /// A harness-side problem, with context.
+    pub fn error(context: &str, error: impl std::fmt::Display) -> Self {
+        ScenarioError::Error(format!("{context}: {error}"))
+    }
+}
+
+/// A scenario's view of the lab.
+pub struct Ctx<'a> {
+    pub lab: &'a Lab,
+    /// Where the lab's flake is (rebuilds build generations from it).
+    pub lab_dir: &'a Path,
+    pub client: kube::Client,
+    pub events: &'a Events,
+    pub artifacts: &'a ArtifactsDir,
+    /// Scratch space (build out-links).
+    pub work_dir: PathBuf,
+    /// The scenario running now: the scope of its checks.
+    pub scope: String,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn for_scenario(&self, scope: &str) -> Ctx<'a> {
+        Ctx {
+            lab: self.lab,
+            lab_dir: self.lab_dir,
+            client: self.client.clone(),
+            events: self.events,
+            artifacts: self.artifacts,
+            work_dir: self.work_dir.clone(),
+            scope: scope.to_string(),
+        }
+    }
+
+    pub fn k8s(&self) -> Result<&KubernetesSpec, ScenarioError> {
+        self.lab.spec().kubernetes.as_ref().ok_or_else(|| {
+            ScenarioError::Error(format!(
+                "scenario {} needs Kubernetes, and lab {} has no [kubernetes] in its lab.toml",
+                self.scope,
+                self.lab.spec().name
+            ))
+        })
+    }
+
+    /// The machines that run a kubelet (role `node`), in spec order.
+    pub fn node_names(&self) -> Vec<String> {
+        self.lab
+            .spec()
+            .machines
+            .iter()
+            .filter(|m| m.roles.iter().any(|r| r == "node"))
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// A node that is not the master: where faults go, so the control plane survives them.
+    pub fn worker(&self) -> Result<String, ScenarioError> {
+        let master = self.k8s()?.master.clone();
+        self.node_names()
+            .into_iter()
+            .rev()
+            .find(|n| *n != master)
+            .ok_or_else(|| {
+                ScenarioError::Error(format!(
+                    "scenario {} needs a node besides the master {master}",
+                    self.scope
+                ))
+            })
+    }
+
+    /// Records a measured fact or a step's output in the report.
+    pub fn note(&self, step: &str, text: impl Into<String>) {
+        self.events.emit(EventKind::StepOutput {
+            scope: self.scope.clone(),
+            step: step.to_string(),
+            stream: Stream::Stdout,
+            text: text.into(),
+        });
+    }
+
+    /// A named check polled until ready, reported as such; a timeout fails the scenario with the
+    /// last observed state.
+    pub async fn check<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        interval: Duration,
+        probe: F,
+    ) -> Result<T, ScenarioError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Poll<T>>,
+    {
+        let wait = Wait::new(what, timeout, interval);
+        gate::run_check(self.events, &self.scope, &wait, probe)
+            .await
+            .map_err(|e| ScenarioError::Failed {
+                check: what.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Waits for `condition` on object `name`, as a named check; returns how long it took.
+    pub async fn wait<K, C>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        condition: C,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Duration, ScenarioError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Summary,
+        K::DynamicType: Default,
+        C: Condition<K>,
+    {
+        let wait = Wait::new(what, timeout, Duration::from_secs(2));
+        self.events.emit(EventKind::CheckStarted {
+            scope: self.scope.clone(),
+            check: what.to_string(),
+            timeout,
+        });
+        let start = Instant::now();
+        match wait_for(api, name, condition, &wait).await {
+            Ok(_) => {
+                let took = start.elapsed();
+                self.events.emit(EventKind::CheckPassed {
+                    scope: self.scope.clone(),
+                    check: what.to_string(),
+                    took,
+                });
+                Ok(took)
+            }
+            Err(e) => {
+                self.events.emit(EventKind::CheckFailed {
+                    scope: self.scope.clone(),
+                    check: what.to_string(),
+                    reason: e.to_string(),
+                    observed: None,
+                    evidence: Vec::new(),
+                    took: start.elapsed(),
+                });
+                Err(ScenarioError::Failed {
+                    check: what.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Creates or updates an object (server-side apply, which Kubernetes 1.20 has).
+    pub async fn apply<K>(
+        &self,
+        api: &Api<K>,
+        object: serde_json::Value,
+    ) -> Result<K, ScenarioError>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        api.patch(
+            &name,
+            &PatchParams::apply("labtest").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(|e| ScenarioError::error(&format!("applying {name}"), e))
+    }
+
+    /// A fresh namespace for this scenario's objects.
+    pub async fn namespace(&self, name: &str) -> Result<String, ScenarioError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        self.apply(
+            &api,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name }
+            }),
+        )
+        .await?;
+        Ok(name.to_string())
+    }
+
+    /// Deletes a namespace without waiting: its pods may sit on a node that is gone.
+    pub async fn drop_namespace(&self, name: &str) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(name, &DeleteParams::background()).await;
+    }
+
+    /// Captures `kubectl get`-like state for the artifacts folder when a scenario fails.
+    pub async fn capture(&self, what: &str, text: &str) {
+        let _ = self
+            .artifacts
+            .write_kube(&format!("{}-{what}", self.scope), text);
+    }
+}
+
+/// Runs a scenario body and always cleans its namespace up, failed or not.
+pub async fn with_namespace<'c, F, Fut>(
+    ctx: &'c Ctx<'_>,
+    ns: &str,
+    body: F,
+) -> Result<(), ScenarioError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<(), ScenarioError>> + 'c,
+{
+    let ns = ctx.namespace(ns).await?;
+    let result = body(ns.clone()).await;
+    ctx.drop_namespace(&ns).await;
+    result
+}
