@@ -40,21 +40,34 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         .exec("echo out; echo err >&2; exit 3", Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!((out.status, out.stdout_str().as_str(), out.stderr_str().as_str()), (3, "out\n", "err\n"));
+    assert_eq!(
+        (
+            out.status,
+            out.stdout_str().as_str(),
+            out.stderr_str().as_str()
+        ),
+        (3, "out\n", "err\n")
+    );
     for machine in lab.machines() {
         let name = machine.succeed("hostname").await.unwrap();
         assert_eq!(name.trim(), machine.name());
     }
     // Large output arrives intact.
     let out = ga
-        .exec("head -c 1000000 /dev/zero | tr '\\0' x", Duration::from_secs(30))
+        .exec(
+            "head -c 1000000 /dev/zero | tr '\\0' x",
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     assert_eq!(out.stdout.len(), 1_000_000);
     assert!(out.stdout.iter().all(|b| *b == b'x'));
     // Failing commands say what they ran and what came back.
     let err = ga.succeed("echo nope >&2; false").await.unwrap_err();
-    assert!(matches!(err, VmError::CommandFailed { status: 1, .. }), "{err}");
+    assert!(
+        matches!(err, VmError::CommandFailed { status: 1, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("nope"), "{err}");
 
     // Every pair talks over the lab network, by name from /etc/hosts.
@@ -78,33 +91,64 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
 
     // A command that overruns its deadline is killed; the channel stays usable.
     let start = Instant::now();
-    let err = ga.exec("sleep 300", Duration::from_secs(2)).await.unwrap_err();
+    let err = ga
+        .exec("sleep 300", Duration::from_secs(2))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no reply within 2.0s"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(ga.succeed("echo alive").await.unwrap(), "alive\n");
 
     // Files in and out through the shared dir.
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    ga.copy_in(&data, "/root/blob", Duration::from_secs(30)).await.unwrap();
-    assert_eq!(ga.copy_out("/root/blob", Duration::from_secs(30)).await.unwrap(), data);
+    ga.copy_in(&data, "/root/blob", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        ga.copy_out("/root/blob", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        data
+    );
 
     // Waits: unit, port, console text; each fails clearly.
-    ga.wait_for_unit("systemd-journald.service", &wait("journald", 30)).await.unwrap();
+    ga.wait_for_unit("systemd-journald.service", &wait("journald", 30))
+        .await
+        .unwrap();
     let err = ga
-        .wait_for_unit("labtest-no-such.service", &wait("a unit that never starts", 3))
+        .wait_for_unit(
+            "labtest-no-such.service",
+            &wait("a unit that never starts", 3),
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("labtest-no-such.service is inactive"), "{err}");
-    ga.succeed("systemd-run --unit=labtest-fails false").await.unwrap();
+    assert!(
+        err.to_string()
+            .contains("labtest-no-such.service is inactive"),
+        "{err}"
+    );
+    ga.succeed("systemd-run --unit=labtest-fails false")
+        .await
+        .unwrap();
     let err = ga
         .wait_for_unit("labtest-fails.service", &wait("a failing unit", 60))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("gave up"), "a failed unit ends the wait at once: {err}");
-    let err = ga.wait_for_port(7777, &wait("port 7777", 2)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("gave up"),
+        "a failed unit ends the wait at once: {err}"
+    );
+    let err = ga
+        .wait_for_port(7777, &wait("port 7777", 2))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("last observed"), "{err}");
-    ga.succeed("nohup nc -lk -p 7777 >/dev/null 2>&1 </dev/null & disown").await.unwrap();
-    ga.wait_for_port(7777, &wait("port 7777", 30)).await.unwrap();
+    ga.succeed("nohup nc -lk -p 7777 >/dev/null 2>&1 </dev/null & disown")
+        .await
+        .unwrap();
+    ga.wait_for_port(7777, &wait("port 7777", 30))
+        .await
+        .unwrap();
     ga.wait_for_console_text("labtest-shell: labtest.shell ready", &wait("console", 5))
         .await
         .unwrap();
@@ -155,20 +199,31 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
 #[tokio::test]
 async fn a_missing_run_script_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = MachineBuilder::new("ghost", dir.path().join("bin/run-ghost-vm"), dir.path().join("state"))
-        .start(&Events::discard())
-        .await
-        .err()
-        .expect("no machine without a run script");
+    let err = MachineBuilder::new(
+        "ghost",
+        dir.path().join("bin/run-ghost-vm"),
+        dir.path().join("state"),
+    )
+    .start(&Events::discard())
+    .await
+    .err()
+    .expect("no machine without a run script");
     assert!(matches!(err, VmError::NoRunScript { .. }), "{err}");
-    assert!(err.to_string().contains("run-ghost-vm does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("run-ghost-vm does not exist"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_run_script_that_exits_at_once_is_reported_with_its_output() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("run-broken-vm");
-    std::fs::write(&script, "#!/bin/sh\necho 'qemu: could not load kernel' >&2\nexit 3\n").unwrap();
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'qemu: could not load kernel' >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let start = Instant::now();
     let err = MachineBuilder::new("broken", &script, dir.path().join("state"))
@@ -177,7 +232,11 @@ async fn a_run_script_that_exits_at_once_is_reported_with_its_output() {
         .await
         .err()
         .expect("the machine cannot start");
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     let text = err.to_string();
     assert!(matches!(err, VmError::Exited { .. }), "{text}");
     assert!(text.contains("exit status: 3"), "{text}");
@@ -200,7 +259,11 @@ async fn a_guest_that_never_answers_times_out_with_its_console() {
     .err()
     .expect("the guest channel never answers");
     let text = err.to_string();
-    assert!(start.elapsed() < Duration::from_secs(50), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(50),
+        "took {:?}",
+        start.elapsed()
+    );
     assert!(text.contains("did not answer within 40s"), "{text}");
     assert!(text.contains("console.log"), "{text}");
     assert!(support::qemu_processes_mentioning(&dir.path().to_string_lossy()).is_empty());
