@@ -1,0 +1,55 @@
+//! Tier 4: every built-in scenario, end to end, on the fixture lab - exactly as a user runs it
+//! (`labtest run --lab fixtures/lab`), checked through the reports it writes.
+mod support;
+
+use std::time::Duration;
+
+use assert_cmd::Command;
+
+#[test]
+fn all_scenarios_pass_on_the_fixture_lab() {
+    let report = tempfile::Builder::new()
+        .prefix("labtest-e2e-")
+        .tempdir()
+        .expect("temp dir");
+    let junit = report.path().join("junit.xml");
+    let out = Command::cargo_bin("labtest")
+        .expect("the labtest binary")
+        .env("LABTEST_ACCEL", "tcg")
+        .arg("run")
+        .arg("--lab")
+        .arg(support::repo_root().join("fixtures/lab"))
+        .arg("--report-dir")
+        .arg(report.path())
+        .arg("--junit")
+        .arg(&junit)
+        .timeout(Duration::from_secs(75 * 60))
+        .output()
+        .expect("labtest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = std::fs::read_to_string(report.path().join("report/summary.txt")).unwrap_or_default();
+    // Keep the evidence of a failed run where CI uploads it.
+    if !out.status.success() {
+        let keep = support::repo_root().join("target/labtest/e2e-failed");
+        let _ = std::fs::create_dir_all(keep.parent().unwrap());
+        let _ = std::fs::rename(report.path(), &keep);
+    }
+    assert!(
+        out.status.success(),
+        "labtest run failed ({}):\n{stdout}\nstderr:\n{}\nsummary:\n{summary}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
+    for scenario in ["pod-scheduling", "node-failure", "rebuild-rollback"] {
+        assert!(
+            xml.contains(&format!("name=\"{scenario}\"")),
+            "JUnit has no testcase {scenario}:\n{xml}"
+        );
+    }
+    assert!(!xml.contains("<failure"), "JUnit reports a failure:\n{xml}");
+    for machine in ["grey-area", "congenital-optimist", "limiting-factor"] {
+        let console = report.path().join("machines").join(machine).join("console.log");
+        assert!(console.exists(), "no console log for {machine} in the artifacts");
+    }
+}
