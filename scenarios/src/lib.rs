@@ -5,6 +5,7 @@ pub mod file;
 pub mod node_failure;
 pub mod pod_scheduling;
 pub mod rebuild_rollback;
+pub mod runner;
 
 pub use ctx::{Ctx, ScenarioError};
 

@@ -1,0 +1,1251 @@
+//! Runs a [`ScenarioFile`] against a booted lab: `labtest run --scenario-file FILE`.
+//!
+//! Steps run in file order. Each is one named check in the scenario's scope, called
+//! `step N (line L): <the step as the file says it>` (e.g.
+//! `step 3 (line 14): wait node-not-ready limiting-factor (deadline 3m)`), so the live view,
+//! the JUnit testcase and the JSON report all point back at the file. A step's `note` is
+//! recorded under the same name before it runs. The first failing step ends the file; its error
+//! carries that name, hence the step number and line.
+//!
+//! What the steps do:
+//! * `apply` / `manifest`: YAML, one or more documents separated by `---` (empty documents are
+//!   skipped), each applied in order with server-side apply (as `kubectl apply --server-side`;
+//!   Kubernetes 1.20 has it), its API found by discovery from `apiVersion` and `kind`, so any
+//!   kind the cluster serves works, custom resources included. A namespaced object goes to its
+//!   own `metadata.namespace`, else the step's `namespace`, else `default`; the two disagreeing
+//!   is an error, as with `kubectl apply -n`. The namespace must exist: a manifest creates it
+//!   with a `kind: Namespace` document before the objects that use it.
+//!   [`check_manifests`] parses every manifest before the lab boots.
+//! * `fault`: the harness's own faults (`vm::Machine`, `lab::Lab`); `stop-unit`/`start-unit`
+//!   run `systemctl` in the guest and fail on a non-zero exit.
+//! * `wait`: polled at the step's `interval` until its `timeout`, with the conditions of
+//!   `harness::kube::conditions`; a timeout fails with the last state seen.
+//! * `rebuild`: builds the generation's flake attribute and switches its machine to it, as the
+//!   built-in rebuild-rollback does. A non-zero `switch-to-configuration` is recorded, not
+//!   failed: the generation may be meant to break a unit (follow with `wait`/`expect`).
+//!   `rollback`: the previous system generation, as `nixos-rebuild switch --rollback`.
+//! * `expect`: looked at once; failing says what was expected and what was seen.
+//! * `sleep`: lets time pass.
+//!
+//! Nothing a file creates is deleted afterwards: objects stay for the report's `kubectl` views
+//! and for `--keep` debugging, and the lab itself is thrown away at the end of the run. Files
+//! run in one `labtest run` share the cluster, so a file that must start clean uses names (or a
+//! namespace) of its own.
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use harness::events::EventKind;
+use harness::kube::conditions::{
+    daemonset_ready, deployment_available, node_has_taint, node_not_ready, node_ready,
+    node_without_taint, pod_on_node, pod_phase, pod_running,
+};
+use harness::kube::Summary;
+use harness::lab::{build_attr, lab_nix};
+use harness::nix::generation::sh_quote;
+use harness::nix::SystemProfile;
+use harness::vm::Machine;
+use harness::wait::{Condition, Poll};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::{GroupVersionKind, TypeMeta};
+use kube::discovery::{pinned_kind, Scope};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+
+use crate::ctx::{Ctx, ScenarioError};
+use crate::file::{
+    Action, Apply, Expectation, Fault, FileError, Label, ManifestSource, PodSelector, Rebuild,
+    Rollback, ScenarioFile, Step, TaintEffect, WaitFor, WaitStep,
+};
+
+/// Deadline of a step that has none of its own (apply, most faults, expectations): each does a
+/// handful of API or QMP calls, so only a hung lab takes this long.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// A guest command inside a wait or expectation: bounded on its own so a probe cannot use a
+/// whole wait's deadline on one call.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `file`'s steps in order against `ctx`'s lab; the first failure ends it.
+///
+/// # Errors
+/// [`ScenarioError::Failed`] when the lab did not do what a step expects, and
+/// [`ScenarioError::Error`] when a step could not be carried out (an unreadable manifest, a
+/// kind the cluster does not serve, a failed build); both name the step and its line.
+pub async fn run_file(file: &ScenarioFile, ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
+    if let Some(description) = &file.description {
+        ctx.note(&file.name, description.clone());
+    }
+    for step in &file.steps {
+        let label = step_label(step);
+        if let Some(note) = &step.note {
+            ctx.note(&label, note.clone());
+        }
+        run_step(ctx, file, step, &label)
+            .await
+            .map_err(|e| in_step(&label, e))?;
+    }
+    Ok(())
+}
+
+/// Parses every manifest of `file` (inline or on disk), so a YAML mistake is refused before the
+/// lab boots rather than after.
+///
+/// # Errors
+/// [`FileError::Invalid`] naming the scenario file, the step's line and field, and where in the
+/// manifest the problem is.
+pub fn check_manifests(file: &ScenarioFile) -> Result<(), FileError> {
+    for step in &file.steps {
+        if let Action::Apply(apply) = &step.action {
+            let field = match apply.source {
+                ManifestSource::File { .. } => "apply",
+                ManifestSource::Inline(_) => "manifest",
+            };
+            let invalid = |message: String| FileError::Invalid {
+                path: file.path.clone(),
+                line: step.line_of(field),
+                field: format!("step[{}].{field}", step.number),
+                message,
+            };
+            let (text, origin) = manifest_text(apply).map_err(invalid)?;
+            let manifests = parse_manifests(&text, &origin).map_err(|e| invalid(e.to_string()))?;
+            for manifest in &manifests {
+                manifest
+                    .namespace(apply.namespace.as_deref())
+                    .map_err(|e| invalid(format!("{origin}: {e}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How a step is named in reports and errors.
+pub fn step_label(step: &Step) -> String {
+    format!("step {} (line {}): {}", step.number, step.line, step.action)
+}
+
+/// Puts the step's name on an error that does not carry it yet.
+fn in_step(label: &str, error: ScenarioError) -> ScenarioError {
+    match error {
+        ScenarioError::Failed { check, reason } if check == label => {
+            ScenarioError::Failed { check, reason }
+        }
+        ScenarioError::Failed { check, reason } => ScenarioError::Failed {
+            check: label.to_string(),
+            reason: format!("{check}: {reason}"),
+        },
+        ScenarioError::Error(message) => ScenarioError::Error(format!("{label}: {message}")),
+    }
+}
+
+async fn run_step(
+    ctx: &Ctx<'_>,
+    file: &ScenarioFile,
+    step: &Step,
+    label: &str,
+) -> Result<(), ScenarioError> {
+    match &step.action {
+        Action::Apply(apply) => {
+            let applied = once(ctx, label, STEP_TIMEOUT, apply_manifests(ctx, apply)).await?;
+            ctx.note(label, applied.join("\n"));
+            Ok(())
+        }
+        Action::Fault(fault) => once(ctx, label, fault_timeout(fault), inject(ctx, fault)).await,
+        Action::Wait(wait) => wait_step(ctx, wait, label).await,
+        Action::Rebuild(rebuild) => {
+            let text = once(ctx, label, rebuild.timeout, rebuild_step(ctx, rebuild)).await?;
+            ctx.note(label, text);
+            Ok(())
+        }
+        Action::Rollback(rollback) => {
+            let text = once(ctx, label, rollback.timeout, rollback_step(ctx, rollback)).await?;
+            ctx.note(label, text);
+            Ok(())
+        }
+        Action::Expect(expectation) => {
+            let seen = once(ctx, label, STEP_TIMEOUT, expect(ctx, expectation)).await?;
+            ctx.note(label, seen);
+            Ok(())
+        }
+        Action::Sleep(duration) => {
+            // Reported as a check too, so the report's timeline shows the pause.
+            once(ctx, label, *duration + STEP_TIMEOUT, async {
+                tokio::time::sleep(*duration).await;
+                Ok(())
+            })
+            .await
+        }
+    }
+    .map_err(|e| match e {
+        // A scenario-file step that cannot be done is most often a mistake in the file: say which.
+        ScenarioError::Error(message) => {
+            ScenarioError::Error(format!("{message} (in {})", file.path.display()))
+        }
+        failed => failed,
+    })
+}
+
+/// Runs a step that does something once (no polling) as a named check: started, then passed
+/// or failed, bounded by `timeout`. A step that overruns is a lab that hangs: a failure.
+async fn once<T>(
+    ctx: &Ctx<'_>,
+    label: &str,
+    timeout: Duration,
+    body: impl Future<Output = Result<T, ScenarioError>>,
+) -> Result<T, ScenarioError> {
+    ctx.events.emit(EventKind::CheckStarted {
+        scope: ctx.scope.clone(),
+        check: label.to_string(),
+        timeout,
+    });
+    let start = Instant::now();
+    let result = match tokio::time::timeout(timeout, body).await {
+        Ok(result) => result,
+        Err(_) => Err(ScenarioError::Failed {
+            check: label.to_string(),
+            reason: format!("did not finish within {:.0}s", timeout.as_secs_f64()),
+        }),
+    };
+    let took = start.elapsed();
+    match &result {
+        Ok(_) => ctx.events.emit(EventKind::CheckPassed {
+            scope: ctx.scope.clone(),
+            check: label.to_string(),
+            took,
+        }),
+        Err(e) => ctx.events.emit(EventKind::CheckFailed {
+            scope: ctx.scope.clone(),
+            check: label.to_string(),
+            reason: match e {
+                ScenarioError::Failed { reason, .. } => reason.clone(),
+                ScenarioError::Error(message) => message.clone(),
+            },
+            observed: None,
+            evidence: Vec::new(),
+            took,
+        }),
+    }
+    result
+}
+
+fn machine<'c>(ctx: &'c Ctx<'_>, name: &str) -> Result<&'c Machine, ScenarioError> {
+    ctx.lab
+        .machine(name)
+        .map(|m| m.as_ref())
+        .map_err(|e| ScenarioError::error("finding the machine", e))
+}
+
+// ---- apply ----
+
+/// One document of a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// 1-based, in the text.
+    pub document: usize,
+    /// The line its document starts on, in the manifest text.
+    pub line: usize,
+    pub type_meta: TypeMeta,
+    pub name: String,
+    /// `metadata.namespace` as written.
+    pub written_namespace: Option<String>,
+    /// The whole object, as sent to the apiserver.
+    pub body: serde_json::Value,
+}
+
+/// Why a manifest was refused. `origin` is the manifest's path as the scenario file writes it,
+/// or "inline manifest".
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{origin}: document {document} (line {line}): {message}")]
+    Invalid {
+        origin: String,
+        document: usize,
+        line: usize,
+        message: String,
+    },
+    #[error("{origin}: no object in it: expected at least one YAML document with apiVersion, kind and metadata.name")]
+    Empty { origin: String },
+}
+
+impl Manifest {
+    /// Where the object goes: its own namespace, else the step's, else `default`. Both written
+    /// and different is refused, as `kubectl apply -n` refuses it, rather than silently picking
+    /// one. (Cluster-scoped kinds ignore this; only discovery knows which kinds those are.)
+    ///
+    /// # Errors
+    /// Which document says what, when the manifest and the step disagree.
+    pub fn namespace(&self, step: Option<&str>) -> Result<String, String> {
+        match (self.written_namespace.as_deref(), step) {
+            (Some(own), Some(step)) if own != step => Err(format!(
+                "document {} (line {}): {} {} says namespace {own:?}, the step says namespace = {step:?}: expected them to agree (or one of them left out)",
+                self.document, self.line, self.type_meta.kind, self.name
+            )),
+            (Some(ns), _) | (None, Some(ns)) => Ok(ns.to_string()),
+            (None, None) => Ok("default".to_string()),
+        }
+    }
+
+    /// The API group, version and kind to look up.
+    ///
+    /// # Errors
+    /// A message when `apiVersion` is not `version` or `group/version`.
+    pub fn gvk(&self) -> Result<GroupVersionKind, String> {
+        let written = &self.type_meta.api_version;
+        let expected = format!("expected apiVersion like \"v1\" or \"apps/v1\", saw {written:?}");
+        // kube's parser takes anything after the first '/' as the version ("a/b/c" -> "b/c").
+        let well_formed = match written.split_once('/') {
+            Some((group, version)) => {
+                !group.is_empty() && !version.is_empty() && !version.contains('/')
+            }
+            None => !written.is_empty(),
+        };
+        if !well_formed {
+            return Err(expected);
+        }
+        GroupVersionKind::try_from(&self.type_meta).map_err(|e| format!("{expected}: {e}"))
+    }
+}
+
+/// Splits YAML text into documents at `---` lines and checks each is one Kubernetes object.
+/// Splitting here (rather than in the YAML library) keeps each document's line for messages;
+/// a `---` in column 0 always ends a document in YAML, so this is exact.
+///
+/// # Errors
+/// [`ManifestError`] for the first document that is not valid YAML or lacks apiVersion, kind or
+/// metadata.name, and for text with no object at all.
+pub fn parse_manifests(text: &str, origin: &str) -> Result<Vec<Manifest>, ManifestError> {
+    let mut chunks: Vec<(usize, String)> = vec![(1, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        let marker = line
+            .strip_prefix("---")
+            .filter(|rest| rest.is_empty() || rest.starts_with(' ') || rest.starts_with('\t'));
+        if let Some(rest) = marker {
+            // `--- {inline: document}` is legal YAML: the rest of the line belongs to it.
+            chunks.push((i + 1, format!("{rest}\n")));
+        } else if line == "..." {
+            // The document-end marker: what follows until the next `---` is not a document.
+            chunks.push((i + 1, String::new()));
+        } else if let Some((_, chunk)) = chunks.last_mut() {
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    let mut manifests = Vec::new();
+    let mut document = 0;
+    for (line, chunk) in chunks {
+        let value: serde_json::Value = match serde_yaml_ng::from_str(&chunk) {
+            Ok(value) => value,
+            Err(e) => {
+                document += 1;
+                let at = e
+                    .location()
+                    .map_or(line, |l| line + l.line().saturating_sub(1));
+                return Err(ManifestError::Invalid {
+                    origin: origin.to_string(),
+                    document,
+                    line: at,
+                    message: format!("not valid YAML: {e}"),
+                });
+            }
+        };
+        // Comments only, or nothing between two `---`: kubectl skips these too.
+        if value.is_null() {
+            continue;
+        }
+        document += 1;
+        let invalid = |message: String| ManifestError::Invalid {
+            origin: origin.to_string(),
+            document,
+            line,
+            message,
+        };
+        let text_at = |pointer: &str| -> Result<Option<String>, ManifestError> {
+            match value.pointer(pointer) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(other) => Err(invalid(format!(
+                    "expected {pointer} to be a non-empty string, saw {other}"
+                ))),
+            }
+        };
+        if !value.is_object() {
+            return Err(invalid(format!(
+                "expected a Kubernetes object (a mapping with apiVersion, kind, metadata), saw {}",
+                short(&value)
+            )));
+        }
+        let required = |pointer: &str, example: &str| {
+            text_at(pointer)?.ok_or_else(|| {
+                invalid(format!(
+                    "missing {pointer}: every object needs one (e.g. {example})"
+                ))
+            })
+        };
+        let api_version = required("/apiVersion", "apiVersion: apps/v1")?;
+        let kind = required("/kind", "kind: Deployment")?;
+        if kind.ends_with("List") {
+            return Err(invalid(format!(
+                "expected one object per document, saw a {kind}: write its items as documents separated by ---"
+            )));
+        }
+        let name = required("/metadata/name", "metadata: {name: web}")?;
+        let written_namespace = text_at("/metadata/namespace")?;
+        let manifest = Manifest {
+            document,
+            line,
+            type_meta: TypeMeta { api_version, kind },
+            name,
+            written_namespace,
+            body: value.clone(),
+        };
+        manifest.gvk().map_err(invalid)?;
+        manifests.push(manifest);
+    }
+    if manifests.is_empty() {
+        return Err(ManifestError::Empty {
+            origin: origin.to_string(),
+        });
+    }
+    Ok(manifests)
+}
+
+fn short(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 60 {
+        format!("{}...", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// The manifest's text and how to name it in messages.
+fn manifest_text(apply: &Apply) -> Result<(String, String), String> {
+    match &apply.source {
+        ManifestSource::File { path, written } => std::fs::read_to_string(path)
+            .map(|text| (text, written.clone()))
+            .map_err(|e| format!("cannot read manifest {written} ({}): {e}", path.display())),
+        ManifestSource::Inline(text) => Ok((text.clone(), "inline manifest".to_string())),
+    }
+}
+
+/// Applies every document in order; returns one line per object applied.
+async fn apply_manifests(ctx: &Ctx<'_>, apply: &Apply) -> Result<Vec<String>, ScenarioError> {
+    let (text, origin) = manifest_text(apply).map_err(ScenarioError::Error)?;
+    let manifests =
+        parse_manifests(&text, &origin).map_err(|e| ScenarioError::Error(e.to_string()))?;
+    let mut applied = Vec::new();
+    for manifest in manifests {
+        let what = format!(
+            "{origin}: document {} ({} {})",
+            manifest.document, manifest.type_meta.kind, manifest.name
+        );
+        let gvk = manifest
+            .gvk()
+            .map_err(|e| ScenarioError::Error(format!("{what}: {e}")))?;
+        let (resource, capabilities) = pinned_kind(&ctx.client, &gvk).await.map_err(|e| {
+            ScenarioError::Error(format!(
+                "{what}: the cluster serves no {} in {}: {e}",
+                gvk.kind, manifest.type_meta.api_version
+            ))
+        })?;
+        let mut body = manifest.body.clone();
+        let (api, place) = match capabilities.scope {
+            Scope::Cluster => (
+                Api::<DynamicObject>::all_with(ctx.client.clone(), &resource),
+                manifest.name.clone(),
+            ),
+            Scope::Namespaced => {
+                let ns = manifest
+                    .namespace(apply.namespace.as_deref())
+                    .map_err(|e| ScenarioError::Error(format!("{origin}: {e}")))?;
+                // Server-side apply wants the body's namespace to match the URL's.
+                body["metadata"]["namespace"] = serde_json::Value::String(ns.clone());
+                (
+                    Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &resource),
+                    format!("{ns}/{}", manifest.name),
+                )
+            }
+        };
+        ctx.apply(&api, body).await.map_err(|e| in_step(&what, e))?;
+        applied.push(format!(
+            "applied {} {place} ({})",
+            manifest.type_meta.kind, manifest.type_meta.api_version
+        ));
+    }
+    Ok(applied)
+}
+
+// ---- faults, rebuild, rollback ----
+
+fn fault_timeout(fault: &Fault) -> Duration {
+    match fault {
+        // Their own deadline, plus room for the QMP and channel calls around it.
+        Fault::Shutdown { timeout, .. }
+        | Fault::Start { timeout, .. }
+        | Fault::Reboot { timeout, .. } => *timeout + Duration::from_secs(30),
+        _ => STEP_TIMEOUT,
+    }
+}
+
+async fn inject(ctx: &Ctx<'_>, fault: &Fault) -> Result<(), ScenarioError> {
+    let vm = |e: harness::vm::VmError| ScenarioError::error(&format!("fault {fault}"), e);
+    let net = |e: harness::lab::LabError| ScenarioError::error(&format!("fault {fault}"), e);
+    match fault {
+        Fault::Crash { machine: m } => machine(ctx, m)?.crash().await.map_err(vm),
+        Fault::Freeze { machine: m } => machine(ctx, m)?.freeze().await.map_err(vm),
+        Fault::Thaw { machine: m } => machine(ctx, m)?.thaw().await.map_err(vm),
+        Fault::Shutdown {
+            machine: m,
+            timeout,
+        } => machine(ctx, m)?.shutdown(*timeout).await.map_err(vm),
+        Fault::Start {
+            machine: m,
+            timeout,
+        } => match tokio::time::timeout(*timeout, machine(ctx, m)?.start()).await {
+            Ok(booted) => booted.map(|_| ()).map_err(vm),
+            Err(_) => Err(ScenarioError::Failed {
+                check: format!("fault {fault}"),
+                reason: format!(
+                    "{m} did not answer on its guest channel within {:.0}s of starting",
+                    timeout.as_secs_f64()
+                ),
+            }),
+        },
+        Fault::Reboot {
+            machine: m,
+            timeout,
+        } => machine(ctx, m)?
+            .reboot(*timeout)
+            .await
+            .map(|_| ())
+            .map_err(vm),
+        Fault::LinkDown { machine: m } => machine(ctx, m)?.set_link(false).await.map_err(vm),
+        Fault::LinkUp { machine: m } => machine(ctx, m)?.set_link(true).await.map_err(vm),
+        Fault::Partition { a, b } => ctx.lab.partition(a, b).map_err(net),
+        Fault::Heal { a, b } => ctx.lab.heal(a, b).map_err(net),
+        Fault::Isolate { machine: m } => ctx.lab.isolate(m).map_err(net),
+        Fault::Rejoin { machine: m } => ctx.lab.rejoin(m).map_err(net),
+        Fault::StopUnit { machine: m, unit } | Fault::StartUnit { machine: m, unit } => {
+            let verb = if matches!(fault, Fault::StopUnit { .. }) {
+                "stop"
+            } else {
+                "start"
+            };
+            let command = format!("systemctl {verb} {}", sh_quote(unit));
+            let out = machine(ctx, m)?
+                .exec(&command, STEP_TIMEOUT)
+                .await
+                .map_err(vm)?;
+            if out.status == 0 {
+                Ok(())
+            } else {
+                Err(ScenarioError::Failed {
+                    check: format!("fault {fault}"),
+                    reason: format!(
+                        "expected `{command}` on {m} to exit 0, saw {}: {}",
+                        out.status,
+                        out.stderr_str().trim()
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// Builds the generation and switches its machine to it; returns what happened, for the report.
+async fn rebuild_step(ctx: &Ctx<'_>, rebuild: &Rebuild) -> Result<String, ScenarioError> {
+    let spec = ctx.lab.spec();
+    // Validated before boot; looked up again because the lab is the authority at run time.
+    let generation = spec
+        .generations
+        .iter()
+        .find(|g| g.name == rebuild.generation)
+        .ok_or_else(|| {
+            ScenarioError::Error(format!(
+                "lab {} has no [[generation]] named {:?}",
+                spec.name, rebuild.generation
+            ))
+        })?;
+    let out = ctx.work_dir.join(format!("generation-{}", generation.name));
+    // The step's timeout bounds build and switch together (see `once`); the build gets all of
+    // it so that its own error, not ours, explains a slow build.
+    let toplevel = build_attr(
+        ctx.lab_dir,
+        spec,
+        &generation.attr,
+        &out,
+        ctx.events,
+        rebuild.timeout,
+    )
+    .await
+    .map_err(|e| ScenarioError::Error(format!("building generation {}: {e:#}", generation.name)))?;
+    let nix = lab_nix(spec).map_err(|e| ScenarioError::error("finding nix", e))?;
+    let activation = SystemProfile::default()
+        .switch_to(&nix, machine(ctx, &generation.machine)?, &toplevel)
+        .await
+        .map_err(|e| ScenarioError::error(&format!("switching {} to it", generation.machine), e))?;
+    Ok(format!(
+        "{} = {}; switch-to-configuration on {} exited {}{}",
+        generation.name,
+        toplevel.display(),
+        generation.machine,
+        activation.status,
+        activation_tail(&activation.stderr)
+    ))
+}
+
+async fn rollback_step(ctx: &Ctx<'_>, rollback: &Rollback) -> Result<String, ScenarioError> {
+    let profile = SystemProfile::default();
+    let guest = machine(ctx, &rollback.machine)?;
+    let activation = profile
+        .rollback(guest)
+        .await
+        .map_err(|e| ScenarioError::error(&format!("rolling {} back", rollback.machine), e))?;
+    let now = profile
+        .current(guest)
+        .await
+        .map_err(|e| ScenarioError::error("reading the current generation", e))?;
+    Ok(format!(
+        "{} runs {} after the rollback; switch-to-configuration exited {}{}",
+        rollback.machine,
+        now.running.as_deref().unwrap_or("(unknown)"),
+        activation.status,
+        activation_tail(&activation.stderr)
+    ))
+}
+
+fn activation_tail(stderr: &str) -> String {
+    let tail = harness::wait::tail_chars(stderr.trim(), 400);
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
+}
+
+// ---- waits ----
+
+async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), ScenarioError> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    match &wait.condition {
+        WaitFor::NodeReady { node } => {
+            wait_object(ctx, &nodes, node, node_ready, wait, label).await
+        }
+        WaitFor::NodeNotReady { node } => {
+            wait_object(ctx, &nodes, node, node_not_ready, wait, label).await
+        }
+        WaitFor::NodeTainted { node, taint } => match taint.effect {
+            Some(effect) => {
+                let cond = node_has_taint(&taint.key, effect.as_str());
+                wait_object(ctx, &nodes, node, cond, wait, label).await
+            }
+            None => {
+                let cond = any_effect(&taint.key);
+                wait_object(ctx, &nodes, node, cond, wait, label).await
+            }
+        },
+        WaitFor::NodeUntainted { node, taint } => match taint.effect {
+            Some(effect) => {
+                // The node must exist: a deleted node is not an untainted one.
+                let exists = |n: Option<&Node>| n.is_some();
+                let cond = exists.and(node_has_taint(&taint.key, effect.as_str()).not());
+                wait_object(ctx, &nodes, node, cond, wait, label).await
+            }
+            None => {
+                let cond = node_without_taint(&taint.key);
+                wait_object(ctx, &nodes, node, cond, wait, label).await
+            }
+        },
+        WaitFor::DeploymentAvailable {
+            namespace,
+            deployment,
+            replicas,
+        } => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            let replicas = replicas.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
+            let cond = move |d: Option<&Deployment>| {
+                // Unset: as many as the Deployment asks for now (Kubernetes defaults to 1).
+                let wanted = replicas
+                    .unwrap_or_else(|| d.and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(1));
+                deployment_available(wanted)(d)
+            };
+            wait_object(ctx, &api, deployment, cond, wait, label).await
+        }
+        WaitFor::DaemonSetReady {
+            namespace,
+            daemonset,
+        } => {
+            let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
+            wait_object(ctx, &api, daemonset, daemonset_ready, wait, label).await
+        }
+        WaitFor::PodRunning {
+            namespace,
+            pods,
+            node,
+            count,
+        } => {
+            let on_node = node.as_deref().map(pod_on_node);
+            let cond = move |p: &Pod| {
+                pod_running(Some(p)) && on_node.as_ref().is_none_or(|on| on(Some(p)))
+            };
+            wait_pods(ctx, namespace, pods, *count, cond, wait, label).await
+        }
+        WaitFor::PodPending {
+            namespace,
+            pods,
+            count,
+        } => {
+            let pending = pod_phase("Pending");
+            let cond = move |p: &Pod| pending(Some(p));
+            wait_pods(ctx, namespace, pods, *count, cond, wait, label).await
+        }
+        WaitFor::UnitActive { machine: m, unit } => {
+            wait_unit(ctx, m, unit, "active", wait, label).await
+        }
+        WaitFor::UnitFailed { machine: m, unit } => {
+            wait_unit(ctx, m, unit, "failed", wait, label).await
+        }
+        WaitFor::CommandSucceeds {
+            machine: m,
+            command,
+        } => {
+            let guest = machine(ctx, m)?;
+            ctx.check(label, wait.timeout, wait.interval, || async {
+                match guest.exec(command, EXEC_TIMEOUT).await {
+                    Ok(out) if out.status == 0 => Poll::Ready(()),
+                    Ok(out) => Poll::Pending(format!(
+                        "exit {}: {}",
+                        out.status,
+                        harness::wait::tail_chars(
+                            format!("{}{}", out.stdout_str(), out.stderr_str()).trim(),
+                            300
+                        )
+                    )),
+                    Err(e) => Poll::Pending(e.to_string()),
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// A taint with `key`, whatever its effect.
+fn any_effect(key: &str) -> impl Condition<Node> {
+    let [a, b, c] = [
+        TaintEffect::NoSchedule,
+        TaintEffect::PreferNoSchedule,
+        TaintEffect::NoExecute,
+    ]
+    .map(|effect| node_has_taint(key, effect.as_str()));
+    a.or(b).or(c)
+}
+
+/// Polls one object until `condition` holds, at the step's own interval (which [`Ctx::wait`]
+/// does not take), reporting each new state it sees through [`Summary`].
+async fn wait_object<K, C>(
+    ctx: &Ctx<'_>,
+    api: &Api<K>,
+    name: &str,
+    condition: C,
+    wait: &WaitStep,
+    label: &str,
+) -> Result<(), ScenarioError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Summary,
+    K::DynamicType: Default,
+    C: Condition<K>,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let (kind, condition) = (&kind, &condition);
+    ctx.check(label, wait.timeout, wait.interval, || async move {
+        match api.get_opt(name).await {
+            Ok(found) if condition.matches(found.as_ref()) => Poll::Ready(()),
+            Ok(Some(object)) => Poll::Pending(format!("{kind} {name}: {}", object.summary())),
+            Ok(None) => Poll::Pending(format!("{kind} {name} does not exist")),
+            Err(e) => Poll::Pending(format!("reading {kind} {name}: {e}")),
+        }
+    })
+    .await
+}
+
+/// Lists the selected pods until at least `count` of them (not terminating) satisfy `cond`.
+async fn wait_pods(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    pods: &PodSelector,
+    count: u32,
+    cond: impl Fn(&Pod) -> bool,
+    wait: &WaitStep,
+    label: &str,
+) -> Result<(), ScenarioError> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = list_params(pods);
+    let (api, params, cond) = (&api, &params, &cond);
+    ctx.check(label, wait.timeout, wait.interval, || async move {
+        let list = match api.list(params).await {
+            Ok(list) => list.items,
+            Err(e) => return Poll::Pending(format!("listing pods {pods}: {e}")),
+        };
+        let live: Vec<&Pod> = list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let matching = live.iter().filter(|p| cond(p)).count();
+        if matching >= count as usize {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!(
+                "{matching} of at least {count} wanted; {}",
+                describe_pods(&live)
+            ))
+        }
+    })
+    .await
+}
+
+fn list_params(pods: &PodSelector) -> ListParams {
+    match pods {
+        PodSelector::Name(name) => ListParams::default().fields(&format!("metadata.name={name}")),
+        PodSelector::Labels(selector) => ListParams::default().labels(selector),
+    }
+}
+
+fn describe_pods(pods: &[&Pod]) -> String {
+    if pods.is_empty() {
+        return "no such pod".to_string();
+    }
+    let mut parts: Vec<String> = pods
+        .iter()
+        .take(5)
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p.metadata.name.as_deref().unwrap_or("?"),
+                p.summary()
+            )
+        })
+        .collect();
+    if pods.len() > 5 {
+        parts.push(format!("and {} more", pods.len() - 5));
+    }
+    parts.join("; ")
+}
+
+async fn wait_unit(
+    ctx: &Ctx<'_>,
+    machine_name: &str,
+    unit: &str,
+    wanted: &str,
+    wait: &WaitStep,
+    label: &str,
+) -> Result<(), ScenarioError> {
+    let guest = machine(ctx, machine_name)?;
+    let command = format!("systemctl show -p ActiveState --value {}", sh_quote(unit));
+    let command = &command;
+    ctx.check(label, wait.timeout, wait.interval, || async move {
+        match guest.exec(command, EXEC_TIMEOUT).await {
+            Ok(out) if out.stdout_str().trim() == wanted => Poll::Ready(()),
+            Ok(out) => Poll::Pending(format!("{unit} is {}", out.stdout_str().trim())),
+            Err(e) => Poll::Pending(e.to_string()),
+        }
+    })
+    .await
+}
+
+// ---- expectations ----
+
+/// Evaluates an expectation once: `Ok` with what was seen, or `Failed` with expected and seen.
+async fn expect(ctx: &Ctx<'_>, expectation: &Expectation) -> Result<String, ScenarioError> {
+    let failed = |reason: String| ScenarioError::Failed {
+        check: format!("expect {expectation}"),
+        reason,
+    };
+    match expectation {
+        Expectation::PodsOnSurvivingNodes {
+            namespace,
+            deployment,
+            failed_nodes,
+        } => {
+            let found = get(ctx, namespace, deployment).await?;
+            let selector = found
+                .spec
+                .as_ref()
+                .map(|s| label_selector(&s.selector))
+                .ok_or_else(|| failed(format!("Deployment {deployment} has no spec")))?;
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+            let pods = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| ScenarioError::error(&format!("listing pods {selector}"), e))?;
+            let live: Vec<(String, Option<String>, bool)> = pods
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| {
+                    (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                        pod_running(Some(p)),
+                    )
+                })
+                .collect();
+            pods_on_surviving_nodes(&live, failed_nodes).map_err(failed)
+        }
+        Expectation::ReplicasAvailable {
+            namespace,
+            deployment,
+            count,
+        } => {
+            let found = get(ctx, namespace, deployment).await?;
+            let available = found
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if i64::from(available) == i64::from(*count) {
+                Ok(format!("{available} available"))
+            } else {
+                Err(failed(format!(
+                    "expected exactly {count} available replicas, saw {available} ({})",
+                    found.summary()
+                )))
+            }
+        }
+        Expectation::NodeHasLabel { node, label } | Expectation::NodeLacksLabel { node, label } => {
+            let want = matches!(expectation, Expectation::NodeHasLabel { .. });
+            let nodes: Api<Node> = Api::all(ctx.client.clone());
+            let found = nodes
+                .get_opt(node)
+                .await
+                .map_err(|e| ScenarioError::error(&format!("reading Node {node}"), e))?
+                .ok_or_else(|| failed(format!("expected Node {node}, saw no such node")))?;
+            let value = found
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(&label.key))
+                .map(String::as_str);
+            let seen = match value {
+                Some(v) => format!("{}={v}", label.key),
+                None => format!("no label {}", label.key),
+            };
+            if label_matches(label, value) == want {
+                Ok(seen)
+            } else {
+                let expected = if want { "" } else { "no " };
+                Err(failed(format!(
+                    "expected {expected}label {label}, saw {seen}"
+                )))
+            }
+        }
+        Expectation::CommandOutput {
+            machine: m,
+            command,
+            contains,
+        } => {
+            let out = machine(ctx, m)?
+                .exec(command, EXEC_TIMEOUT)
+                .await
+                .map_err(|e| ScenarioError::error(&format!("running `{command}` on {m}"), e))?;
+            let stdout = out.stdout_str();
+            if out.status == 0 && stdout.contains(contains.as_str()) {
+                Ok(harness::wait::tail_chars(stdout.trim(), 300))
+            } else {
+                Err(failed(format!(
+                    "expected exit 0 and stdout containing {contains:?}, saw exit {} and stdout {:?}{}",
+                    out.status,
+                    harness::wait::tail_chars(stdout.trim(), 300),
+                    match out.stderr_str().trim() {
+                        "" => String::new(),
+                        e => format!(", stderr {:?}", harness::wait::tail_chars(e, 300)),
+                    }
+                )))
+            }
+        }
+    }
+}
+
+async fn get(ctx: &Ctx<'_>, namespace: &str, name: &str) -> Result<Deployment, ScenarioError> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(|e| ScenarioError::error(&format!("reading Deployment {namespace}/{name}"), e))?
+        .ok_or_else(|| ScenarioError::Failed {
+            check: format!("Deployment {namespace}/{name}"),
+            reason: "expected it to exist, saw no such Deployment".to_string(),
+        })
+}
+
+/// `pods` are (name, node, running) of a Deployment's pods that are not terminating.
+fn pods_on_surviving_nodes(
+    pods: &[(String, Option<String>, bool)],
+    failed_nodes: &[String],
+) -> Result<String, String> {
+    let describe = || {
+        pods.iter()
+            .map(|(name, node, running)| {
+                format!(
+                    "{name} {} on {}",
+                    if *running { "Running" } else { "not Running" },
+                    node.as_deref().unwrap_or("no node")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if pods.is_empty() {
+        return Err("expected at least one pod, saw none".to_string());
+    }
+    let bad = pods.iter().any(|(_, node, running)| {
+        !running || node.as_ref().is_none_or(|n| failed_nodes.contains(n))
+    });
+    if bad {
+        Err(format!(
+            "expected every pod Running on a node other than {}, saw {}",
+            failed_nodes.join(", "),
+            describe()
+        ))
+    } else {
+        Ok(describe())
+    }
+}
+
+/// Whether a node's value for `label.key` (`None`: no such label) satisfies `label`.
+fn label_matches(label: &Label, value: Option<&str>) -> bool {
+    match (&label.value, value) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(wanted), Some(value)) => wanted == value,
+    }
+}
+
+/// A Deployment's selector as `kubectl get -l` takes it.
+fn label_selector(selector: &LabelSelector) -> String {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn origin() -> &'static str {
+        "manifests/x.yaml"
+    }
+
+    #[test]
+    fn documents_are_split_with_their_lines_and_empty_ones_skipped() {
+        let text = "# a comment\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n---\n# nothing\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: demo\nspec:\n  replicas: 2\n";
+        let docs = parse_manifests(text, origin()).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!((docs[0].document, docs[0].line), (1, 2));
+        assert_eq!(docs[0].type_meta.kind, "Namespace");
+        assert_eq!(docs[0].written_namespace, None);
+        assert_eq!((docs[1].document, docs[1].line), (2, 9));
+        assert_eq!(docs[1].name, "web");
+        assert_eq!(docs[1].written_namespace.as_deref(), Some("demo"));
+        assert_eq!(docs[1].body["spec"]["replicas"], 2);
+        let gvk = docs[1].gvk().unwrap();
+        assert_eq!((gvk.group.as_str(), gvk.version.as_str()), ("apps", "v1"));
+        let core = docs[0].gvk().unwrap();
+        assert_eq!((core.group.as_str(), core.version.as_str()), ("", "v1"));
+    }
+
+    #[test]
+    fn a_single_document_needs_no_separator() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+        let docs = parse_manifests(text, origin()).unwrap();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].line, 1);
+        // `---` only separates in column 0 followed by nothing or a space.
+        let text =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata:\n  x: |\n    ---\n    y\n";
+        let docs = parse_manifests(text, origin()).unwrap();
+        assert_eq!(docs[0].body["data"]["x"], "---\ny\n");
+    }
+
+    #[test]
+    fn bad_documents_say_which_document_and_line() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: v1\nmetadata:\n  name: b\n";
+        let e = parse_manifests(text, origin()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifests/x.yaml: document 2 (line 4): missing /kind: every object needs one (e.g. kind: Deployment)"
+        );
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n";
+        let e = parse_manifests(text, origin()).unwrap_err();
+        let ManifestError::Invalid { line, message, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(message.starts_with("not valid YAML"), "{message}");
+        assert!(*line >= 4, "{e}");
+        let e = parse_manifests("- a\n- b\n", origin()).unwrap_err();
+        assert!(
+            e.to_string().contains("expected a Kubernetes object"),
+            "{e}"
+        );
+        let e = parse_manifests(
+            "apiVersion: v1\nkind: PodList\nmetadata: {name: x}\n",
+            origin(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("one object per document"), "{e}");
+        let e = parse_manifests("apiVersion: v1\nkind: Pod\nmetadata: {name: 3}\n", origin())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/metadata/name to be a non-empty string"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_manifests("# only a comment\n---\n", origin()),
+            Err(ManifestError::Empty {
+                origin: origin().into()
+            })
+        );
+    }
+
+    #[test]
+    fn namespaces_come_from_the_object_then_the_step_then_default() {
+        let doc = |ns: Option<&str>| {
+            let meta = match ns {
+                Some(ns) => format!("{{name: web, namespace: {ns}}}"),
+                None => "{name: web}".to_string(),
+            };
+            let text = format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {meta}\n");
+            parse_manifests(&text, origin()).unwrap().remove(0)
+        };
+        assert_eq!(doc(None).namespace(None).unwrap(), "default");
+        assert_eq!(doc(None).namespace(Some("demo")).unwrap(), "demo");
+        assert_eq!(doc(Some("own")).namespace(None).unwrap(), "own");
+        assert_eq!(doc(Some("same")).namespace(Some("same")).unwrap(), "same");
+        let e = doc(Some("own")).namespace(Some("demo")).unwrap_err();
+        assert!(
+            e.starts_with("document 1 (line 1): Deployment web says namespace \"own\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn api_versions_that_are_not_group_version_are_refused() {
+        for bad in ["a/b/c", "/v1", "apps/"] {
+            let text = format!("apiVersion: {bad}\nkind: Thing\nmetadata: {{name: t}}\n");
+            let e = parse_manifests(&text, origin()).unwrap_err();
+            assert!(e.to_string().contains("expected apiVersion like"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_example_manifests_parse() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("files");
+        for entry in std::fs::read_dir(dir.join("manifests")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            parse_manifests(&text, &path.display().to_string()).unwrap();
+        }
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let file = ScenarioFile::load(&path).unwrap();
+                check_manifests(&file).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_inline_manifest_is_found_before_boot_with_the_scenario_line() {
+        let text = "name = \"x\"\n\n[[step]]\nmanifest = \"\"\"\nkind: Pod\n\"\"\"\n";
+        let file = ScenarioFile::parse(text, Path::new("s.toml")).unwrap();
+        let e = check_manifests(&file).unwrap_err();
+        assert_eq!(e.line(), Some(4));
+        assert_eq!(e.field(), Some("step[1].manifest"));
+        assert!(
+            e.to_string()
+                .starts_with("s.toml:4: step[1].manifest: inline manifest: document 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn steps_are_named_by_number_line_and_action() {
+        let text = "name = \"x\"\n\n[[step]]\nsleep = \"10s\"\n";
+        let file = ScenarioFile::parse(text, Path::new("s.toml")).unwrap();
+        assert_eq!(step_label(&file.steps[0]), "step 1 (line 3): sleep 10s");
+    }
+
+    #[test]
+    fn errors_carry_the_step() {
+        let label = "step 2 (line 7): fault crash limiting-factor";
+        let e = in_step(label, ScenarioError::Error("no machine".into()));
+        assert_eq!(e.to_string(), format!("{label}: no machine"));
+        let e = in_step(
+            label,
+            ScenarioError::Failed {
+                check: "inner".into(),
+                reason: "why".into(),
+            },
+        );
+        assert_eq!(e.to_string(), format!("{label}: inner: why"));
+    }
+
+    #[test]
+    fn labels_and_selectors() {
+        let label = |key: &str, value: Option<&str>| Label {
+            key: key.into(),
+            value: value.map(Into::into),
+        };
+        assert!(label_matches(&label("k", None), Some("anything")));
+        assert!(!label_matches(&label("k", None), None));
+        assert!(label_matches(&label("k", Some("v")), Some("v")));
+        assert!(!label_matches(&label("k", Some("v")), Some("w")));
+        let selector: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "gone", "operator": "DoesNotExist"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(label_selector(&selector), "app=web,tier in (a,b),!gone");
+    }
+
+    #[test]
+    fn surviving_nodes() {
+        let failed = vec!["limiting-factor".to_string()];
+        let pod = |n: &str, node: Option<&str>, running: bool| {
+            (n.to_string(), node.map(Into::into), running)
+        };
+        assert!(pods_on_surviving_nodes(
+            &[
+                pod("a", Some("grey-area"), true),
+                pod("b", Some("congenital-optimist"), true)
+            ],
+            &failed
+        )
+        .is_ok());
+        let e = pods_on_surviving_nodes(&[pod("a", Some("limiting-factor"), true)], &failed)
+            .unwrap_err();
+        assert!(e.contains("saw a Running on limiting-factor"), "{e}");
+        assert!(pods_on_surviving_nodes(&[pod("a", None, false)], &failed).is_err());
+        assert!(pods_on_surviving_nodes(&[], &failed)
+            .unwrap_err()
+            .contains("saw none"));
+    }
+}
