@@ -14,6 +14,7 @@ use harness::vm::accel::AccelChoice;
 use harness::vm::Machine;
 use harness::wait::Wait;
 
+use scenarios::file::ScenarioFile;
 use scenarios::{Ctx, ScenarioError};
 
 use crate::bringup;
@@ -21,9 +22,15 @@ use crate::session::{Info, Session};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// A built-in scenario to run (repeatable); all of them when none is given. See `labtest list`.
+    /// A built-in scenario to run (repeatable); all of them when neither this nor
+    /// `--scenario-file` is given. See `labtest list`.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
+    /// A scenario file to run (repeatable): an incident written down as steps (see
+    /// scenarios/files/README.md), named in reports by its `name`. Checked against the lab
+    /// before anything boots. With only files given, no built-in scenario runs.
+    #[arg(long = "scenario-file", value_name = "FILE")]
+    scenario_files: Vec<PathBuf>,
     /// Where the run's artifacts go (console logs, journals, kubectl output, reports).
     #[arg(long, value_name = "DIR")]
     report_dir: Option<PathBuf>,
@@ -119,6 +126,52 @@ pub async fn bring_up_ready(
     })
 }
 
+/// Loads every `--scenario-file` and checks it against the lab spec (machine and generation
+/// names, manifests) before anything boots: a typo found after a twenty-minute boot wastes the
+/// boot. Names must be unique in the run, since they are JUnit testcase and artifact names.
+fn load_scenario_files(paths: &[PathBuf], spec: &LabSpec) -> Result<Vec<ScenarioFile>> {
+    let machines = spec.machine_names();
+    let generations: Vec<String> = spec.generations.iter().map(|g| g.name.clone()).collect();
+    let mut files: Vec<ScenarioFile> = Vec::new();
+    for path in paths {
+        let file = ScenarioFile::load(path)?;
+        file.validate_against(&machines, &generations)?;
+        scenarios::runner::check_manifests(&file)?;
+        let taken = if scenarios::is_builtin(&file.name) {
+            Some("a built-in scenario".to_string())
+        } else {
+            files
+                .iter()
+                .find(|f| f.name == file.name)
+                .map(|f| format!("scenario file {}", f.path.display()))
+        };
+        if let Some(other) = taken {
+            bail!(
+                "{}:{}: name: expected a name no other scenario of this run has (it names the JUnit testcase and the artifacts), saw {:?}, the name of {other}",
+                path.display(),
+                name_line(path),
+                file.name
+            );
+        }
+        files.push(file);
+    }
+    Ok(files)
+}
+
+/// The line of a scenario file's top-level `name = ...` (1 if it cannot be found): the file
+/// model keeps no line for it, and top-level keys precede every `[[step]]`.
+fn name_line(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix("name")
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
+}
+
 fn default_report_dir() -> PathBuf {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -135,13 +188,15 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
             bail!("no scenario named {name:?}; known: {}", known.join(", "));
         }
     }
-    let names: Vec<String> = if args.scenarios.is_empty() {
+    let files = load_scenario_files(&args.scenario_files, &spec)?;
+    let names: Vec<String> = if args.scenarios.is_empty() && files.is_empty() {
         scenarios::CATALOGUE
             .iter()
             .map(|(n, _)| n.to_string())
             .collect()
     } else {
-        args.scenarios.clone()
+        let from_files = files.iter().map(|f| f.name.clone());
+        args.scenarios.iter().cloned().chain(from_files).collect()
     };
     let report_dir = args.report_dir.clone().unwrap_or_else(default_report_dir);
     let events = Events::new();
@@ -187,7 +242,11 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
                         work_dir: work.clone(),
                         scope: name.clone(),
                     };
-                    scenarios::run(name, &ctx).await
+                    // File names never shadow built-ins (refused at load).
+                    match files.iter().find(|f| f.name == *name) {
+                        Some(file) => scenarios::runner::run_file(file, &ctx).await,
+                        None => scenarios::run(name, &ctx).await,
+                    }
                 }
                 None => Err(ScenarioError::Error(format!(
                     "scenario {name} needs Kubernetes, and lab {} has no [kubernetes] in its lab.toml",
