@@ -569,8 +569,8 @@ async fn rebuild_step(ctx: &Ctx<'_>, rebuild: &Rebuild) -> Result<String, Scenar
             ))
         })?;
     let out = ctx.work_dir.join(format!("generation-{}", generation.name));
-    // The step's timeout bounds build and switch together (see `once`); the build gets all of
-    // it so that its own error, not ours, explains a slow build.
+    // `once` bounds build and switch together by the step's timeout; the build is handed the
+    // same deadline only because build_attr requires one (it can never be the shorter one).
     let toplevel = build_attr(
         ctx.lab_dir,
         spec,
