@@ -257,6 +257,7 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
                 Ok(()) => (Outcome::Passed, None),
                 Err(e) => {
                     failed = true;
+                    capture_failure(lab, kube.as_ref(), &artifacts, name).await;
                     (e.outcome(), Some(e.to_string()))
                 }
             };
@@ -319,4 +320,57 @@ async fn keep_serving(
     crate::serve::serve(lab, session).await?;
     session.clear_stale();
     Ok(())
+}
+
+/// The state of the cluster and of each machine's kubelet at the moment a scenario failed, into
+/// the artifacts folder: what a user would otherwise have to reproduce the failure to see.
+async fn capture_failure(
+    lab: &Lab,
+    kube: Option<&KubeAccess>,
+    artifacts: &ArtifactsDir,
+    scenario: &str,
+) {
+    if let (Some(access), Ok(kubectl)) = (kube, which::which("kubectl")) {
+        let views: [(&str, &[&str]); 4] = [
+            ("nodes", &["get", "nodes", "-o", "wide", "--show-labels"]),
+            ("pods", &["get", "pods", "-A", "-o", "wide"]),
+            ("describe-nodes", &["describe", "nodes"]),
+            (
+                "events",
+                &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+            ),
+        ];
+        for (what, args) in views {
+            let run = tokio::process::Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(access.kubeconfig())
+                .arg("--request-timeout=20s")
+                .args(args)
+                .output();
+            let text = match tokio::time::timeout(Duration::from_secs(60), run).await {
+                Ok(Ok(out)) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Ok(Err(e)) => format!("kubectl did not run: {e}"),
+                Err(_) => "kubectl did not answer within 60s".to_string(),
+            };
+            let _ = artifacts.write_kube(&format!("{scenario}-{what}"), &text);
+        }
+    }
+    let unit = lab
+        .spec()
+        .kubernetes
+        .as_ref()
+        .map(|k| k.kubelet_unit.clone())
+        .unwrap_or_else(|| "kubelet.service".into());
+    for machine in lab.machines() {
+        // A frozen or powered-off machine cannot answer; asking would only burn the deadline.
+        if !machine.is_running() || machine.qmp_status().await.ok().as_deref() != Some("running") {
+            continue;
+        }
+        let text = machine.unit_evidence(&unit).await;
+        let _ = artifacts.write_journal(machine.name(), &format!("{unit}-after-{scenario}"), &text);
+    }
 }
