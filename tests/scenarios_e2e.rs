@@ -27,7 +27,8 @@ fn all_scenarios_pass_on_the_fixture_lab() {
         .output()
         .expect("labtest runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary = std::fs::read_to_string(report.path().join("report/summary.txt")).unwrap_or_default();
+    let summary =
+        std::fs::read_to_string(report.path().join("report/summary.txt")).unwrap_or_default();
     // Keep the evidence of a failed run where CI uploads it.
     if !out.status.success() {
         let keep = support::repo_root().join("target/labtest/e2e-failed");
@@ -49,7 +50,14 @@ fn all_scenarios_pass_on_the_fixture_lab() {
     }
     assert!(!xml.contains("<failure"), "JUnit reports a failure:\n{xml}");
     for machine in ["grey-area", "congenital-optimist", "limiting-factor"] {
-        let console = report.path().join("machines").join(machine).join("console.log");
-        assert!(console.exists(), "no console log for {machine} in the artifacts");
+        let console = report
+            .path()
+            .join("machines")
+            .join(machine)
+            .join("console.log");
+        assert!(
+            console.exists(),
+            "no console log for {machine} in the artifacts"
+        );
     }
 }
