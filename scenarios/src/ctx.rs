@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::events::{EventKind, Events, Outcome, Stream};
-use harness::kube::{gate, wait_for, Summary};
+use harness::kube::{gate, Summary};
 use harness::lab::{KubernetesSpec, Lab};
 use harness::report::ArtifactsDir;
 use harness::wait::{Condition, Poll, Wait};
@@ -137,7 +137,8 @@ impl<'a> Ctx<'a> {
             })
     }
 
-    /// Waits for `condition` on object `name`, as a named check; returns how long it took.
+    /// Waits for `condition` on object `name`, as a named check polled every 2 s; returns how
+    /// long it took.
     pub async fn wait<K, C>(
         &self,
         api: &Api<K>,
@@ -151,38 +152,42 @@ impl<'a> Ctx<'a> {
         K::DynamicType: Default,
         C: Condition<K>,
     {
-        let wait = Wait::new(what, timeout, Duration::from_secs(2));
-        self.events.emit(EventKind::CheckStarted {
-            scope: self.scope.clone(),
-            check: what.to_string(),
-            timeout,
-        });
+        self.wait_every(api, name, condition, what, timeout, Duration::from_secs(2))
+            .await
+    }
+
+    /// [`Ctx::wait`] at a chosen poll interval. Each new state of the object shows as progress;
+    /// a 401 or 403 ends the wait at once, since waiting cannot fix credentials.
+    pub async fn wait_every<K, C>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        condition: C,
+        what: &str,
+        timeout: Duration,
+        interval: Duration,
+    ) -> Result<Duration, ScenarioError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Summary,
+        K::DynamicType: Default,
+        C: Condition<K>,
+    {
         let start = Instant::now();
-        match wait_for(api, name, condition, &wait).await {
-            Ok(_) => {
-                let took = start.elapsed();
-                self.events.emit(EventKind::CheckPassed {
-                    scope: self.scope.clone(),
-                    check: what.to_string(),
-                    took,
-                });
-                Ok(took)
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        let (kind, condition) = (&kind, &condition);
+        self.check(what, timeout, interval, || async move {
+            match api.get_opt(name).await {
+                Ok(found) if condition.matches(found.as_ref()) => Poll::Ready(()),
+                Ok(Some(object)) => Poll::Pending(format!("{kind} {name}: {}", object.summary())),
+                Ok(None) => Poll::Pending(format!("{kind} {name} does not exist")),
+                Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
+                    Poll::Failed(format!("reading {kind} {name}: {}", status.message))
+                }
+                Err(e) => Poll::Pending(format!("reading {kind} {name}: {e}")),
             }
-            Err(e) => {
-                self.events.emit(EventKind::CheckFailed {
-                    scope: self.scope.clone(),
-                    check: what.to_string(),
-                    reason: e.to_string(),
-                    observed: None,
-                    evidence: Vec::new(),
-                    took: start.elapsed(),
-                });
-                Err(ScenarioError::Failed {
-                    check: what.to_string(),
-                    reason: e.to_string(),
-                })
-            }
-        }
+        })
+        .await?;
+        Ok(start.elapsed())
     }
 
     /// Creates or updates an object (server-side apply, which Kubernetes 1.20 has).

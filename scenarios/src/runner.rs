@@ -742,8 +742,7 @@ fn any_effect(key: &str) -> impl Condition<Node> {
     a.or(b).or(c)
 }
 
-/// Polls one object until `condition` holds, at the step's own interval (which [`Ctx::wait`]
-/// does not take), reporting each new state it sees through [`Summary`].
+/// Polls one object until `condition` holds, at the step's own interval.
 async fn wait_object<K, C>(
     ctx: &Ctx<'_>,
     api: &Api<K>,
@@ -757,17 +756,9 @@ where
     K::DynamicType: Default,
     C: Condition<K>,
 {
-    let kind = K::kind(&K::DynamicType::default()).to_string();
-    let (kind, condition) = (&kind, &condition);
-    ctx.check(label, wait.timeout, wait.interval, || async move {
-        match api.get_opt(name).await {
-            Ok(found) if condition.matches(found.as_ref()) => Poll::Ready(()),
-            Ok(Some(object)) => Poll::Pending(format!("{kind} {name}: {}", object.summary())),
-            Ok(None) => Poll::Pending(format!("{kind} {name} does not exist")),
-            Err(e) => Poll::Pending(format!("reading {kind} {name}: {e}")),
-        }
-    })
-    .await
+    ctx.wait_every(api, name, condition, label, wait.timeout, wait.interval)
+        .await
+        .map(|_| ())
 }
 
 /// Lists the selected pods until at least `count` of them (not terminating) satisfy `cond`.
