@@ -352,14 +352,7 @@ async fn serve_in_background(lab_dir: &Path, accel: AccelChoice) -> Result<ExitC
             return Err(e);
         }
     };
-    session.write_info(&Info {
-        lab: spec.name.clone(),
-        lab_dir: lab_dir.canonicalize()?,
-        pid: std::process::id(),
-        machines: spec.machine_names(),
-        state_dir: lab.state_dir().map(Path::to_path_buf).unwrap_or_default(),
-        kubeconfig: spec.kubernetes.as_ref().map(|_| session.kubeconfig()),
-    })?;
+    session.write_info(&Info::serving(&spec, lab_dir, &lab, &session)?)?;
     serve::serve(lab.clone(), &session).await?;
     session.clear_stale();
     events.emit(harness::events::EventKind::RunFinished { aborted: None });

@@ -304,14 +304,7 @@ async fn keep_serving(
             lab_dir.display()
         );
     };
-    let info = Info {
-        lab: spec.name.clone(),
-        lab_dir: lab_dir.canonicalize()?,
-        pid: std::process::id(),
-        machines: spec.machine_names(),
-        state_dir: lab.state_dir().map(Path::to_path_buf).unwrap_or_default(),
-        kubeconfig: spec.kubernetes.as_ref().map(|_| session.kubeconfig()),
-    };
+    let info = Info::serving(spec, lab_dir, &lab, session)?;
     session.write_info(&info)?;
     println!(
         "a scenario failed; the lab stays up for debugging (Ctrl-C or `labtest down` ends it):"

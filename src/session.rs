@@ -21,6 +21,25 @@ pub struct Info {
     pub kubeconfig: Option<PathBuf>,
 }
 
+impl Info {
+    /// What a server serving `lab` (from `spec` at `lab_dir`) tells its clients.
+    pub fn serving(
+        spec: &harness::lab::LabSpec,
+        lab_dir: &Path,
+        lab: &harness::lab::Lab,
+        session: &Session,
+    ) -> Result<Self> {
+        Ok(Info {
+            lab: spec.name.clone(),
+            lab_dir: lab_dir.canonicalize()?,
+            pid: std::process::id(),
+            machines: spec.machine_names(),
+            state_dir: lab.state_dir().map(Path::to_path_buf).unwrap_or_default(),
+            kubeconfig: spec.kubernetes.as_ref().map(|_| session.kubeconfig()),
+        })
+    }
+}
+
 pub struct Session {
     pub dir: PathBuf,
 }

@@ -283,19 +283,21 @@ fn a_scenario_file_with_a_bad_field_is_refused_with_file_line_and_field_before_a
         "name = \"typo\"\n\n[[step]]\nwait = \"node-ready\"\nnode = \"limiting-factor\"\ntimout = \"3m\"\n",
     );
     let start = Instant::now();
+    refused_before_boot(&path, &format!("{}:6: step[1].timout:", path.display()))
+        .stderr(predicate::str::contains("did you mean `timeout`?"));
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// `labtest run --scenario-file path` on the VM-only lab must exit 2 with `message` on stderr.
+fn refused_before_boot(path: &std::path::Path, message: &str) -> assert_cmd::assert::Assert {
     labtest()
         .args(["run", "--lab"])
         .arg(vm_lab())
         .arg("--scenario-file")
-        .arg(&path)
+        .arg(path)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains(format!(
-            "{}:6: step[1].timout:",
-            path.display()
-        )))
-        .stderr(predicate::str::contains("did you mean `timeout`?"));
-    assert!(start.elapsed() < Duration::from_secs(10));
+        .stderr(predicate::str::contains(message))
 }
 
 #[test]
@@ -305,33 +307,25 @@ fn a_scenario_file_naming_what_the_lab_lacks_is_refused_before_anything_boots() 
         "name = \"missing\"\n\n[[step]]\nfault = \"crash\"\nmachine = \"congenital-optimist\"\n",
     );
     let start = Instant::now();
-    labtest()
-        .args(["run", "--lab"])
-        .arg(vm_lab())
-        .arg("--scenario-file")
-        .arg(&path)
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(format!(
+    refused_before_boot(
+        &path,
+        &format!(
             "{}:5: step[1].machine: the lab has no machine named \"congenital-optimist\" (it has: grey-area, limiting-factor)",
             path.display()
-        )));
+        ),
+    );
     // vm-only has no [[generation]]: a rebuild cannot be run there.
     let (_dir, path) = scenario_file(
         "rebuild.toml",
         "name = \"rebuild\"\n\n[[step]]\nrebuild = \"node-label\"\n",
     );
-    labtest()
-        .args(["run", "--lab"])
-        .arg(vm_lab())
-        .arg("--scenario-file")
-        .arg(&path)
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(format!(
+    refused_before_boot(
+        &path,
+        &format!(
             "{}:4: step[1].rebuild: the lab has no generation named \"node-label\" (it has: none)",
             path.display()
-        )));
+        ),
+    );
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 
@@ -341,32 +335,24 @@ fn scenario_files_are_refused_for_bad_manifests_and_names_taken_before_anything_
         "manifest.toml",
         "name = \"manifest\"\n\n[[step]]\nmanifest = \"\"\"\nkind: Pod\nmetadata: {name: p}\n\"\"\"\n",
     );
-    labtest()
-        .args(["run", "--lab"])
-        .arg(vm_lab())
-        .arg("--scenario-file")
-        .arg(&path)
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(format!(
+    refused_before_boot(
+        &path,
+        &format!(
             "{}:4: step[1].manifest: inline manifest: document 1 (line 1): missing /apiVersion",
             path.display()
-        )));
+        ),
+    );
     // The name is the JUnit testcase name: a built-in's, or another file's, would be ambiguous.
     let (_dir, path) = scenario_file(
         "clash.toml",
         "# an incident\nname = \"node-failure\"\n\n[[step]]\nsleep = \"1s\"\n",
     );
-    labtest()
-        .args(["run", "--lab"])
-        .arg(vm_lab())
-        .arg("--scenario-file")
-        .arg(&path)
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(format!(
+    refused_before_boot(
+        &path,
+        &format!(
             "{}:2: name: expected a name no other scenario of this run has",
             path.display()
-        )))
-        .stderr(predicate::str::contains("the name of a built-in scenario"));
+        ),
+    )
+    .stderr(predicate::str::contains("the name of a built-in scenario"));
 }
