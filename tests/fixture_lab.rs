@@ -1,7 +1,8 @@
 //! Tier 4 foundation: the fixture lab (fixtures/lab) end to end on real QEMU (TCG here) - prepare,
 //! `nix build` with the harness's nix layer, boot with the lab layer, join the nodes with the
 //! spec's commands, three Ready nodes seen by the host's kubectl, then a system generation switch
-//! on limiting-factor (its label appears) and a rollback (the label goes, the profile points back).
+//! on limiting-factor (its label appears), a generation that breaks the kubelet (the unit ends
+//! `failed`), and two rollbacks (kubelet back, label kept; then the label goes).
 //!
 //! The kube steps use plain guest exec + the host's /usr/bin/kubectl until harness/src/kube/
 //! offers them.
@@ -299,47 +300,100 @@ async fn fixture_lab_boots_joins_and_switches_generations() {
         t.elapsed().as_secs_f64()
     );
 
-    // Rollback: the profile and the running system point back at the boot generation.
+    // A generation that breaks the kubelet: the unit ends `failed` (its start limit), not
+    // `activating` forever.
+    let broken = spec
+        .generations
+        .iter()
+        .find(|g| g.name == "broken-kubelet")
+        .expect("generation broken-kubelet");
+    let broken_top = nix
+        .build(
+            &flake,
+            &[broken.attr.as_str()],
+            out_dir.path(),
+            Duration::from_secs(600),
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .remove(0);
     let t = Instant::now();
-    let activation = profile.rollback(&**lf).await.unwrap();
-    assert!(activation.succeeded(), "rollback failed: {activation:?}");
-    let now = profile.current(&**lf).await.unwrap();
-    assert_eq!(now.profile.as_deref(), Some(base_lf.as_str()));
-    assert_eq!(now.running.as_deref(), Some(base_lf.as_str()));
-    let rolled = t.elapsed();
-    poll_until(&wait("label labtest.io/generation gone", 300), || async {
-        match node_label(&kubeconfig, "limiting-factor") {
-            Ok(v) if v.is_empty() => Poll::Ready(()),
-            Ok(v) => Poll::Pending(format!("label is still {v:?}")),
-            Err(e) => Poll::Pending(e),
+    let activation = profile.switch_to(&nix, &**lf, &broken_top).await.unwrap();
+    assert!(activation.succeeded(), "switch failed: {activation:?}");
+    let state_cmd = format!("systemctl show -P ActiveState {}", k8s.kubelet_unit);
+    poll_until(&wait("kubelet.service failed", 180), || async {
+        match lf.exec(&state_cmd, Duration::from_secs(30)).await {
+            Ok(out) if out.stdout_str().trim() == "failed" => Poll::Ready(()),
+            Ok(out) => Poll::Pending(format!("kubelet is {}", out.stdout_str().trim())),
+            Err(e) => Poll::Pending(e.to_string()),
         }
     })
     .await
     .unwrap();
-    lf.wait_for_unit(&k8s.kubelet_unit, &wait("kubelet active", 120))
+    let log = lf
+        .succeed("journalctl --no-pager -u kubelet.service | grep -c 'unknown flag: --labtest-rejected-flag' || true")
         .await
         .unwrap();
-    poll_until(
-        &wait("limiting-factor Ready after rollback", 300),
-        || async {
-            match node_readiness(&kubeconfig) {
-                Ok(nodes)
-                    if nodes
-                        .iter()
-                        .any(|(n, s)| n == "limiting-factor" && s == "True") =>
-                {
-                    Poll::Ready(())
-                }
-                Ok(nodes) => Poll::Pending(format!("nodes: {nodes:?}")),
-                Err(e) => Poll::Pending(e),
-            }
-        },
-    )
-    .await
-    .unwrap();
+    assert_ne!(
+        log.trim(),
+        "0",
+        "the kubelet failed, but not on the rejected flag"
+    );
     eprintln!(
-        "[fixture-lab] rollback: activation {:.1}s, label gone and node Ready {:.1}s",
-        rolled.as_secs_f64(),
+        "[fixture-lab] switch to broken-kubelet: kubelet failed after {:.1}s",
         t.elapsed().as_secs_f64()
     );
+
+    // Rollback twice: to node-label (the kubelet runs again, the label stays), then to the boot
+    // generation (the label goes).
+    for (to, label) in [(want.as_str(), "node-label"), (base_lf.as_str(), "")] {
+        let t = Instant::now();
+        let activation = profile.rollback(&**lf).await.unwrap();
+        assert!(activation.succeeded(), "rollback failed: {activation:?}");
+        let now = profile.current(&**lf).await.unwrap();
+        assert_eq!(now.profile.as_deref(), Some(to));
+        assert_eq!(now.running.as_deref(), Some(to));
+        let rolled = t.elapsed();
+        lf.wait_for_unit(&k8s.kubelet_unit, &wait("kubelet active", 120))
+            .await
+            .unwrap();
+        poll_until(
+            &wait(&format!("label {label:?} on limiting-factor"), 300),
+            || async {
+                match node_label(&kubeconfig, "limiting-factor") {
+                    Ok(v) if v == label => Poll::Ready(()),
+                    Ok(v) => Poll::Pending(format!("label is {v:?}")),
+                    Err(e) => Poll::Pending(e),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        poll_until(
+            &wait("limiting-factor Ready after rollback", 300),
+            || async {
+                match node_readiness(&kubeconfig) {
+                    Ok(nodes)
+                        if nodes
+                            .iter()
+                            .any(|(n, s)| n == "limiting-factor" && s == "True") =>
+                    {
+                        Poll::Ready(())
+                    }
+                    Ok(nodes) => Poll::Pending(format!("nodes: {nodes:?}")),
+                    Err(e) => Poll::Pending(e),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        eprintln!(
+            "[fixture-lab] rollback to {to}: activation {:.1}s, kubelet active, label {label:?} and node Ready {:.1}s",
+            rolled.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let generations = profile.list_generations(&**lf).await.unwrap();
+    assert_eq!(generations.len(), 3, "{generations:?}");
 }
