@@ -246,6 +246,89 @@ async fn fixture_lab_boots_joins_and_switches_generations() {
         boot.elapsed().as_secs_f64()
     );
 
+    // Pods on every node reach each other across the lab network (bridge CNI + static routes),
+    // and the apiserver reaches the kubelets (kubectl exec).
+    let t = Instant::now();
+    let manifest: String = NODES
+        .iter()
+        .map(|node| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-{node}}}\nspec:\n  nodeName: {node}\n  \
+                 containers:\n  - {{name: web, image: {}, imagePullPolicy: Never}}\n---\n",
+                k8s.workload_image
+            )
+        })
+        .collect();
+    let manifest_path = out_dir.path().join("web.yaml");
+    std::fs::write(&manifest_path, manifest).unwrap();
+    let manifest_arg = manifest_path.to_string_lossy().into_owned();
+    let ips = poll_until(&wait("a web pod Running on every node", 600), || async {
+        // The `default` ServiceAccount may not exist yet: apply again until it is accepted.
+        if let Err(e) = kubectl(&kubeconfig, &["apply", "-f", &manifest_arg]) {
+            return Poll::Pending(e);
+        }
+        let out = match kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-o",
+                r#"jsonpath={range .items[*]}{.metadata.name}={.status.phase}={.status.podIP}{"\n"}{end}"#,
+            ],
+        ) {
+            Ok(out) => out,
+            Err(e) => return Poll::Pending(e),
+        };
+        let running: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split('=');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(n), Some("Running"), Some(ip)) if !ip.is_empty() => {
+                        Some((n.to_string(), ip.to_string()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        if running.len() == NODES.len() {
+            Poll::Ready(running)
+        } else {
+            Poll::Pending(format!("pods: {}", out.trim().replace('\n', ", ")))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "[fixture-lab] 3 pods Running {:.1}s after nodes Ready: {ips:?}",
+        t.elapsed().as_secs_f64()
+    );
+    for (name, ip) in &ips {
+        assert!(ip.starts_with("10.244."), "{name} has pod IP {ip}");
+        let from = if name == "web-limiting-factor" {
+            "web-grey-area"
+        } else {
+            "web-limiting-factor"
+        };
+        let page = kubectl(
+            &kubeconfig,
+            &[
+                "exec",
+                from,
+                "--",
+                // busybox-static's `wget -T` segfaults (exit 139); bound it with `timeout` instead.
+                "timeout",
+                "20",
+                "wget",
+                "-qO-",
+                &format!("http://{ip}:8080/"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{from} -> {name} ({ip}): {e}"));
+        assert!(!page.trim().is_empty(), "{from} -> {name}: empty page");
+    }
+    eprintln!("[fixture-lab] pod to pod across nodes and kubectl exec work");
+
     // Generation switch on limiting-factor: node-label.
     let lf = lab.machine("limiting-factor").unwrap();
     let gen = spec
