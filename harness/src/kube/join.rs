@@ -58,14 +58,16 @@ pub(crate) fn describe(failures: &[JoinFailure]) -> String {
         .join("\n")
 }
 
-/// The command run on a node: the token on the join command's stdin.
+/// The command run on a node: the token on the join command's stdin. The join command runs in
+/// a subshell so that all of it reads the pipe, not only its first command (`a; b` would pipe
+/// into `a` alone), and on lines of its own so that a trailing comment cannot swallow the `)`.
 ///
 /// ```
 /// let c = harness::kube::join::join_line("ab'c\n", "nixos-kubernetes-node-join");
-/// assert_eq!(c, r"printf '%s' $'ab\'c\x0a' | nixos-kubernetes-node-join");
+/// assert_eq!(c, "printf '%s' $'ab\\'c\\x0a' | (\nnixos-kubernetes-node-join\n)");
 /// ```
 pub fn join_line(token: &str, join_command: &str) -> String {
-    format!("printf '%s' {} | {join_command}", ansi_c_quote(token))
+    format!("printf '%s' {} | (\n{join_command}\n)", ansi_c_quote(token))
 }
 
 /// Runs `token_command` on `master` and pipes its stdout (trimmed) into `join_command` on every
