@@ -85,7 +85,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LABTEST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // kube's client logs every non-2xx answer as an error, e.g. each /readyz 500
+                // while the apiserver starts; the waits already report what they last saw.
+                .unwrap_or_else(|_| "warn,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

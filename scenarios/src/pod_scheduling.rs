@@ -165,8 +165,9 @@ async fn body(ctx: &Ctx<'_>, ns: String) -> Result<(), ScenarioError> {
                     "tolerations": tolerations(),
                     "containers": [{
                         "name": "probe", "image": image, "imagePullPolicy": "Never",
+                        // busybox-static's `wget -T` segfaults (exit 139): bound it with `timeout`.
                         "command": ["sh", "-c", format!(
-                            "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O /tmp/page -T 5 http://{target_ip}:8080/ && grep -qx {target_pod} /tmp/page && exit 0; sleep 3; done; exit 1"
+                            "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 5 wget -q -O /tmp/page http://{target_ip}:8080/ && grep -qx {target_pod} /tmp/page && exit 0; sleep 3; done; exit 1"
                         )]
                     }]
                 }
