@@ -269,6 +269,12 @@ pub enum WaitFor {
         deployment: String,
         replicas: Option<u32>,
     },
+    /// Every replica runs the latest spec and is available, no old pod is left (`kubectl
+    /// rollout status`); a Deployment can be available long before that, on old pods.
+    DeploymentRolledOut {
+        namespace: String,
+        deployment: String,
+    },
     /// `numberReady == desiredNumberScheduled`.
     DaemonSetReady {
         namespace: String,
@@ -572,6 +578,7 @@ impl Step {
                 | WaitFor::UnitFailed { machine: m, .. }
                 | WaitFor::CommandSucceeds { machine: m, .. } => out.push(machine("machine", m)),
                 WaitFor::DeploymentAvailable { .. }
+                | WaitFor::DeploymentRolledOut { .. }
                 | WaitFor::DaemonSetReady { .. }
                 | WaitFor::PodRunning { node: None, .. }
                 | WaitFor::PodPending { .. } => {}
@@ -655,6 +662,10 @@ impl fmt::Display for WaitFor {
                 deployment,
                 ..
             } => write!(f, "deployment-available {namespace}/{deployment}"),
+            WaitFor::DeploymentRolledOut {
+                namespace,
+                deployment,
+            } => write!(f, "deployment-rolled-out {namespace}/{deployment}"),
             WaitFor::DaemonSetReady {
                 namespace,
                 daemonset,
@@ -940,12 +951,13 @@ const FAULTS: [&str; 14] = [
     "start-unit",
 ];
 
-const WAITS: [&str; 11] = [
+const WAITS: [&str; 12] = [
     "node-ready",
     "node-not-ready",
     "node-tainted",
     "node-untainted",
     "deployment-available",
+    "deployment-rolled-out",
     "daemonset-ready",
     "pod-running",
     "pod-pending",
@@ -977,6 +989,7 @@ fn fields_of(kind: &str, value: &str) -> &'static [&'static str] {
         ("wait", "deployment-available") => {
             &["deployment", "namespace", "replicas", "timeout", "interval"]
         }
+        ("wait", "deployment-rolled-out") => &["deployment", "namespace", "timeout", "interval"],
         ("wait", "daemonset-ready") => &["daemonset", "namespace", "timeout", "interval"],
         ("wait", "pod-running") => &[
             "pod",
@@ -1437,6 +1450,10 @@ fn parse_step(
                     deployment: r.string("deployment", r#"deployment = "web""#)?,
                     namespace: r.namespace()?,
                     replicas: r.opt_count("replicas", 1)?,
+                },
+                "deployment-rolled-out" => WaitFor::DeploymentRolledOut {
+                    deployment: r.string("deployment", r#"deployment = "web""#)?,
+                    namespace: r.namespace()?,
                 },
                 "daemonset-ready" => WaitFor::DaemonSetReady {
                     daemonset: r.string("daemonset", r#"daemonset = "probe""#)?,

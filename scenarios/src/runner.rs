@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use harness::events::EventKind;
 use harness::kube::conditions::{
-    daemonset_ready, deployment_available, node_has_taint, node_not_ready, node_ready,
-    node_without_taint, pod_on_node, pod_phase, pod_running,
+    daemonset_ready, deployment_available, deployment_rolled_out, node_has_taint, node_not_ready,
+    node_ready, node_without_taint, pod_on_node, pod_phase, pod_running,
 };
 use harness::kube::Summary;
 use harness::lab::{build_attr, lab_nix};
@@ -672,6 +672,13 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
                 deployment_available(wanted)(d)
             };
             wait_object(ctx, &api, deployment, cond, wait, label).await
+        }
+        WaitFor::DeploymentRolledOut {
+            namespace,
+            deployment,
+        } => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            wait_object(ctx, &api, deployment, deployment_rolled_out, wait, label).await
         }
         WaitFor::DaemonSetReady {
             namespace,

@@ -679,6 +679,12 @@ replicas = 2
 timeout = "1m"
 interval = "3s"
 [[step]]
+wait = "deployment-rolled-out"
+deployment = "web"
+namespace = "default"
+timeout = "1m"
+interval = "3s"
+[[step]]
 wait = "daemonset-ready"
 daemonset = "probe"
 namespace = "kube-system"
@@ -745,7 +751,7 @@ contains = "grey-area"
 sleep = "1m30s"
 "#;
     let file = parse(text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(file.steps.len(), 35);
+    assert_eq!(file.steps.len(), 36);
     file.validate_against(&names(&MACHINES), &names(&GENERATIONS))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(file.steps[0].note.as_deref(), Some("n"));
@@ -757,7 +763,7 @@ sleep = "1m30s"
         })
     );
     assert_eq!(
-        file.steps[34].action,
+        file.steps[35].action,
         Action::Sleep(Duration::from_secs(90))
     );
     // Every kind value appears once, so Display covers every arm.
@@ -769,4 +775,10 @@ sleep = "1m30s"
         "{shown:?}"
     );
     assert!(shown.iter().any(|s| s == "sleep 1m30s"), "{shown:?}");
+    assert!(
+        shown
+            .iter()
+            .any(|s| s == "wait deployment-rolled-out default/web (deadline 1m)"),
+        "{shown:?}"
+    );
 }

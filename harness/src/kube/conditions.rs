@@ -216,6 +216,42 @@ pub fn deployment_available(replicas: i32) -> impl Fn(Option<&Deployment>) -> bo
     }
 }
 
+/// The Deployment's rollout is complete, as `kubectl rollout status` decides it: its latest spec
+/// is observed, every wanted replica runs that spec and is available, and no old pod is left
+/// running. Pods already being deleted do not count (a ReplicaSet ignores them), so a pod stuck
+/// terminating on an unreachable node does not hold a rollout back.
+///
+/// ```
+/// use harness::kube::conditions::deployment_rolled_out;
+/// use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+/// let mut d = Deployment::default();
+/// d.spec = Some(DeploymentSpec { replicas: Some(3), ..Default::default() });
+/// // Mid-rollout: 3 available, but only 1 runs the new spec.
+/// d.status = Some(DeploymentStatus {
+///     replicas: Some(4), updated_replicas: Some(1), available_replicas: Some(3),
+///     ..Default::default()
+/// });
+/// assert!(!deployment_rolled_out(Some(&d)));
+/// d.status = Some(DeploymentStatus {
+///     replicas: Some(3), updated_replicas: Some(3), available_replicas: Some(3),
+///     ..Default::default()
+/// });
+/// assert!(deployment_rolled_out(Some(&d)));
+/// ```
+pub fn deployment_rolled_out(deployment: Option<&Deployment>) -> bool {
+    deployment.is_some_and(|d| {
+        let (Some(spec), Some(status)) = (d.spec.as_ref(), d.status.as_ref()) else {
+            return false;
+        };
+        let wanted = spec.replicas.unwrap_or(1);
+        let updated = status.updated_replicas.unwrap_or(0);
+        status.observed_generation >= d.metadata.generation
+            && updated >= wanted
+            && status.replicas.unwrap_or(0) <= updated
+            && status.available_replicas.unwrap_or(0) >= updated
+    })
+}
+
 /// The DaemonSet's controller has seen its latest spec and it runs a ready pod on every node
 /// it should (numberReady == desiredNumberScheduled > 0, as the nixpkgs k3s test checks).
 pub fn daemonset_ready(daemonset: Option<&DaemonSet>) -> bool {
