@@ -356,3 +356,77 @@ fn scenario_files_are_refused_for_bad_manifests_and_names_taken_before_anything_
     )
     .stderr(predicate::str::contains("the name of a built-in scenario"));
 }
+
+/// A node whose join command fails ends the run within seconds, naming the node, its exit status
+/// and its stderr - which shows the master's token reached the whole join command's stdin - with
+/// the evidence folder named and no QEMU left behind.
+#[test]
+fn a_node_that_cannot_join_ends_the_run_with_its_error_and_leaves_nothing_running() {
+    let lab = tempfile::Builder::new()
+        .prefix("labtest-join-refused-")
+        .tempdir()
+        .expect("temp dir");
+    let vm_only = vm_lab();
+    std::fs::copy(vm_only.join("flake.nix"), lab.path().join("flake.nix")).expect("copy flake");
+    let spec = std::fs::read_to_string(vm_only.join("lab.toml")).expect("vm-only lab.toml");
+    let spec = spec.replace(
+        "prepare = \"./prepare.sh\"",
+        &format!(
+            "prepare = \"{0}/prepare.sh && rm -rf local && cp -r {0}/local local\"",
+            vm_only.display()
+        ),
+    );
+    let kubernetes = r#"
+[kubernetes]
+master = "grey-area"
+apiserver_port = 6443
+admin_kubeconfig = "/etc/hostname"
+join_token_command = "echo labtest-token"
+join_command = "read -r token; echo \"kubelet refused a token of ${#token} bytes\" >&2; exit 3"
+kubelet_unit = "kubelet.service"
+workload_image = "labtest/workload:1"
+"#;
+    std::fs::write(lab.path().join("lab.toml"), spec + kubernetes).expect("write lab.toml");
+    let report = tempfile::Builder::new()
+        .prefix("labtest-join-report-")
+        .tempdir()
+        .expect("temp dir");
+
+    let start = Instant::now();
+    let out = labtest()
+        .args(["run", "--lab"])
+        .arg(lab.path())
+        .arg("--report-dir")
+        .arg(report.path())
+        .output()
+        .expect("labtest runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    for expected in [
+        "failed to join",
+        "limiting-factor: exited 3, expected 0",
+        "kubelet refused a token of 13 bytes",
+        &format!("artifacts: {}", report.path().display()),
+    ] {
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(300),
+        "took {:?}",
+        start.elapsed()
+    );
+    let needle = report.path().display().to_string();
+    assert!(
+        support::qemu_processes_mentioning(&needle).is_empty(),
+        "QEMU left running: {:?}",
+        support::qemu_processes_mentioning(&needle)
+    );
+    assert!(report
+        .path()
+        .join("machines/limiting-factor/console.log")
+        .exists());
+}
