@@ -182,6 +182,58 @@ async fn a_gate_whose_nodes_never_register_times_out_with_what_it_saw() {
     assert_eq!(evidence, [PathBuf::from("/evidence/kubelet-journal.txt")]);
 }
 
+/// A lab whose apiserver never answers: the gate's first check ends within its budget, saying
+/// what it last saw (the refused connection), and hands the failure to the evidence hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apiserver_that_never_answers_fails_the_first_check_within_its_budget() {
+    let cp = control_plane("apiserver never answers").await;
+    let text = std::fs::read_to_string(&cp.kubeconfig).expect("pki.sh wrote admin.kubeconfig");
+    let mut config = parse(&text, "pki admin.kubeconfig").expect("a kubeconfig");
+    // A loopback port nothing listens on: bound, read, released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let server = format!("https://127.0.0.1:{closed}");
+    point_at(&mut config, &server, Some("kubernetes"), "test").expect("one cluster");
+    let client = client_from(&config, "closed port").await.expect("a client");
+    let mut gate = host_gate(&NODES);
+    gate.budgets.apiserver = gate::Budget::secs(4, 500);
+    let hooked = Arc::new(Mutex::new(None::<String>));
+    let hook = {
+        let hooked = hooked.clone();
+        move |failed: FailedCheck| async move {
+            *hooked.lock().expect("hook lock") = Some(failed.check);
+            vec![PathBuf::from("/evidence/apiserver-journal.txt")]
+        }
+    };
+    let start = Instant::now();
+    let err = gate
+        .run(&client, &Events::discard(), hook)
+        .await
+        .expect_err("expected the gate to fail on a closed port");
+    let took = start.elapsed();
+    eprintln!(
+        "[apiserver never answers] failed after {:.2}s: {err}",
+        secs(took)
+    );
+    let message = err.to_string();
+    assert_eq!(err.check, gate::CHECK_APISERVER);
+    assert!(
+        message.contains("Connection refused"),
+        "expected the refused connection as the last observed state in: {message}"
+    );
+    assert!(
+        message.contains("/evidence/apiserver-journal.txt"),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(
+        hooked.lock().expect("hook lock").as_deref(),
+        Some(gate::CHECK_APISERVER)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_goes_unknown_and_unreachable_then_recovers() {
     let cp = control_plane("node failure").await;

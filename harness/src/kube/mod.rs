@@ -134,7 +134,21 @@ pub(crate) fn brief(error: &::kube::Error) -> String {
             let message = status.message.trim();
             format!("HTTP {} {}: {}", status.code, status.reason, message)
         }
-        other => crate::wait::tail_chars(&other.to_string(), 300),
+        // The top level alone says e.g. "client error (Connect)"; the cause ("Connection
+        // refused", a certificate name mismatch) is down the source chain.
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            crate::wait::tail_chars(&text, 300)
+        }
     }
 }
 
