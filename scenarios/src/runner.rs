@@ -126,11 +126,17 @@ pub fn step_label(step: &Step) -> String {
     format!("step {} (line {}): {}", step.number, step.line, step.action)
 }
 
-/// Puts the step's name on an error that does not carry it yet.
+/// Puts the step's name on an error that does not carry it yet (a check named like the step's
+/// action, e.g. `expect ...`, is the step itself: saying it twice only makes the line longer).
 fn in_step(label: &str, error: ScenarioError) -> ScenarioError {
     match error {
-        ScenarioError::Failed { check, reason } if check == label => {
-            ScenarioError::Failed { check, reason }
+        ScenarioError::Failed { check, reason }
+            if check == label || label.ends_with(&format!(": {check}")) =>
+        {
+            ScenarioError::Failed {
+                check: label.to_string(),
+                reason,
+            }
         }
         ScenarioError::Failed { check, reason } => ScenarioError::Failed {
             check: label.to_string(),
@@ -1201,6 +1207,14 @@ mod tests {
             },
         );
         assert_eq!(e.to_string(), format!("{label}: inner: why"));
+        let e = in_step(
+            label,
+            ScenarioError::Failed {
+                check: "fault crash limiting-factor".into(),
+                reason: "why".into(),
+            },
+        );
+        assert_eq!(e.to_string(), format!("{label}: why"));
     }
 
     #[test]
