@@ -38,6 +38,8 @@ pub enum Fault {
     Crash,
     Freeze,
     Thaw,
+    /// Power on again after a crash: the recovery half of a power loss.
+    Start,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -71,6 +71,8 @@ enum Command {
     Freeze { machine: String },
     /// Resume a frozen machine.
     Thaw { machine: String },
+    /// Power a crashed machine on again; returns once its guest answers.
+    Start { machine: String },
     /// Cut the lab network between two machines.
     Partition { a: String, b: String },
     /// Undo a partition.
@@ -197,6 +199,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Crash { machine } => fault(&cli.lab, machine, Fault::Crash).await,
         Command::Freeze { machine } => fault(&cli.lab, machine, Fault::Freeze).await,
         Command::Thaw { machine } => fault(&cli.lab, machine, Fault::Thaw).await,
+        Command::Start { machine } => fault(&cli.lab, machine, Fault::Start).await,
         Command::Partition { a, b } => {
             let reply = call(&running(&cli.lab)?, Request::Partition { a, b }, 30).await?;
             println!("{}", reply.text);
@@ -243,7 +246,15 @@ async fn call(session: &Session, request: Request, timeout_secs: u64) -> Result<
 }
 
 async fn fault(lab_dir: &Path, machine: String, fault: Fault) -> Result<ExitCode> {
-    let reply = call(&running(lab_dir)?, Request::Fault { machine, fault }, 60).await?;
+    // A start waits for a boot, which the machine bounds by its own boot deadline; this only
+    // guards against a server that stopped answering.
+    let timeout = if fault == Fault::Start { 900 } else { 60 };
+    let reply = call(
+        &running(lab_dir)?,
+        Request::Fault { machine, fault },
+        timeout,
+    )
+    .await?;
     println!("{}", reply.text);
     Ok(ExitCode::SUCCESS)
 }

@@ -89,9 +89,16 @@ async fn run(request: Request, lab: &Lab) -> Result<Reply> {
         Request::Fault { machine, fault } => {
             let m = lab.machine(&machine)?;
             let done = match fault {
-                Fault::Crash => m.crash().await.map(|_| "crashed (power loss)"),
-                Fault::Freeze => m.freeze().await.map(|_| "frozen"),
-                Fault::Thaw => m.thaw().await.map(|_| "thawed"),
+                Fault::Crash => m.crash().await.map(|_| "crashed (power loss)".to_string()),
+                Fault::Freeze => m.freeze().await.map(|_| "frozen".to_string()),
+                Fault::Thaw => m.thaw().await.map(|_| "thawed".to_string()),
+                Fault::Start => m.start().await.map(|boot| {
+                    format!(
+                        "started, its guest answered after {:.1}s (boot id {})",
+                        boot.took.as_secs_f64(),
+                        boot.boot_id
+                    )
+                }),
             }?;
             Reply::text(format!("{machine}: {done}"))
         }

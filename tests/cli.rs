@@ -33,6 +33,7 @@ fn help_and_list_name_every_command_and_scenario() {
         "crash",
         "freeze",
         "thaw",
+        "start",
         "partition",
         "heal",
         "list",
@@ -225,6 +226,21 @@ fn up_exec_faults_down_and_no_qemu_survives_a_killed_server() {
         .assert()
         .success()
         .stdout(predicate::str::is_match("limiting-factor +off").unwrap());
+    run(&["start", "limiting-factor"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("limiting-factor: started"));
+    run(&["exec", "limiting-factor", "--", "hostname"])
+        .assert()
+        .success()
+        .stdout(
+            "limiting-factor
+",
+        );
+    run(&["start", "limiting-factor"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("already running"));
     run(&["down"])
         .assert()
         .success()
