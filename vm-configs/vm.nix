@@ -25,8 +25,44 @@ in
     # (nixos/tests/kubernetes/base.nix uses 1536 for every machine).
     memorySize = if isMaster then 3072 else 1536;
     cores = 1;
-    # nixos/modules/virtualisation/disk-size-option.nix; only used when the qcow2 is first created.
+    # nixos/modules/virtualisation/disk-size-option.nix; only used when the qcow2 is created,
+    # which with the harness is every run (it hands each VM a fresh NIX_DISK_IMAGE).
     diskSize = 4096;
+
+    # No 9p anywhere, so the lab can be snapshotted: QEMU refuses savevm/migrate while a 9p
+    # (virtio-9p / -virtfs) export is mounted in the guest. qemu-vm.nix (NixOS/nixpkgs
+    # 00008e8eb762c5def2670c20231de50db9bb75b3) mounts three 9p shares by default:
+    #   * the host store (`nix-store`, mkIf mountHostNixStore). Instead the store comes from an
+    #     erofs image: useNixStoreImage builds $TMPDIR/store.img just before QEMU starts, from
+    #     closureInfo { rootPaths = [ toplevel regInfo ]; } - regInfo being the closureInfo of
+    #     additionalPaths, whose store-paths file references that whole closure, so the image
+    #     holds additionalPaths too (the option's own description: "When useNixStoreImage is
+    #     set, the closure is copied to the Nix store image"). It is attached as a virtio drive
+    #     (label nix-store) and mounted on /nix/.ro-store. mountHostNixStore defaults to
+    #     `!useNixStoreImage && !useBootLoader`, i.e. false here; stated so nobody flips it back.
+    #   * `xchg` (/tmp/xchg) and `shared` (/tmp/shared, $SHARED_DIR), defined unconditionally in
+    #     `virtualisation.sharedDirectories`. mkForce replaces the module's definitions, so no
+    #     -virtfs option is generated and virtualisation.fileSystems gets no 9p entry (both are
+    #     derived from sharedDirectories; `certs` is only there with useHostCerts, off).
+    #     So $SHARED_DIR and /tmp/shared do not exist in these guests: whatever the harness moves
+    #     into or out of a guest has to go over the guest channel (vm-configs/guest.nix).
+    useNixStoreImage = true;
+    mountHostNixStore = false;
+    sharedDirectories = lib.mkForce { };
+    # The store must stay writable: a rebuild copies closures into the guest store with
+    # `nix-store --import` over the guest channel. writableStore defaults to mountHostNixStore
+    # (false now), so say it: /nix/store becomes an overlay of the read-only image with
+    # /nix/.rw-store/{upper,work}. writableStoreUseTmpfs (default true) puts that upper layer on
+    # a tmpfs, not on 9p; RAM-backed, which is fine because the generations the lab switches to
+    # are already in the image (flake.nix: additionalPaths), so an import adds little. The Nix
+    # database (/nix/var/nix/db) lives on the root disk, which is writable; the closure of
+    # additionalPaths is registered there at boot by qemu-vm.nix's `nix-store --load-db` of
+    # regInfo (boot.postBootCommands).
+    writableStore = true;
+    writableStoreUseTmpfs = true;
+    # Not 9p, but relevant to snapshots: qemu-vm.nix attaches store.img as a writable raw drive,
+    # which a `migrate` to a file accepts but QEMU's internal `savevm` does not (every writable
+    # drive must support snapshots, i.e. be qcow2). Use migration for lab snapshots.
     graphics = false;
     # qemu-vm.nix turns this into `restrict=on` on the user-mode netdev: the guest can open no
     # connection through the host, while hostfwd (QEMU_NET_OPTS) keeps working.
