@@ -41,6 +41,48 @@ let
     ];
   };
 
+  # CoreDNS: the Corefile below replaces the DNS addon's own, so it has to serve exactly the ports
+  # the addon's Deployment expects - its containerPorts and the HTTP probes (a probe on a port no
+  # plugin serves restarts the pod, or keeps it unready, for ever). Read from the Deployment the
+  # addon itself renders (services.kubernetes.addonManager.addons.coredns-deploy), so the Corefile
+  # follows the pinned nixpkgs whatever its addon does. No cycle: the Corefile only feeds the
+  # coredns ConfigMap (coredns-cm), never the Deployment's containers. The fallbacks are what
+  # nixos/modules/services/cluster/kubernetes/addons/dns.nix has at NixOS/nixpkgs
+  # 136283b55aa0c52938e6d4154521570b391726bf (the only dns.nix stored where this was written;
+  # 26.05's corednsImage version could not be read): ports dns 10053, health 10054, metrics
+  # 10055; a livenessProbe httpGet /health on 10054; no readinessProbe.
+  corednsContainer = lib.findFirst (c: (c.name or "") == "coredns") { } (
+    k8s.addonManager.addons.coredns-deploy.spec.template.spec.containers or [ ]
+  );
+  corednsPort =
+    name: fallback:
+    (lib.findFirst (p: (p.name or "") == name) { containerPort = fallback; } (
+      corednsContainer.ports or [ ]
+    )).containerPort;
+  # A probe's port may be a number or the name of a containerPort.
+  corednsProbe =
+    probe:
+    let
+      get = corednsContainer.${probe}.httpGet or null;
+      port = if get == null then null else get.port or null;
+    in
+    if get == null then
+      null
+    else
+      {
+        path = get.path or "/";
+        port = if builtins.isString port then corednsPort port null else port;
+      };
+  dnsLiveness = corednsProbe "livenessProbe";
+  dnsReadiness = corednsProbe "readinessProbe";
+  dnsPorts = {
+    dns = corednsPort "dns" 10053;
+    metrics = corednsPort "metrics" 10055;
+    # CoreDNS's health plugin answers /health, its ready plugin /ready (8181 is its default).
+    health = if dnsLiveness != null then dnsLiveness.port else 10054;
+    ready = if dnsReadiness != null then dnsReadiness.port else null;
+  };
+
   labelArg = lib.concatStringsSep "," (lib.mapAttrsToList (k: v: "${k}=${v}") config.labtest.nodeLabels);
 
   # The kubelet's own credentials (set by nixos/modules/services/cluster/kubernetes/pki.nix:
@@ -111,6 +153,20 @@ in
     {
       assertions = [
         {
+          # The Corefile's health/ready plugins answer only these paths.
+          assertion =
+            (dnsLiveness == null || dnsLiveness.path == "/health")
+            && (dnsReadiness == null || dnsReadiness.path == "/ready")
+            && (dnsLiveness == null || dnsLiveness.port != null)
+            && (dnsReadiness == null || dnsReadiness.port != null);
+          message = ''
+            labtest: the CoreDNS Deployment of services.kubernetes.addons.dns probes
+            ${builtins.toJSON { liveness = dnsLiveness; readiness = dnsReadiness; }},
+            which the Corefile in vm-configs/common.nix (health on /health, ready on /ready) does
+            not serve; adapt it to this nixpkgs' addons/dns.nix.
+          '';
+        }
+        {
           assertion = lib.all (k: lib.hasPrefix "labtest.io/" k) (lib.attrNames config.labtest.nodeLabels);
           message = "labtest.nodeLabels keys must start with labtest.io/ (the reconciler manages only those).";
         }
@@ -167,19 +223,23 @@ in
         };
         addons.dns = {
           replicas = 1;
-          # The module's default Corefile ends in `forward . /etc/resolv.conf`; these machines have
-          # no upstream resolver, and CoreDNS refuses to start a forward block with no nameserver.
-          # Serve the cluster zone only. Ports 10053/10054/10055 are the ones addons/dns.nix wires
-          # into the Deployment's containerPort and liveness probe.
+          # The addon's default Corefile ends in `forward . /etc/resolv.conf` (with `loop`, which
+          # only guards against forwarding loops). These machines have no upstream resolver and
+          # the guests must never reach out (vm.nix: no nameserver, restricted user NIC), and
+          # CoreDNS refuses to start a forward block with no nameserver. So: serve the cluster
+          # zone only - no forward, hence no loop - on the ports the addon's Deployment uses
+          # (dnsPorts above): dns, health for the liveness probe, ready for a readiness probe
+          # when the addon has one, prometheus for the metrics port.
           corefile = ''
-            .:10053 {
+            .:${toString dnsPorts.dns} {
               errors
-              health :10054
+              health :${toString dnsPorts.health}
+              ${lib.optionalString (dnsPorts.ready != null) "ready :${toString dnsPorts.ready}"}
               kubernetes ${k8s.addons.dns.clusterDomain} in-addr.arpa ip6.arpa {
                 pods insecure
                 fallthrough in-addr.arpa ip6.arpa
               }
-              prometheus :10055
+              prometheus :${toString dnsPorts.metrics}
               cache 30
               reload
               loadbalance
