@@ -1,7 +1,9 @@
 # The labtest guest channel for the VMs (imported by ./vm.nix only): the same root bash on a
-# virtio-serial port as the Debian fixture guests run, plus qemu-ga and a seeded system profile
-# for rebuild/rollback. The harness adds the devices (-device virtio-serial-pci,id=ltser and
-# virtserialports labtest.shell / labtest.ctl); this module only has to answer on them.
+# virtio-serial port as the Debian fixture guests run (./guest/labtest-shell, started per port by
+# ./guest/99-labtest-shell.rules), plus a seeded system profile for rebuild/rollback. The harness
+# adds the devices (-device virtio-serial-pci,id=ltser and virtserialports labtest.shell /
+# labtest.ctl); this module only has to answer on them. Every command the harness runs in a
+# guest goes over labtest.shell; labtest.ctl stays free to kill an overrunning one.
 {
   config,
   lib,
@@ -40,16 +42,16 @@
     stopIfChanged = false;
   };
 
-  # qemu-vm.nix enables it too (virtualisation.qemu.guestAgent.enable); stated because the harness
-  # relies on it. The agent listens on /dev/virtio-ports/org.qemu.guest_agent.0 when the harness
-  # adds that port.
-  services.qemuGuest.enable = true;
+  # No qemu-ga here: the harness never adds the org.qemu.guest_agent.0 port and does not use the
+  # agent. (qemu-vm.nix still enables services.qemuGuest by default through
+  # virtualisation.qemu.guestAgent.enable; without the port the agent has nothing to talk to.)
 
   # A direct-boot system.build.vm never creates /nix/var/nix/profiles/system, and rollback needs
   # it. Seed it with the booted system after qemu-vm.nix's own postBootCommands has registered the
   # boot closure (`nix-store --load-db` from regInfo=): hence mkAfter. /run/booted-system is set by
   # stage-2-init.sh just before postBootCommands run. Skipped when the profile already points
-  # there, so reboots of a kept disk add no generations.
+  # there, so restarting a machine within a run (`labtest start`, same disk) adds no generation.
+  # (The harness gives every VM a fresh disk per run; a disk is only ever reused within one.)
   boot.postBootCommands = lib.mkAfter ''
     booted=$(readlink -f /run/booted-system)
     if [ "$(readlink -f /nix/var/nix/profiles/system 2>/dev/null)" != "$booted" ]; then
