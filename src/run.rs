@@ -74,14 +74,6 @@ pub async fn bring_up_ready(
         phase: Phase::Readiness,
     });
     let master = lab.machine(&k8s.master)?;
-    let files = Wait::new(
-        format!("{} to create {}", k8s.master, k8s.admin_kubeconfig),
-        CONTROL_PLANE_FILES,
-        Duration::from_secs(3),
-    );
-    master
-        .wait_until_succeeds(&format!("test -s {}", k8s.admin_kubeconfig), &files)
-        .await?;
     if let (Some(token), Some(join)) = (&k8s.join_token_command, &k8s.join_command) {
         let token_ready = Wait::new(
             format!("the join token on {}", k8s.master),
@@ -103,6 +95,7 @@ pub async fn bring_up_ready(
         k8s.apiserver_port,
         k8s.tls_server_name.as_deref(),
         &evidence.join("kubeconfig"),
+        CONTROL_PLANE_FILES,
     )
     .await?;
     let node_names: Vec<String> = spec
@@ -241,12 +234,16 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
                         artifacts: &artifacts,
                         work_dir: work.clone(),
                         scope: name.clone(),
+                        switches: Default::default(),
                     };
                     // File names never shadow built-ins (refused at load).
-                    match files.iter().find(|f| f.name == *name) {
+                    let result = match files.iter().find(|f| f.name == *name) {
                         Some(file) => scenarios::runner::run_file(file, &ctx).await,
                         None => scenarios::run(name, &ctx).await,
-                    }
+                    };
+                    // Also after a failure: the next scenario must start on the booted systems.
+                    let returned = ctx.return_to_start_generations().await;
+                    result.and(returned)
                 }
                 None => Err(ScenarioError::Error(format!(
                     "scenario {name} needs Kubernetes, and lab {} has no [kubernetes] in its lab.toml",

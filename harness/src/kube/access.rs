@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use super::{brief, KubeError};
 use crate::vm::channel::ansi_c_quote;
-use crate::vm::Machine;
+use crate::vm::{Machine, VmError};
+use crate::wait::{poll_until, Poll, Wait};
 
 /// How long one API request may take before the client gives up on it. Requests through the
 /// host port forward took up to 0.95 s with three busy TCG guests; 30 s leaves room for a loaded
@@ -54,10 +55,16 @@ impl KubeAccess {
     /// forwarded to `apiserver_port` with `tls_server_name`, writes it to `write_to` (mode 0600)
     /// and builds a client from it.
     ///
+    /// Waits up to `within` for the kubeconfig and for every file it references to exist and be
+    /// non-empty, then reads them: on NixOS the kubeconfig is a store file present from
+    /// activation, while certmgr writes the certificate and key it names under
+    /// /var/lib/kubernetes/secrets later.
+    ///
     /// # Errors
     /// [`KubeError::NoForward`] when the machine forwards no port to `apiserver_port`;
-    /// [`KubeError::FetchKubeconfig`] when the file (or one it references) cannot be read on the
-    /// guest; [`KubeError::BadKubeconfig`] when it does not parse or names no usable cluster;
+    /// [`KubeError::FetchKubeconfig`] when the file, or one it references, is not there within
+    /// `within` (naming the files still missing) or cannot be read;
+    /// [`KubeError::BadKubeconfig`] when it does not parse or names no usable cluster;
     /// [`KubeError::Io`] when `write_to` cannot be written; [`KubeError::Client`].
     pub async fn from_master(
         master: &Machine,
@@ -65,6 +72,7 @@ impl KubeAccess {
         apiserver_port: u16,
         tls_server_name: Option<&str>,
         write_to: &Path,
+        within: Duration,
     ) -> Result<Self, KubeError> {
         let host_port = master
             .host_port(apiserver_port)
@@ -79,15 +87,57 @@ impl KubeAccess {
             path: path.to_string(),
             source: Box::new(source),
         };
-        let text = master
-            .succeed_within(&format!("cat {}", ansi_c_quote(guest_path)), FETCH_TIMEOUT)
-            .await
-            .map_err(|e| fetch_error(guest_path, e))?;
-        let mut config = parse(&text, &origin)?;
         let base = Path::new(guest_path)
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| "/".into());
+        let wait = Wait::new(
+            format!(
+                "{} to have {guest_path} and every file it references",
+                master.name()
+            ),
+            within,
+            Duration::from_secs(2),
+        );
+        let mut config = poll_until(&wait, || async {
+            let text = match master
+                .exec(&format!("cat {}", ansi_c_quote(guest_path)), FETCH_TIMEOUT)
+                .await
+            {
+                Ok(out) if out.status == 0 && !out.stdout_str().trim().is_empty() => {
+                    out.stdout_str()
+                }
+                Ok(_) => return Poll::Pending(format!("{guest_path} is missing or empty")),
+                Err(e) => return Poll::Pending(e.to_string()),
+            };
+            let config = match parse(&text, &origin) {
+                Ok(config) => config,
+                Err(e) => return Poll::Failed(e.to_string()),
+            };
+            let paths: Vec<String> = file_references(&config)
+                .iter()
+                .map(|r| resolve(&base, &r.path))
+                .collect();
+            match missing_files(master, &paths).await {
+                Ok(missing) if missing.is_empty() => Poll::Ready(config),
+                Ok(missing) => Poll::Pending(format!(
+                    "{guest_path} references {}, still missing or empty",
+                    missing.join(", ")
+                )),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|source| {
+            fetch_error(
+                guest_path,
+                VmError::Wait {
+                    machine: master.name().to_string(),
+                    source,
+                    console: master.console_log(),
+                },
+            )
+        })?;
         for reference in file_references(&config) {
             let path = resolve(&base, &reference.path);
             // base64 in the guest, because the guest channel carries text and keys are bytes.
@@ -165,6 +215,24 @@ fn forwards(machine: &Machine) -> String {
     } else {
         list.join(", ")
     }
+}
+
+/// Which of `paths` are missing or empty on `machine`, in one command.
+async fn missing_files(machine: &Machine, paths: &[String]) -> Result<Vec<String>, VmError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let quoted: Vec<String> = paths.iter().map(|p| ansi_c_quote(p)).collect();
+    let out = machine
+        .succeed_within(
+            &format!(
+                "for f in {}; do [ -s \"$f\" ] || echo \"$f\"; done",
+                quoted.join(" ")
+            ),
+            FETCH_TIMEOUT,
+        )
+        .await?;
+    Ok(out.lines().map(str::to_owned).collect())
 }
 
 /// Parses a kubeconfig (YAML or JSON) into its generic form, validated by kube-rs's own parser

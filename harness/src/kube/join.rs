@@ -58,16 +58,23 @@ pub(crate) fn describe(failures: &[JoinFailure]) -> String {
         .join("\n")
 }
 
-/// The command run on a node: the token on the join command's stdin. The join command runs in
-/// a subshell so that all of it reads the pipe, not only its first command (`a; b` would pipe
-/// into `a` alone), and on lines of its own so that a trailing comment cannot swallow the `)`.
+/// The command run on a node: the token on the join command's stdin, as one line ending in a
+/// newline - what `cat` of the token file gives. The newline matters: nixpkgs'
+/// `nixos-kubernetes-node-join` runs under `set -e` and starts with `read -r token`, and bash's
+/// `read` returns 1 at end of input without one, so a bare token makes it exit 1 with nothing
+/// on stderr. The join command runs in a subshell so that all of it reads the pipe, not only its
+/// first command (`a; b` would pipe into `a` alone), and on lines of its own so that a trailing
+/// comment cannot swallow the `)`.
 ///
 /// ```
-/// let c = harness::kube::join::join_line("ab'c\n", "nixos-kubernetes-node-join");
-/// assert_eq!(c, "printf '%s' $'ab\\'c\\x0a' | (\nnixos-kubernetes-node-join\n)");
+/// let c = harness::kube::join::join_line("ab'c", "nixos-kubernetes-node-join");
+/// assert_eq!(c, "printf '%s\\n' $'ab\\'c' | (\nnixos-kubernetes-node-join\n)");
 /// ```
 pub fn join_line(token: &str, join_command: &str) -> String {
-    format!("printf '%s' {} | (\n{join_command}\n)", ansi_c_quote(token))
+    format!(
+        "printf '%s\\n' {} | (\n{join_command}\n)",
+        ansi_c_quote(token)
+    )
 }
 
 /// Runs `token_command` on `master` and pipes its stdout (trimmed) into `join_command` on every

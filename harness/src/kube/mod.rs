@@ -29,6 +29,7 @@
 //!     443,
 //!     Some("grey-area"),
 //!     "/tmp/lab/kubeconfig".as_ref(),
+//!     Duration::from_secs(600), // certmgr writes the certificates after boot
 //! )
 //! .await?;
 //! let gate = ReadinessGate::new(["grey-area", "congenital-optimist"], "labtest/workload:1");

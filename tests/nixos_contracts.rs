@@ -1,0 +1,259 @@
+//! The NixOS-facing harness code against the real NixOS contracts that can run here (the NixOS
+//! lab itself cannot: no nixpkgs, no KVM). Each test names the nixpkgs code whose behaviour it
+//! pins; fixtures/lab/README.md's contract table points here.
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::events::Events;
+use harness::kube::join::join_line;
+use harness::kube::KubeAccess;
+use harness::nix::generation::sh_quote;
+use harness::vm::MachineBuilder;
+
+/// What `cat /var/lib/cfssl/apitoken.secret` prints on a NixOS master, trimmed: 32 hex digits
+/// (pki.nix: `head -c 16 /dev/urandom | od -An -t x | tr -d ' '`).
+const NIXOS_TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+fn node_join_double() -> std::path::PathBuf {
+    support::repo_root().join("tests/contracts/nixos-kubernetes-node-join")
+}
+
+fn bash(line: &str, env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    Command::new("bash")
+        .args(["-c", line])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs")
+}
+
+#[test]
+fn the_harness_join_line_satisfies_nixos_kubernetes_node_join() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let installed = dir.path().join("apitoken.secret");
+    let out = bash(
+        &join_line(NIXOS_TOKEN, &node_join_double().to_string_lossy()),
+        &[("JOIN_TOKEN_FILE", &installed)],
+    );
+    assert!(
+        out.status.success(),
+        "the join exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&installed).expect("the installed token"),
+        format!("{NIXOS_TOKEN}\n")
+    );
+}
+
+/// Why the newline matters: `read -r token` under `set -e` fails at end of input without one,
+/// and the script dies with nothing on stdout or stderr - the failure every node saw before.
+#[test]
+fn nixos_kubernetes_node_join_refuses_a_token_without_a_newline_silently() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let installed = dir.path().join("apitoken.secret");
+    let out = bash(
+        &format!(
+            "printf '%s' {NIXOS_TOKEN} | {}",
+            node_join_double().display()
+        ),
+        &[("JOIN_TOKEN_FILE", &installed)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    assert!(!installed.exists());
+}
+
+/// The fixture lab's join command is at least as strict at the same point (and says why).
+#[test]
+fn the_fixture_join_refuses_a_token_without_a_newline_too() {
+    let toplevel = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(toplevel.path().join("bin")).expect("bin");
+    let join = toplevel.path().join("bin/labtest-join");
+    std::fs::copy(
+        support::repo_root().join("fixtures/lab/guest/labtest-join"),
+        &join,
+    )
+    .expect("copy labtest-join");
+    std::fs::write(
+        toplevel.path().join("config.env"),
+        "MACHINE=limiting-factor\nMASTER_ADDRESS=10.77.0.10\nAPISERVER_PORT=6443\n",
+    )
+    .expect("config.env");
+    let out = bash(
+        &format!("printf '%s' labtest1.Zm9v.abc | {}", join.display()),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ending in a newline"), "{stderr}");
+}
+
+/// On NixOS the admin kubeconfig is a store file present from activation, and certmgr writes
+/// the certificate and key it names later (pki.nix: `clusterAdminKubeconfig`, certmgr specs):
+/// the harness must wait for them, within its deadline, and say which are missing if they never
+/// come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_kubeconfig_is_read_once_the_certificates_it_names_exist() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let machine = MachineBuilder::new(
+        "grey-area",
+        support::run_dir().join("bin/run-grey-area-vm"),
+        state.path().join("grey-area"),
+    )
+    .forward(443)
+    .boot_timeout(Duration::from_secs(240))
+    .start(&Events::discard())
+    .await
+    .expect("the fixture guest boots");
+    let secrets = "/var/lib/kubernetes/secrets";
+    let kubeconfig = "/etc/kubernetes/cluster-admin.kubeconfig";
+    machine
+        .succeed(&format!(
+            "mkdir -p /etc/kubernetes {secrets} && cat >{kubeconfig} <<'EOF'\n{}\nEOF",
+            nixos_admin_kubeconfig(secrets)
+        ))
+        .await
+        .expect("write the kubeconfig");
+
+    // Never: the error names what is missing.
+    let started = Instant::now();
+    let err = KubeAccess::from_master(
+        &machine,
+        kubeconfig,
+        443,
+        Some("grey-area"),
+        &state.path().join("never"),
+        Duration::from_secs(5),
+    )
+    .await
+    .err()
+    .expect("no certificates, no kubeconfig");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(&format!("{secrets}/ca.pem")) && text.contains("still missing"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{text}");
+
+    // Later: certmgr's files appear 6 s after the harness starts waiting.
+    let pem = test_pki(state.path());
+    let (ca, cert, key) = (&pem[0], &pem[1], &pem[2]);
+    let writer = format!(
+        "sleep 6; printf '%s' '{ca}' >{secrets}/ca.pem; printf '%s' '{cert}' >{secrets}/cluster-admin.pem; \
+         printf '%s' '{key}' >{secrets}/cluster-admin-key.pem"
+    );
+    machine
+        .succeed(&format!(
+            "systemd-run --unit=labtest-certmgr-double bash -c {}",
+            sh_quote(&writer)
+        ))
+        .await
+        .expect("start the late writer");
+    let started = Instant::now();
+    let access = KubeAccess::from_master(
+        &machine,
+        kubeconfig,
+        443,
+        Some("grey-area"),
+        &state.path().join("kubeconfig"),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the kubeconfig once its certificates exist");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "read before the files existed"
+    );
+    let written = std::fs::read_to_string(access.kubeconfig()).expect("the written kubeconfig");
+    assert!(written.contains("client-key-data"), "{written}");
+    assert!(
+        !written.contains(secrets),
+        "file references left in: {written}"
+    );
+}
+
+/// top.lib.mkKubeConfig "cluster-admin" (nixpkgs services/cluster/kubernetes/default.nix): JSON
+/// naming the CA, certificate and key by path.
+fn nixos_admin_kubeconfig(secrets: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {
+            "certificate-authority": format!("{secrets}/ca.pem"),
+            "server": "https://grey-area:443"}}],
+        "users": [{"name": "cluster-admin", "user": {
+            "client-certificate": format!("{secrets}/cluster-admin.pem"),
+            "client-key": format!("{secrets}/cluster-admin-key.pem")}}],
+        "contexts": [{"context": {"cluster": "local", "user": "cluster-admin"}, "name": "local"}],
+        "current-context": "local"
+    })
+    .to_string()
+}
+
+/// A self-signed CA and a client certificate and key, PEM, made by the host's openssl.
+fn test_pki(dir: &std::path::Path) -> [String; 3] {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (Debian package openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=test-ca",
+        "-days",
+        "2",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "admin-key.pem",
+        "-out",
+        "admin.csr",
+        "-subj",
+        "/O=system:masters/CN=cluster-admin",
+    ]);
+    // rustls refuses v1 certificates: extensions make it v3.
+    std::fs::write(
+        dir.join("admin.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("admin.ext");
+    run(&[
+        "x509",
+        "-extfile",
+        "admin.ext",
+        "-req",
+        "-in",
+        "admin.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "admin.pem",
+        "-days",
+        "2",
+    ]);
+    ["ca.pem", "admin.pem", "admin-key.pem"]
+        .map(|f| std::fs::read_to_string(dir.join(f)).expect("a PEM file"))
+}
