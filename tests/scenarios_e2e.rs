@@ -1,7 +1,8 @@
-//! Tier 4: every built-in scenario and the incident example file, end to end, on one boot of the
+//! Tier 4: every built-in scenario, the incident example file and the file form of
+//! rebuild-rollback, end to end, on one boot of the
 //! fixture lab - exactly as a user runs it (`labtest run --lab fixtures/lab`), checked through the
 //! reports it writes. This is the suite's only whole-lab boot: every check that needs the lab
-//! runs inside it, so the four testcases share one ~4 min bring-up.
+//! runs inside it, so the five testcases share one ~4 min bring-up.
 mod support;
 
 use std::time::Duration;
@@ -9,6 +10,11 @@ use std::time::Duration;
 use assert_cmd::Command;
 
 const INCIDENT: &str = "worker-partitioned-during-rollout";
+/// The file form of rebuild-rollback, run after the built-in on the same lab: each must find
+/// limiting-factor on the generation it booted with and leave it there, or the file's
+/// "rollback to the generation the lab booted with" lands on the built-in's generation.
+const REBUILD_FILE: &str = "rebuild-rollback";
+const REBUILD_FILE_NAME: &str = "rebuild-rollback-file";
 
 /// Every built-in scenario, as `labtest list` names them: a new one is tested without an edit here.
 fn builtins() -> impl Iterator<Item = &'static str> {
@@ -36,6 +42,8 @@ fn all_scenarios_pass_on_the_fixture_lab() {
         .args(builtins().flat_map(|name| ["--scenario", name]))
         .arg("--scenario-file")
         .arg(support::repo_root().join(format!("scenarios/files/{INCIDENT}.toml")))
+        .arg("--scenario-file")
+        .arg(support::repo_root().join(format!("scenarios/files/{REBUILD_FILE}.toml")))
         // Measured: 12-13 min warm on 2 cores under TCG; the rest is room for a slow runner.
         .timeout(Duration::from_secs(50 * 60))
         .output()
@@ -56,7 +64,7 @@ fn all_scenarios_pass_on_the_fixture_lab() {
         String::from_utf8_lossy(&out.stderr)
     );
     let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
-    for scenario in builtins().chain([INCIDENT]) {
+    for scenario in builtins().chain([INCIDENT, REBUILD_FILE_NAME]) {
         assert!(
             xml.contains(&format!("name=\"{scenario}\"")),
             "JUnit has no testcase {scenario}:\n{xml}"

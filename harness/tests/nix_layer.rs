@@ -327,6 +327,45 @@ async fn switch_and_rollback_move_a_real_profile() {
         "nix-env rolls back to the number below 3"
     );
     assert_eq!(marker_says(), "generation 2: switch\n");
+
+    // Scenarios that combine: back on generation 1 with 2 and 3 above it, a switch makes 4, and
+    // `nix-env --rollback` from 4 lands on 3 - not on 1, where the machine was before the switch.
+    // Going back to a particular generation takes its number.
+    let r = profile
+        .switch_generation(&guest, 1)
+        .await
+        .expect("to gen 1");
+    assert!(r.succeeded(), "{r:?}");
+    assert_eq!(r.toplevel, s(&gen1));
+    assert_eq!(
+        profile.current_generation(&guest).await.expect("n"),
+        Some(1)
+    );
+    profile
+        .switch_to(&nix, &guest, &gen2)
+        .await
+        .expect("switch to gen2 again");
+    assert_eq!(
+        profile.current_generation(&guest).await.expect("n"),
+        Some(4)
+    );
+    let r = profile.rollback(&guest).await.expect("rollback from gen4");
+    assert_eq!(
+        r.toplevel,
+        s(&gen3),
+        "nix-env --rollback picks the number below"
+    );
+    let r = profile
+        .switch_generation(&guest, 1)
+        .await
+        .expect("to gen 1");
+    assert!(r.succeeded(), "{r:?}");
+    assert_eq!(marker_says(), "generation 1: switch\n");
+    let err = profile
+        .switch_generation(&guest, 9)
+        .await
+        .expect_err("no generation 9");
+    assert!(err.to_string().contains("--switch-generation 9"), "{err}");
 }
 
 #[tokio::test]

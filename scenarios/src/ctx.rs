@@ -16,6 +16,8 @@ use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::switches::Switches;
+
 /// Why a scenario did not pass.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -54,6 +56,8 @@ pub struct Ctx<'a> {
     pub work_dir: PathBuf,
     /// The scenario running now: the scope of its checks.
     pub scope: String,
+    /// The system generations this scenario switched machines through.
+    pub switches: Switches,
 }
 
 impl<'a> Ctx<'a> {
@@ -66,7 +70,26 @@ impl<'a> Ctx<'a> {
             artifacts: self.artifacts,
             work_dir: self.work_dir.clone(),
             scope: scope.to_string(),
+            switches: Switches::default(),
         }
+    }
+
+    /// Ends the scenario's rebuilds: every machine it switched goes back to the generation it
+    /// started on, noted in the report, so the next scenario sees the lab as booted.
+    ///
+    /// # Errors
+    /// As [`Switches::return_to_start`].
+    pub async fn return_to_start_generations(&self) -> Result<(), ScenarioError> {
+        let machines: Vec<&harness::vm::Machine> =
+            self.lab.machines().iter().map(|m| m.as_ref()).collect();
+        let done = self
+            .switches
+            .return_to_start(&harness::nix::SystemProfile::default(), &machines)
+            .await?;
+        for line in done {
+            self.note("generations", line);
+        }
+        Ok(())
     }
 
     pub fn k8s(&self) -> Result<&KubernetesSpec, ScenarioError> {

@@ -101,7 +101,8 @@ pub enum Action {
     /// `rebuild = "generation"`: build a `[[generation]]` of the lab spec and switch its
     /// machine to it.
     Rebuild(Rebuild),
-    /// `rollback = "machine"`: switch the machine back to its previous system generation.
+    /// `rollback = "machine"`: switch the machine back to the system generation it ran before
+    /// this file's last `rebuild` of it.
     Rollback(Rollback),
     /// `expect = "..."`: a check that must hold right now (no polling).
     Expect(Expectation),

@@ -6,6 +6,7 @@ pub mod node_failure;
 pub mod pod_scheduling;
 pub mod rebuild_rollback;
 pub mod runner;
+pub mod switches;
 
 pub use ctx::{Ctx, ScenarioError};
 

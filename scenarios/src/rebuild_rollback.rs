@@ -1,7 +1,8 @@
 //! `rebuild-rollback`: switch a machine to a generation that breaks its kubelet, see the breakage
-//! through the cluster (node NotReady) and the unit (`failed`), roll back the way
-//! `nixos-rebuild switch --rollback` does, and check the previous generation is current and the
-//! node healthy again. Then a good generation (a new node label) applies and stays.
+//! through the cluster (node NotReady) and the unit (`failed`), roll back to the generation it
+//! ran before, and check that generation is current and the node healthy again. Then a good
+//! generation (a new node label) applies and stays, and the machine goes back to the generation
+//! the scenario found it on, label gone, so scenarios that follow see the lab as booted.
 //!
 //! The generations come from the lab spec's `[[generation]]` entries named `broken-kubelet` and
 //! `node-label`; both are built from the lab's flake by the harness's nix layer.
@@ -80,10 +81,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     );
 
     // The bad change: the kubelet cannot start.
-    let activation = profile
-        .switch_to(&nix, machine.as_ref(), &broken_path)
-        .await
-        .map_err(|e| ScenarioError::error("switching to the broken generation", e))?;
+    let activation = ctx
+        .switches
+        .switch_to(&profile, &nix, machine.as_ref(), &broken_path)
+        .await?;
     ctx.note(
         "switch broken",
         format!(
@@ -130,11 +131,8 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
         .artifacts
         .write_journal(&name, &format!("{unit}-broken-generation"), &evidence);
 
-    // Roll back, as `nixos-rebuild switch --rollback` does.
-    let activation = profile
-        .rollback(machine.as_ref())
-        .await
-        .map_err(|e| ScenarioError::error("rolling back", e))?;
+    // Roll back to the generation it ran before (by number: see crate::switches).
+    let activation = ctx.switches.roll_back(&profile, machine.as_ref()).await?;
     ctx.note(
         "rollback",
         format!("switch-to-configuration exited {}", activation.status),
@@ -164,10 +162,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     );
 
     // The good change applies and stays.
-    let activation = profile
-        .switch_to(&nix, machine.as_ref(), &good_path)
-        .await
-        .map_err(|e| ScenarioError::error("switching to the good generation", e))?;
+    let activation = ctx
+        .switches
+        .switch_to(&profile, &nix, machine.as_ref(), &good_path)
+        .await?;
     if !activation.succeeded() {
         return Err(ScenarioError::Failed {
             check: format!("switch to {GOOD}"),
@@ -204,5 +202,30 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
         Duration::from_secs(30),
     )
     .await?;
+
+    // Back where the scenario started: the next scenario must not find this one's generation.
+    ctx.return_to_start_generations().await?;
+    let unlabelled = |node: Option<&Node>| {
+        node.and_then(|n| n.metadata.labels.as_ref())
+            .is_some_and(|l| !l.contains_key(LABEL))
+    };
+    ctx.wait(
+        &nodes,
+        &name,
+        move |node: Option<&Node>| unlabelled(node) && node_ready(node),
+        &format!("{name} Ready without {LABEL} on the generation it started on"),
+        Duration::from_secs(240),
+    )
+    .await?;
+    let end = profile
+        .current(machine.as_ref())
+        .await
+        .map_err(|e| ScenarioError::error("reading the current generation", e))?;
+    if end.running != before.running {
+        return Err(ScenarioError::Failed {
+            check: format!("{name} runs the system it started with"),
+            reason: format!("expected {:?}, saw {:?}", before.running, end.running),
+        });
+    }
     Ok(())
 }

@@ -23,7 +23,9 @@
 //! * `rebuild`: builds the generation's flake attribute and switches its machine to it, as the
 //!   built-in rebuild-rollback does. A non-zero `switch-to-configuration` is recorded, not
 //!   failed: the generation may be meant to break a unit (follow with `wait`/`expect`).
-//!   `rollback`: the previous system generation, as `nixos-rebuild switch --rollback`.
+//!   `rollback`: back to the generation the machine ran before this file's last `rebuild` of it
+//!   (by number, not `nix-env --rollback`'s next-lower one; see crate::switches). When the file
+//!   ends, every machine it rebuilt goes back to the generation it started on.
 //! * `expect`: looked at once; failing says what was expected and what was seen.
 //! * `sleep`: lets time pass.
 //!
@@ -588,10 +590,15 @@ async fn rebuild_step(ctx: &Ctx<'_>, rebuild: &Rebuild) -> Result<String, Scenar
     .await
     .map_err(|e| ScenarioError::Error(format!("building generation {}: {e:#}", generation.name)))?;
     let nix = lab_nix(spec).map_err(|e| ScenarioError::error("finding nix", e))?;
-    let activation = SystemProfile::default()
-        .switch_to(&nix, machine(ctx, &generation.machine)?, &toplevel)
-        .await
-        .map_err(|e| ScenarioError::error(&format!("switching {} to it", generation.machine), e))?;
+    let activation = ctx
+        .switches
+        .switch_to(
+            &SystemProfile::default(),
+            &nix,
+            machine(ctx, &generation.machine)?,
+            &toplevel,
+        )
+        .await?;
     Ok(format!(
         "{} = {}; switch-to-configuration on {} exited {}{}",
         generation.name,
@@ -605,10 +612,7 @@ async fn rebuild_step(ctx: &Ctx<'_>, rebuild: &Rebuild) -> Result<String, Scenar
 async fn rollback_step(ctx: &Ctx<'_>, rollback: &Rollback) -> Result<String, ScenarioError> {
     let profile = SystemProfile::default();
     let guest = machine(ctx, &rollback.machine)?;
-    let activation = profile
-        .rollback(guest)
-        .await
-        .map_err(|e| ScenarioError::error(&format!("rolling {} back", rollback.machine), e))?;
+    let activation = ctx.switches.roll_back(&profile, guest).await?;
     let now = profile
         .current(guest)
         .await

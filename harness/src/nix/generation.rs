@@ -216,16 +216,40 @@ impl SystemProfile {
         let p = sh_quote(&self.profile);
         self.step(guest, &format!("nix-env --rollback -p {p}"))
             .await?;
-        let toplevel = self
-            .readlink(guest, &self.profile)
-            .await?
-            .unwrap_or_default();
-        self.activate(
+        self.activate_profile(guest).await
+    }
+
+    /// Makes generation `number` of the profile current and activates it
+    /// (`nix-env --switch-generation N`, then the profile's `switch-to-configuration switch`).
+    /// This is how to go back to a *particular* generation: [`SystemProfile::rollback`] goes to
+    /// the next-lower number, which is another one as soon as a run has switched back and forth.
+    ///
+    /// # Errors
+    /// [`GenerationError::Step`] when the profile has no such generation (nix-env's stderr).
+    pub async fn switch_generation<G: Guest>(
+        &self,
+        guest: &G,
+        number: u32,
+    ) -> Result<Activation, GenerationError> {
+        let p = sh_quote(&self.profile);
+        self.step(
             guest,
-            &format!("{p}/bin/switch-to-configuration switch"),
-            &toplevel,
+            &format!("nix-env -p {p} --switch-generation {number}"),
         )
-        .await
+        .await?;
+        self.activate_profile(guest).await
+    }
+
+    /// The number of the profile's current generation; `None` while it has none.
+    ///
+    /// # Errors
+    /// As [`SystemProfile::list_generations`].
+    pub async fn current_generation<G: Guest>(
+        &self,
+        guest: &G,
+    ) -> Result<Option<u32>, GenerationError> {
+        let generations = self.listed(guest).await?;
+        Ok(generations.iter().find(|g| g.current).map(|g| g.number))
     }
 
     /// What the profile points to and what is running.
@@ -241,21 +265,40 @@ impl SystemProfile {
         &self,
         guest: &G,
     ) -> Result<Vec<Generation>, GenerationError> {
-        let p = sh_quote(&self.profile);
-        let command = format!("nix-env -p {p} --list-generations");
-        let out = self.step(guest, &command).await?;
-        let mut generations =
-            parse_generations(&out).map_err(|message| GenerationError::Parse {
-                machine: guest.name().into(),
-                command: command.clone(),
-                output: out.clone(),
-                message,
-            })?;
+        let mut generations = self.listed(guest).await?;
         for g in &mut generations {
             let link = format!("{}-{}-link", self.profile, g.number);
             g.toplevel = self.readlink(guest, &link).await?;
         }
         Ok(generations)
+    }
+
+    /// Runs the profile's own `switch-to-configuration switch`.
+    async fn activate_profile<G: Guest>(&self, guest: &G) -> Result<Activation, GenerationError> {
+        let toplevel = self
+            .readlink(guest, &self.profile)
+            .await?
+            .unwrap_or_default();
+        let p = sh_quote(&self.profile);
+        self.activate(
+            guest,
+            &format!("{p}/bin/switch-to-configuration switch"),
+            &toplevel,
+        )
+        .await
+    }
+
+    /// `nix-env --list-generations`, parsed; the toplevels are not read.
+    async fn listed<G: Guest>(&self, guest: &G) -> Result<Vec<Generation>, GenerationError> {
+        let p = sh_quote(&self.profile);
+        let command = format!("nix-env -p {p} --list-generations");
+        let out = self.step(guest, &command).await?;
+        parse_generations(&out).map_err(|message| GenerationError::Parse {
+            machine: guest.name().into(),
+            command,
+            output: out.clone(),
+            message,
+        })
     }
 
     async fn readlink<G: Guest>(
