@@ -1,4 +1,5 @@
-//! From a lab dir to a booted lab: prepare + `nix build`, the accelerator verdict, the boot.
+//! From a lab dir to a booted lab: prepare + `nix build`, the accelerator verdict, the boot
+//! (or the restore from a snapshot).
 //! Shared by `labtest run` and `labtest up`, so both bring a lab up the same way.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -6,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use harness::events::{EventKind, Events, Phase};
 use harness::lab::{self, Lab, LabBuilder, LabSpec};
+use harness::snapshot::Snapshot;
 use harness::vm::accel::{self, AccelChoice};
+use harness::vm::Accel;
 
 /// How long a lab's build may take (a cold fixture lab builds a guest and Kubernetes).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -25,16 +28,21 @@ pub fn load_spec(lab_dir: &Path) -> Result<LabSpec> {
     Ok(LabSpec::load(lab_dir)?)
 }
 
-/// Builds and boots the lab; `work_dir` receives the build's out-links and logs, `evidence_dir`
-/// the machines' console logs when the lab goes away.
-pub async fn bring_up(
+/// A lab's machines, built, and the accelerator they run with.
+pub struct Built {
+    pub run_dir: PathBuf,
+    pub accel: Accel,
+}
+
+/// Builds the lab (prepare + `nix build`) and settles the accelerator; `work_dir` receives the
+/// build's out-links and logs.
+pub async fn build(
     lab_dir: &Path,
     spec: &LabSpec,
     work_dir: &Path,
-    evidence_dir: &Path,
     accel_choice: AccelChoice,
     events: &Events,
-) -> Result<Lab> {
+) -> Result<Built> {
     events.emit(EventKind::Phase {
         phase: Phase::Build,
     });
@@ -61,12 +69,28 @@ pub async fn bring_up(
             message: warning.clone(),
         });
     }
+    Ok(Built {
+        run_dir,
+        accel: verdict.accel,
+    })
+}
+
+/// Boots the built lab, or restores it from `snapshot`; `evidence_dir` receives the machines'
+/// console logs when the lab goes away.
+pub async fn boot(
+    spec: &LabSpec,
+    built: &Built,
+    evidence_dir: &Path,
+    snapshot: Option<Snapshot>,
+    events: &Events,
+) -> Result<Lab> {
     events.emit(EventKind::Phase { phase: Phase::Boot });
-    let lab = LabBuilder::new(spec.clone(), &run_dir)
-        .accel(verdict.accel)
+    let mut builder = LabBuilder::new(spec.clone(), &built.run_dir)
+        .accel(built.accel)
         .boot_timeout(BOOT_TIMEOUT)
-        .evidence_dir(evidence_dir)
-        .start(events)
-        .await?;
-    Ok(lab)
+        .evidence_dir(evidence_dir);
+    if let Some(snapshot) = snapshot {
+        builder = builder.restore_from(snapshot);
+    }
+    Ok(builder.start(events).await?)
 }

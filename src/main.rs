@@ -46,6 +46,8 @@ enum Command {
         /// How long building, booting and the readiness gate may take, in seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+        #[command(flatten)]
+        snapshot: run::SnapshotArgs,
     },
     /// Show the running lab's machines.
     Status,
@@ -80,7 +82,10 @@ enum Command {
     /// The scenarios available.
     List,
     #[command(name = "__serve", hide = true)]
-    Serve,
+    Serve {
+        #[command(flatten)]
+        snapshot: run::SnapshotArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,8 +124,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&cli.lab, cli.accel, args).await,
-        Command::Up { timeout } => up(&cli.lab, cli.accel, Duration::from_secs(timeout)).await,
-        Command::Serve => serve_in_background(&cli.lab, cli.accel).await,
+        Command::Up { timeout, snapshot } => {
+            up(&cli.lab, cli.accel, Duration::from_secs(timeout), snapshot).await
+        }
+        Command::Serve { snapshot } => serve_in_background(&cli.lab, cli.accel, snapshot).await,
         Command::Status => {
             let session = running(&cli.lab)?;
             let reply = call(&session, Request::Status, 30).await?;
@@ -261,7 +268,12 @@ async fn fault(lab_dir: &Path, machine: String, fault: Fault) -> Result<ExitCode
 
 /// `labtest up`: starts `labtest __serve` detached, follows its log until the lab is up (or the
 /// server dies, or the deadline passes), then says how to reach the lab.
-async fn up(lab_dir: &Path, accel: AccelChoice, timeout: Duration) -> Result<ExitCode> {
+async fn up(
+    lab_dir: &Path,
+    accel: AccelChoice,
+    timeout: Duration,
+    snapshot: run::SnapshotArgs,
+) -> Result<ExitCode> {
     bringup::load_spec(lab_dir)?;
     let session = Session::for_lab(lab_dir)?;
     if session.is_up() {
@@ -290,6 +302,8 @@ async fn up(lab_dir: &Path, accel: AccelChoice, timeout: Duration) -> Result<Exi
         .args(["--lab"])
         .arg(lab_dir)
         .args(["--accel", accel_arg, "__serve"])
+        .args(snapshot.fresh.then_some("--fresh"))
+        .args(snapshot.no_snapshot.then_some("--no-snapshot"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -345,7 +359,11 @@ fn print_reach(info: &Info) {
 }
 
 /// `labtest __serve`: the background half of `up`.
-async fn serve_in_background(lab_dir: &Path, accel: AccelChoice) -> Result<ExitCode> {
+async fn serve_in_background(
+    lab_dir: &Path,
+    accel: AccelChoice,
+    snapshot: run::SnapshotArgs,
+) -> Result<ExitCode> {
     let session = Session::for_lab(lab_dir)?;
     let Some(_lock) = session.lock()? else {
         bail!("another server already serves {}", lab_dir.display());
@@ -354,7 +372,11 @@ async fn serve_in_background(lab_dir: &Path, accel: AccelChoice) -> Result<ExitC
     let events = Events::new();
     let view = live::spawn(&events, live::Mode::Plain);
     let work = session.dir.join("work");
-    let booted = run::bring_up_ready(lab_dir, &spec, &work, &session.dir, accel, &events).await;
+    let booted = async {
+        let built = bringup::build(lab_dir, &spec, &work, accel, &events).await?;
+        run::ready_lab(lab_dir, &spec, &built, &session.dir, snapshot, &events).await
+    }
+    .await;
     let lab = match booted {
         Ok(ready) => Arc::new(ready.lab),
         Err(e) => {

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use harness::events::{EventKind, Events, Outcome, Phase};
-use harness::kube::{gate, join_nodes, KubeAccess, ReadinessGate};
+use harness::kube::{gate, join_nodes, GateBudgets, KubeAccess, ReadinessGate};
 use harness::lab::{Lab, LabSpec};
 use harness::report::{live, ArtifactsDir};
+use harness::snapshot::{SnapshotKey, SnapshotStore};
 use harness::vm::accel::AccelChoice;
 use harness::vm::Machine;
 use harness::wait::Wait;
@@ -43,7 +44,24 @@ pub struct RunArgs {
     /// After a failed run, keep the lab up for debugging until Ctrl-C or `labtest down`.
     #[arg(long)]
     keep: bool,
+    #[command(flatten)]
+    snapshot: SnapshotArgs,
 }
+
+/// How a run or `up` gets its Ready lab.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct SnapshotArgs {
+    /// Boot from scratch and replace the lab's Ready snapshot (by default a matching snapshot
+    /// is restored, and made first when there is none).
+    #[arg(long, conflicts_with = "no_snapshot")]
+    pub fresh: bool,
+    /// Boot once and run every scenario on that one boot; neither read nor write snapshots.
+    #[arg(long)]
+    pub no_snapshot: bool,
+}
+
+/// The snapshot every run and `up` restores: the lab right after the readiness gate passed.
+pub const READY_SNAPSHOT: &str = "ready";
 
 /// A booted lab, with a client when it runs Kubernetes.
 pub struct Ready {
@@ -55,18 +73,94 @@ pub struct Ready {
 const CONTROL_PLANE_FILES: Duration = Duration::from_secs(600);
 const JOIN_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Brings the lab up and, when it runs Kubernetes, joins its nodes and takes it through the
-/// readiness gate. `evidence` receives console logs, the admin kubeconfig (`kubeconfig`) and the
-/// gate's evidence when it fails.
-pub async fn bring_up_ready(
+/// A Ready lab for `labtest run` (each scenario) and `labtest up`: restored from the lab's
+/// Ready snapshot when one matches the lab's inputs, else booted, taken through the readiness
+/// gate and saved as that snapshot (unless `snapshots` is off). A missing, stale or broken
+/// snapshot costs one warning line and a fresh boot, never the run. `evidence` receives console
+/// logs, the admin kubeconfig (`kubeconfig`) and the gate's evidence when it fails.
+pub async fn ready_lab(
     lab_dir: &Path,
     spec: &LabSpec,
-    work: &Path,
+    built: &bringup::Built,
     evidence: &Path,
-    accel: AccelChoice,
+    snapshots: SnapshotArgs,
     events: &Events,
 ) -> Result<Ready> {
-    let lab = bringup::bring_up(lab_dir, spec, work, evidence, accel, events).await?;
+    if snapshots.no_snapshot {
+        let lab = bringup::boot(spec, built, evidence, None, events).await?;
+        return make_ready(lab, spec, evidence, Origin::Booted, events).await;
+    }
+    let store = SnapshotStore::new(bringup::cache_dir().join("snapshots"));
+    let spec_path = lab_dir.join("lab.toml");
+    let spec_text = std::fs::read_to_string(&spec_path)
+        .with_context(|| format!("reading {}", spec_path.display()))?;
+    let key = SnapshotKey::compute(
+        &spec_text,
+        &built.run_dir,
+        &spec.machine_names(),
+        built.accel.qemu_opts(),
+    )?;
+    if !snapshots.fresh {
+        match store.lookup(&spec.name, READY_SNAPSHOT, &key) {
+            Ok(snapshot) => {
+                let dir = snapshot.dir.clone();
+                let restored = async {
+                    let lab = bringup::boot(spec, built, evidence, Some(snapshot), events).await?;
+                    make_ready(lab, spec, evidence, Origin::Restored, events).await
+                };
+                match restored.await {
+                    Ok(ready) => return Ok(ready),
+                    Err(e) => {
+                        events.emit(EventKind::Warning {
+                            message: format!(
+                                "restoring snapshot {} failed ({e:#}); removing it, booting afresh and saving it again",
+                                dir.display()
+                            ),
+                        });
+                        store.remove(&spec.name, READY_SNAPSHOT)?;
+                    }
+                }
+            }
+            Err(e) => events.emit(EventKind::Warning {
+                message: format!("{e}; booting afresh and saving it"),
+            }),
+        }
+    }
+    let lab = bringup::boot(spec, built, evidence, None, events).await?;
+    let ready = make_ready(lab, spec, evidence, Origin::Booted, events).await?;
+    // The lab is Ready either way: a snapshot that cannot be saved costs the next run a boot,
+    // not this one its lab.
+    if let Err(e) = ready
+        .lab
+        .save_snapshot(&store, READY_SNAPSHOT, &key, events)
+        .await
+    {
+        events.emit(EventKind::Warning {
+            message: format!(
+                "the Ready snapshot could not be saved: {e}; the next run boots afresh"
+            ),
+        });
+    }
+    Ok(ready)
+}
+
+/// Where a lab handed to [`make_ready`] comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A fresh boot: nodes join, then the full readiness gate.
+    Booted,
+    /// A snapshot of a lab that passed the gate: nodes are joined, the gate re-checks in seconds.
+    Restored,
+}
+
+/// Joins the nodes (after a boot) and takes the lab through the readiness gate.
+async fn make_ready(
+    lab: Lab,
+    spec: &LabSpec,
+    evidence: &Path,
+    origin: Origin,
+    events: &Events,
+) -> Result<Ready> {
     let Some(k8s) = &spec.kubernetes else {
         return Ok(Ready { lab, kube: None });
     };
@@ -74,7 +168,8 @@ pub async fn bring_up_ready(
         phase: Phase::Readiness,
     });
     let master = lab.machine(&k8s.master)?;
-    if let (Some(token), Some(join)) = (&k8s.join_token_command, &k8s.join_command) {
+    let join = (&k8s.join_token_command, &k8s.join_command);
+    if let (Some(token), Some(join), Origin::Booted) = (join.0, join.1, origin) {
         let token_ready = Wait::new(
             format!("the join token on {}", k8s.master),
             CONTROL_PLANE_FILES,
@@ -104,7 +199,12 @@ pub async fn bring_up_ready(
         .filter(|m| m.roles.iter().any(|r| r == "node"))
         .map(|m| m.name.clone())
         .collect();
-    let gate = ReadinessGate::new(node_names, k8s.workload_image.clone());
+    let mut gate = ReadinessGate::new(node_names, k8s.workload_image.clone());
+    if origin == Origin::Restored {
+        gate.budgets = GateBudgets::restored();
+        // Bound is enough to prove the scheduler and a kubelet's watch came back.
+        gate.wait_running = false;
+    }
     let machines: Vec<&Machine> = lab.machines().iter().map(|m| m.as_ref()).collect();
     let units = [k8s.kubelet_unit.as_str()];
     let evidence_dir = evidence.join("readiness");
@@ -203,78 +303,68 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
     });
     let session = Session::for_lab(lab_dir)?;
     let work = report_dir.join("work");
-    let booted = bring_up_ready(lab_dir, &spec, &work, &report_dir, accel, &events).await;
-    let mut failed = false;
-    let (lab, kube) = match booted {
-        Ok(ready) => (Some(Arc::new(ready.lab)), ready.kube),
-        Err(e) => {
-            events.emit(EventKind::RunFinished {
-                aborted: Some(format!("the lab could not be brought up: {e:#}")),
-            });
-            (None, None)
-        }
-    };
-    if let Some(lab) = &lab {
-        events.emit(EventKind::Phase {
-            phase: Phase::Scenario,
-        });
-        for name in &names {
-            events.emit(EventKind::ScenarioStarted {
-                scenario: name.clone(),
-                attempt: 1,
-            });
-            let start = Instant::now();
-            let result = match &kube {
-                Some(access) => {
-                    let ctx = Ctx {
-                        lab,
-                        lab_dir,
-                        client: access.client().clone(),
-                        events: &events,
-                        artifacts: &artifacts,
-                        work_dir: work.clone(),
-                        scope: name.clone(),
-                        switches: Default::default(),
-                    };
-                    // File names never shadow built-ins (refused at load).
-                    let result = match files.iter().find(|f| f.name == *name) {
-                        Some(file) => scenarios::runner::run_file(file, &ctx).await,
-                        None => scenarios::run(name, &ctx).await,
-                    };
-                    // Also after a failure: the next scenario must start on the booted systems.
-                    let returned = ctx.return_to_start_generations().await;
-                    result.and(returned)
+    let mut aborted = None;
+    match bringup::build(lab_dir, &spec, &work, accel, &events).await {
+        Err(e) => aborted = Some(format!("the lab could not be built: {e:#}")),
+        Ok(built) => {
+            // Without snapshots every scenario shares one boot; with them each gets a pristine
+            // Ready lab of its own, so no scenario's faults leak into the next.
+            let mut shared: Option<(Arc<Lab>, Option<KubeAccess>)> = None;
+            for (i, name) in names.iter().enumerate() {
+                let (lab, kube) = match &shared {
+                    Some((lab, kube)) => (lab.clone(), kube.clone()),
+                    None => {
+                        let snapshots = SnapshotArgs {
+                            fresh: args.snapshot.fresh && i == 0,
+                            ..args.snapshot
+                        };
+                        let evidence = if snapshots.no_snapshot {
+                            report_dir.clone()
+                        } else {
+                            report_dir.join("labs").join(name)
+                        };
+                        match ready_lab(lab_dir, &spec, &built, &evidence, snapshots, &events).await
+                        {
+                            Ok(ready) => {
+                                let got = (Arc::new(ready.lab), ready.kube);
+                                if snapshots.no_snapshot {
+                                    shared = Some(got.clone());
+                                }
+                                got
+                            }
+                            Err(e) => {
+                                aborted = Some(format!("the lab could not be brought up: {e:#}"));
+                                break;
+                            }
+                        }
+                    }
+                };
+                events.emit(EventKind::Phase {
+                    phase: Phase::Scenario,
+                });
+                let passed = run_scenario(
+                    name,
+                    &lab,
+                    kube.as_ref(),
+                    lab_dir,
+                    &files,
+                    &events,
+                    &artifacts,
+                    &work,
+                )
+                .await;
+                if !passed && args.keep {
+                    keep_serving(lab.clone(), lab_dir, &spec, &session).await?;
                 }
-                None => Err(ScenarioError::Error(format!(
-                    "scenario {name} needs Kubernetes, and lab {} has no [kubernetes] in its lab.toml",
-                    spec.name
-                ))),
-            };
-            let (outcome, message) = match result {
-                Ok(()) => (Outcome::Passed, None),
-                Err(e) => {
-                    failed = true;
-                    capture_failure(lab, kube.as_ref(), &artifacts, name).await;
-                    (e.outcome(), Some(e.to_string()))
-                }
-            };
-            events.emit(EventKind::ScenarioFinished {
-                scenario: name.clone(),
-                attempt: 1,
-                outcome,
-                took: start.elapsed(),
-                message,
-            });
+            }
         }
-        if failed && args.keep {
-            keep_serving(lab.clone(), lab_dir, &spec, &session).await?;
-        }
+    }
+    if aborted.is_none() {
         events.emit(EventKind::Phase {
             phase: Phase::Teardown,
         });
-        events.emit(EventKind::RunFinished { aborted: None });
     }
-    drop(lab);
+    events.emit(EventKind::RunFinished { aborted });
     let _ = view.join();
     let summary = artifacts.write_reports(&recorder.events())?;
     if let Some(path) = &args.junit {
@@ -285,6 +375,67 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
     }
     print!("{}", summary.render_text());
     Ok(ExitCode::from(summary.result.exit_code() as u8))
+}
+
+/// Runs one scenario (built-in or file) on a Ready lab, reported as one attempt; `false` when
+/// it did not pass. Afterwards every machine it rebuilt is back on its start generation.
+#[allow(clippy::too_many_arguments)]
+async fn run_scenario(
+    name: &str,
+    lab: &Lab,
+    kube: Option<&KubeAccess>,
+    lab_dir: &Path,
+    files: &[ScenarioFile],
+    events: &Events,
+    artifacts: &ArtifactsDir,
+    work: &Path,
+) -> bool {
+    events.emit(EventKind::ScenarioStarted {
+        scenario: name.to_string(),
+        attempt: 1,
+    });
+    let start = Instant::now();
+    let result = match kube {
+        Some(access) => {
+            let ctx = Ctx {
+                lab,
+                lab_dir,
+                client: access.client().clone(),
+                events,
+                artifacts,
+                work_dir: work.to_path_buf(),
+                scope: name.to_string(),
+                switches: Default::default(),
+            };
+            // File names never shadow built-ins (refused at load).
+            let result = match files.iter().find(|f| f.name == name) {
+                Some(file) => scenarios::runner::run_file(file, &ctx).await,
+                None => scenarios::run(name, &ctx).await,
+            };
+            // Also after a failure: the next scenario must start on the booted systems.
+            let returned = ctx.return_to_start_generations().await;
+            result.and(returned)
+        }
+        None => Err(ScenarioError::Error(format!(
+            "scenario {name} needs Kubernetes, and lab {} has no [kubernetes] in its lab.toml",
+            lab.spec().name
+        ))),
+    };
+    let (outcome, message) = match result {
+        Ok(()) => (Outcome::Passed, None),
+        Err(e) => {
+            capture_failure(lab, kube, artifacts, name).await;
+            (e.outcome(), Some(e.to_string()))
+        }
+    };
+    events.emit(EventKind::ScenarioFinished {
+        scenario: name.to_string(),
+        attempt: 1,
+        outcome,
+        took: start.elapsed(),
+        message,
+    });
+    outcome == Outcome::Passed
 }
 
 /// `--keep` after a failure: this process becomes the lab's server so `labtest exec`,

@@ -71,10 +71,21 @@ fn all_scenarios_pass_on_the_fixture_lab() {
         );
     }
     assert!(!xml.contains("<failure"), "JUnit reports a failure:\n{xml}");
+    // Whether the first scenario restored depends on the cache; every later one must have.
+    let restored = xml
+        .matches("name=\"restored-from-snapshot\" value=\"ready\"")
+        .count();
+    // The built-ins and the two files, less the first scenario.
+    let later_scenarios = builtins().count() + 1;
+    assert!(
+        restored >= later_scenarios,
+        "expected every scenario after the first on a lab restored from the Ready snapshot, saw {restored}:\n{xml}"
+    );
+    // Each scenario ran on a lab of its own (booted, or restored from the Ready snapshot).
     for machine in ["grey-area", "congenital-optimist", "limiting-factor"] {
         let console = report
             .path()
-            .join("machines")
+            .join("labs/pod-scheduling/machines")
             .join(machine)
             .join("console.log");
         assert!(

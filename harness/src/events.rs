@@ -139,6 +139,21 @@ pub enum EventKind {
     Artifact { path: PathBuf, what: String },
     /// Something the user must not miss, e.g. "KVM unusable, using TCG: ~10x slower".
     Warning { message: String },
+    /// The whole lab was saved as snapshot `snapshot`: every machine paused, saved, continued.
+    SnapshotSaved {
+        snapshot: String,
+        #[serde(with = "secs")]
+        took: Duration,
+        bytes: u64,
+    },
+    /// A lab was brought back from snapshot `snapshot` instead of booting; `took` counts from
+    /// the first QEMU start to every guest channel answering. The scenario that starts next
+    /// runs on it.
+    SnapshotRestored {
+        snapshot: String,
+        #[serde(with = "secs")]
+        took: Duration,
+    },
 }
 
 /// The phases of a run, in the order they normally come.

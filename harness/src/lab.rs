@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::events::{EventKind, Events};
 use crate::net::{Hub, HubError};
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotStore};
 use crate::vm::{Accel, Machine, MachineBuilder, VmError};
 
 /// `lab.toml`: what the harness must know about a lab that its run scripts do not say.
@@ -102,6 +103,8 @@ pub enum LabError {
     Vm(Box<VmError>),
     #[error(transparent)]
     Hub(#[from] HubError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("lab state dir: {0}")]
     StateDir(std::io::Error),
     #[error("lab {lab}: prepare step `{command}` failed ({status}); log {log}:\n{tail}")]
@@ -313,6 +316,7 @@ pub struct LabBuilder {
     boot_timeout: Duration,
     kernel_params: Vec<(String, String)>,
     evidence_dir: Option<PathBuf>,
+    snapshot: Option<Snapshot>,
 }
 
 impl LabBuilder {
@@ -326,7 +330,15 @@ impl LabBuilder {
             boot_timeout: Duration::from_secs(180),
             kernel_params: Vec::new(),
             evidence_dir: None,
+            snapshot: None,
         }
+    }
+
+    /// Starts every machine from `snapshot` instead of booting: all load paused, then continue
+    /// together. The run scripts must be the ones the snapshot was made with (its key says so).
+    pub fn restore_from(mut self, snapshot: Snapshot) -> Self {
+        self.snapshot = Some(snapshot);
+        self
     }
 
     pub fn accel(mut self, accel: Accel) -> Self {
@@ -410,6 +422,9 @@ impl LabBuilder {
             if !params.is_empty() {
                 builder = builder.kernel_params(params.join(" "));
             }
+            if let Some(snapshot) = &self.snapshot {
+                builder = builder.restore_from(snapshot.machine(&spec.name));
+            }
             machines.push(Arc::new(Machine::new(builder.config(), events.clone())?));
         }
         let lab = Lab {
@@ -421,12 +436,30 @@ impl LabBuilder {
             evidence_dir: self.evidence_dir,
             events: events.clone(),
         };
-        let boots = lab.machines.iter().map(|m| {
-            let m = m.clone();
-            async move { m.start().await }
-        });
-        for result in futures::future::join_all(boots).await {
-            result?;
+        match &self.snapshot {
+            None => {
+                let boots = lab.machines.iter().map(|m| m.start());
+                for result in futures::future::join_all(boots).await {
+                    result?;
+                }
+            }
+            Some(snapshot) => {
+                // Loaded paused, then continued within milliseconds of each other: the guests'
+                // clocks keep their mutual offsets, so no lease looks expired.
+                let loads = lab.machines.iter().map(|m| m.start_paused_from_state());
+                for result in futures::future::join_all(loads).await {
+                    result?;
+                }
+                let deadline = Instant::now() + self.boot_timeout;
+                let resumes = lab.machines.iter().map(|m| m.resume(deadline));
+                for result in futures::future::join_all(resumes).await {
+                    result?;
+                }
+                events.emit(EventKind::SnapshotRestored {
+                    snapshot: snapshot.meta.name.clone(),
+                    took: started.elapsed(),
+                });
+            }
         }
         tracing::info!(
             "lab {} up in {:.1}s",
@@ -527,7 +560,75 @@ impl Lab {
     pub fn partitions(&self) -> Vec<(String, String)> {
         self.hub.partitions()
     }
+
+    /// Saves the whole lab as snapshot `name` in `store`: every machine paused together, each
+    /// one's state and disk saved, then all continued together, so the lab goes on as it was.
+    ///
+    /// # Errors
+    /// [`LabError::Vm`] for the machine that could not be saved (a mounted 9p share, a failed
+    /// migration), [`LabError::Snapshot`] for the store; nothing half-written stays usable.
+    pub async fn save_snapshot(
+        &self,
+        store: &SnapshotStore,
+        name: &str,
+        key: &SnapshotKey,
+        events: &Events,
+    ) -> Result<Snapshot, LabError> {
+        let started = Instant::now();
+        let part = store.begin(&self.spec.name, name)?;
+        let pauses = self.machines.iter().map(|m| m.pause());
+        let paused = futures::future::join_all(pauses).await;
+        let saved = match paused.into_iter().collect::<Result<Vec<()>, VmError>>() {
+            Ok(_) => {
+                let saves = self.machines.iter().map(|m| {
+                    let into = crate::vm::state::SavedState::in_dir(&part, m.name());
+                    async move { m.save_state(&into, SAVE_TIMEOUT).await }
+                });
+                futures::future::join_all(saves)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, VmError>>()
+            }
+            Err(e) => Err(e),
+        };
+        let unpauses = self.machines.iter().map(|m| m.unpause());
+        let unpaused = futures::future::join_all(unpauses).await;
+        if let Err(e) = saved {
+            let _ = std::fs::remove_dir_all(&part);
+            return Err(e.into());
+        }
+        unpaused.into_iter().collect::<Result<Vec<()>, VmError>>()?;
+        let bytes = self
+            .machines
+            .iter()
+            .map(|m| {
+                let saved = crate::vm::state::SavedState::in_dir(&part, m.name());
+                crate::vm::state::file_size(&saved.state) + crate::vm::state::file_size(&saved.disk)
+            })
+            .sum();
+        let meta = SnapshotMeta {
+            format: crate::snapshot::FORMAT.into(),
+            lab: self.spec.name.clone(),
+            name: name.to_string(),
+            key: key.hash.clone(),
+            inputs: key.inputs.clone(),
+            machines: self.spec.machine_names(),
+            created: crate::snapshot::now_secs(),
+            save_secs: started.elapsed().as_secs_f64(),
+            bytes,
+        };
+        let snapshot = store.commit(&part, &meta)?;
+        events.emit(EventKind::SnapshotSaved {
+            snapshot: name.to_string(),
+            took: started.elapsed(),
+            bytes,
+        });
+        Ok(snapshot)
+    }
 }
+
+/// How long one machine's state may take to write (measured: 0.36 s for 137 MiB).
+const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Drop for Lab {
     fn drop(&mut self) {

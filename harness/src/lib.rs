@@ -6,7 +6,9 @@
 //! * [`net`] - the lab's private L2 hub (partitions per pair) and host port picks.
 //! * [`nix`] - `nix build` with progress, out-links, new system generations.
 //! * [`kube`] - a client from the lab's kubeconfig, node joins, the readiness gate, object waits.
-//! * [`lab`] - a lab spec plus its machines and network, booted and torn down together.
+//! * [`snapshot`] - whole-lab snapshots in the cache: keyed, written atomically, listed, removed.
+//! * [`lab`] - a lab spec plus its machines and network, booted (or restored from a snapshot)
+//!   and torn down together.
 //! * [`report`] - the live view, summary, JUnit, JSON and the artifacts folder, all fed by events.
 pub mod events;
 pub mod kube;
@@ -14,5 +16,6 @@ pub mod lab;
 pub mod net;
 pub mod nix;
 pub mod report;
+pub mod snapshot;
 pub mod vm;
 pub mod wait;

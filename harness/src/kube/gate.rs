@@ -112,6 +112,19 @@ impl GateBudgets {
         }
     }
 
+    /// A lab restored from a snapshot of a lab that passed the gate: the re-check only confirms
+    /// the cluster came back, so each check gets seconds, not minutes.
+    pub fn restored() -> Self {
+        Self {
+            apiserver: Budget::secs(30, 250),
+            nodes_registered: Budget::secs(15, 250),
+            nodes_ready: Budget::secs(30, 250),
+            system_pods: Budget::secs(30, 250),
+            default_service_account: Budget::secs(15, 250),
+            schedulable: Budget::secs(30, 250),
+        }
+    }
+
     /// Every timeout multiplied by `factor` (intervals unchanged), e.g. for a slower machine.
     pub fn scaled(mut self, factor: f64) -> Self {
         for budget in [

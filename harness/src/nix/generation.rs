@@ -443,10 +443,7 @@ pub fn parse_generations(output: &str) -> Result<Vec<Generation>, String> {
     Ok(generations)
 }
 
-/// Single-quotes `s` for sh.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use crate::vm::channel::sh_quote;
 
 #[cfg(test)]
 mod tests {

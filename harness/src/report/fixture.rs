@@ -179,9 +179,24 @@ impl Run {
 pub fn mixed_run() -> Vec<Event> {
     let mut run = Run::new(".");
     run.lab_up();
+    run.at(
+        60_000,
+        EventKind::SnapshotSaved {
+            snapshot: "ready".into(),
+            took: Duration::from_millis(2_400),
+            bytes: 2_400 << 20,
+        },
+    );
     run.scenario(60_000, "pod-scheduling", 1)
         .check_passes(60_500, "pod-scheduling", "pods Running on 2 nodes", 8_000)
         .finished(72_300, "pod-scheduling", 1, Outcome::Passed, 12_300, None);
+    run.at(
+        72_300,
+        EventKind::SnapshotRestored {
+            snapshot: "ready".into(),
+            took: Duration::from_millis(3_100),
+        },
+    );
     run.scenario(72_300, "node-failure", 1)
         .at(
             73_000,
@@ -384,6 +399,21 @@ pub fn every_kind() -> Vec<Event> {
             6_000,
             EventKind::Warning {
                 message: "KVM unusable, using TCG: ~10x slower".into(),
+            },
+        )
+        .at(
+            6_500,
+            EventKind::SnapshotSaved {
+                snapshot: "ready".into(),
+                took: Duration::from_millis(2_400),
+                bytes: 2_400 << 20,
+            },
+        )
+        .at(
+            6_600,
+            EventKind::SnapshotRestored {
+                snapshot: "ready".into(),
+                took: Duration::from_millis(3_100),
             },
         )
         .at(

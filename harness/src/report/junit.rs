@@ -98,6 +98,13 @@ fn report(summary: &Summary) -> Report {
         let mut case = TestCase::new(scenario.name.as_str(), status);
         case.set_classname(CLASSNAME);
         case.set_time(last.took);
+        if let Some(restored) = &last.restored {
+            case.add_property(("restored-from-snapshot", restored.snapshot.as_str()));
+            case.add_property((
+                "restore-seconds",
+                format!("{:.3}", restored.took.as_secs_f64()).as_str(),
+            ));
+        }
         if last.outcome != Some(Outcome::Passed) {
             let (out, err) = failing_output(last);
             if !out.is_empty() {

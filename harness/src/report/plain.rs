@@ -122,6 +122,21 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
         EventKind::StepOutput { .. } => return None,
         EventKind::Artifact { path, what } => format!("artifact: {} ({what})", path.display()),
         EventKind::Warning { message } => format!("WARNING: {message}"),
+        EventKind::SnapshotSaved {
+            snapshot,
+            took,
+            bytes,
+        } => format!(
+            "snapshot {snapshot} saved in {} ({:.0} MiB)",
+            fmt_duration(*took),
+            *bytes as f64 / (1024.0 * 1024.0)
+        ),
+        EventKind::SnapshotRestored { snapshot, took } => {
+            format!(
+                "lab restored from snapshot {snapshot} in {}",
+                fmt_duration(*took)
+            )
+        }
     };
     Some(format!("[{:>7}] {body}", fmt_duration(event.elapsed)))
 }

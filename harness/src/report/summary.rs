@@ -29,6 +29,8 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// The artifacts folder, when one was created.
     pub artifacts: Option<PathBuf>,
+    /// Whole-lab snapshots this run saved.
+    pub snapshot_saves: Vec<SnapshotSave>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,6 +139,25 @@ pub struct Attempt {
     pub failed_checks: Vec<FailedCheck>,
     #[serde(skip)]
     pub output: Vec<StepOutput>,
+    /// The lab this attempt ran on came from a snapshot (not a boot of its own).
+    pub restored: Option<Restored>,
+}
+
+/// A lab brought back from a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Restored {
+    pub snapshot: String,
+    #[serde(with = "secs")]
+    pub took: Duration,
+}
+
+/// A whole-lab snapshot the run saved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnapshotSave {
+    pub snapshot: String,
+    #[serde(with = "secs")]
+    pub took: Duration,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -191,6 +212,15 @@ impl Summary {
         if !self.machines.is_empty() {
             let machines: Vec<String> = self.machines.iter().map(machine_line).collect();
             let _ = writeln!(out, "  {}", machines.join(", "));
+        }
+        for save in &self.snapshot_saves {
+            let _ = writeln!(
+                out,
+                "  snapshot {} saved in {} ({:.0} MiB)",
+                save.snapshot,
+                fmt_duration(save.took),
+                save.bytes as f64 / (1024.0 * 1024.0)
+            );
         }
         for warning in &self.warnings {
             let _ = writeln!(out, "  WARNING: {warning}");
@@ -320,6 +350,14 @@ fn scenario_row(s: &ScenarioSummary) -> [String; 4] {
     } else {
         fmt_duration(s.duration)
     };
+    if let Some(restored) = s.attempts.last().and_then(|a| a.restored.as_ref()) {
+        let _ = write!(
+            result,
+            " (restored {} in {})",
+            restored.snapshot,
+            fmt_duration(restored.took)
+        );
+    }
     let failure = match s.first_failure() {
         Some(f) => {
             let mut line = failure_line(f);
@@ -376,6 +414,8 @@ struct Fold {
     open: BTreeMap<String, (usize, Duration)>,
     warnings: Vec<String>,
     artifacts: Option<PathBuf>,
+    snapshot_saves: Vec<SnapshotSave>,
+    restored: Option<Restored>,
 }
 
 impl Fold {
@@ -447,6 +487,7 @@ impl Fold {
                     message: None,
                     failed_checks: Vec::new(),
                     output: Vec::new(),
+                    restored: self.restored.take(),
                 });
                 self.open.insert(scenario.clone(), (index, at));
             }
@@ -484,6 +525,22 @@ impl Fold {
                 }
             }
             EventKind::Warning { message } => self.warnings.push(message.clone()),
+            EventKind::SnapshotSaved {
+                snapshot,
+                took,
+                bytes,
+            } => self.snapshot_saves.push(SnapshotSave {
+                snapshot: snapshot.clone(),
+                took: *took,
+                bytes: *bytes,
+            }),
+            // A lab is restored for the scenario that starts next.
+            EventKind::SnapshotRestored { snapshot, took } => {
+                self.restored = Some(Restored {
+                    snapshot: snapshot.clone(),
+                    took: *took,
+                });
+            }
         }
     }
 
@@ -570,6 +627,7 @@ impl Fold {
             scenarios,
             warnings: self.warnings,
             artifacts: self.artifacts,
+            snapshot_saves: self.snapshot_saves,
         }
     }
 }

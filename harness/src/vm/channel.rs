@@ -93,6 +93,12 @@ pub fn ansi_c_quote(command: &str) -> String {
     out
 }
 
+/// Single-quotes `s` for a POSIX sh (QEMU's `exec:` migration runs `/bin/sh -c`, where bash's
+/// `$'...'` does not exist).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 fn request_line(command: &str, marker: &str) -> String {
     format!(
         "( eval {} ) </dev/null 2>\"${{LABTEST_RUN:-/run/labtest}}/err.$$\"; __lt_rc=$?; __lt_err=; \

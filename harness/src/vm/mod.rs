@@ -13,6 +13,7 @@ pub mod accel;
 pub mod channel;
 pub mod qmp;
 pub mod spawn;
+pub mod state;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -33,6 +34,8 @@ use qmp::{Qmp, QmpError};
 /// The netdev id of the lab NIC in every run script (`-netdev stream,id=lab,...`).
 pub const LAB_NETDEV: &str = "lab";
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes per command when copying into a guest: ~43 KB of base64 on one command line.
+pub const COPY_CHUNK: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -102,6 +105,8 @@ pub struct MachineConfig {
     pub forwards: Vec<(u16, u16)>,
     pub kernel_params: Option<String>,
     pub boot_timeout: Duration,
+    /// Start the first time from a saved state instead of booting (see [`state`]).
+    pub restore: Option<state::SavedState>,
 }
 
 /// Builder for a [`Machine`].
@@ -138,6 +143,7 @@ impl MachineBuilder {
                 forwards: Vec::new(),
                 kernel_params: None,
                 boot_timeout: Duration::from_secs(120),
+                restore: None,
             },
         }
     }
@@ -161,6 +167,13 @@ impl MachineBuilder {
 
     pub fn kernel_params(mut self, params: impl Into<String>) -> Self {
         self.config.kernel_params = Some(params.into());
+        self
+    }
+
+    /// Starts the machine the first time from `saved` (RAM, devices, disk) instead of booting;
+    /// later starts (after a crash) boot from the disk as it is then.
+    pub fn restore_from(mut self, saved: state::SavedState) -> Self {
+        self.config.restore = Some(saved);
         self
     }
 
@@ -196,6 +209,9 @@ pub struct Machine {
     conn: Mutex<Option<Connections>>,
     boot_id: std::sync::Mutex<Option<String>>,
     starts: std::sync::atomic::AtomicU32,
+    /// The disk image QEMU writes to (NIX_DISK_IMAGE): a save moves the machine onto a new
+    /// overlay above the frozen one.
+    disk: std::sync::Mutex<PathBuf>,
 }
 
 /// What [`Machine::start`] and [`Machine::reboot`] observed.
@@ -238,6 +254,7 @@ impl Machine {
                 forward.0 = free_port().map_err(|e| io("picking a free port", e))?;
             }
         }
+        let disk = config.state_dir.join(format!("{}.qcow2", config.name));
         Ok(Self {
             config,
             events,
@@ -245,6 +262,7 @@ impl Machine {
             conn: Mutex::new(None),
             boot_id: std::sync::Mutex::new(None),
             starts: std::sync::atomic::AtomicU32::new(0),
+            disk: std::sync::Mutex::new(disk),
         })
     }
 
@@ -300,12 +318,43 @@ impl Machine {
         args
     }
 
-    /// Starts QEMU (again, after a crash or shutdown) and waits for the guest channel.
+    /// Starts QEMU (again, after a crash or shutdown) and waits for the guest channel. A machine
+    /// built with [`MachineBuilder::restore_from`] comes back from its saved state the first
+    /// time ([`Machine::start_paused_from_state`] + [`Machine::resume`]).
     pub async fn start(&self) -> Result<BootInfo, VmError> {
+        if self.config.restore.is_some()
+            && self.starts.load(std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            let started = Instant::now();
+            self.start_paused_from_state().await?;
+            let boot_id = self.resume(started + self.config.boot_timeout).await?;
+            return Ok(BootInfo {
+                boot_id,
+                took: started.elapsed(),
+            });
+        }
+        let started = Instant::now();
+        self.spawn(&[])?;
+        let deadline = started + self.config.boot_timeout;
+        let conn = self.connect(deadline, "while booting").await?;
+        *self.conn.lock().await = Some(conn);
+        let boot_id = self.handshake(deadline).await?;
+        let info = BootInfo {
+            boot_id,
+            took: started.elapsed(),
+        };
+        self.events.emit(EventKind::MachineUp {
+            machine: self.config.name.clone(),
+            boot_time: info.took,
+        });
+        Ok(info)
+    }
+
+    /// Runs the run script with the harness's environment and `extra` QEMU arguments.
+    fn spawn(&self, extra: &[String]) -> Result<(), VmError> {
         if self.is_running() {
             return Err(self.state_error("is already running"));
         }
-        let started = Instant::now();
         let n = self
             .starts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -326,12 +375,7 @@ impl Machine {
             .collect();
         command
             .current_dir(&self.config.state_dir)
-            .env(
-                "NIX_DISK_IMAGE",
-                self.config
-                    .state_dir
-                    .join(format!("{}.qcow2", self.config.name)),
-            )
+            .env("NIX_DISK_IMAGE", self.disk())
             .env("TMPDIR", self.config.state_dir.join("tmp"))
             .env("USE_TMPDIR", "1")
             .env("SHARED_DIR", self.config.state_dir.join("shared"))
@@ -342,6 +386,7 @@ impl Machine {
                 self.config.kernel_params.clone().unwrap_or_default(),
             )
             .args(self.qemu_args())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(console.try_clone().map_err(|e| self.io("console log", e))?)
             .stderr(console);
@@ -358,20 +403,15 @@ impl Machine {
             .child
             .lock()
             .map_err(|_| self.state_error("child lock poisoned"))? = Some(child);
+        Ok(())
+    }
 
-        let deadline = started + self.config.boot_timeout;
-        let conn = self.connect(deadline, "while booting").await?;
-        *self.conn.lock().await = Some(conn);
-        let boot_id = self.handshake(deadline).await?;
-        let info = BootInfo {
-            boot_id,
-            took: started.elapsed(),
-        };
-        self.events.emit(EventKind::MachineUp {
-            machine: self.config.name.clone(),
-            boot_time: info.took,
-        });
-        Ok(info)
+    /// The disk image QEMU runs on now.
+    pub fn disk(&self) -> PathBuf {
+        self.disk
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     fn open_console(&self, start_number: u32) -> Result<File, VmError> {
@@ -511,42 +551,57 @@ impl Machine {
         Ok(out.stdout_str())
     }
 
-    /// Writes `data` to `guest_path` through the shared dir (9p `shared`, /tmp/shared in the guest).
+    /// Writes `data` to `guest_path` over the guest channel, replacing it atomically. No shared
+    /// directory: a lab that can be snapshotted mounts no 9p share, and NixOS lab VMs have none.
+    /// The data travels base64-encoded in chunks of [`COPY_CHUNK`] bytes, one command each.
+    ///
+    /// # Errors
+    /// [`VmError::CommandFailed`] naming the step; a timeout when `timeout` passes.
     pub async fn copy_in(
         &self,
         data: &[u8],
         guest_path: &str,
         timeout: Duration,
     ) -> Result<(), VmError> {
-        let name = format!("in-{}", unique_suffix());
-        let host = self.config.state_dir.join("shared").join(&name);
-        std::fs::write(&host, data).map_err(|e| self.io("writing into the shared dir", e))?;
+        use base64::Engine;
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
         let target = channel::ansi_c_quote(guest_path);
-        let result = self
-            .succeed_within(
-                &format!("mkdir -p \"$(dirname {target})\" && cp /tmp/shared/{name} {target}"),
-                timeout,
-            )
-            .await;
-        let _ = std::fs::remove_file(&host);
-        result.map(|_| ())
-    }
-
-    /// Reads `guest_path` through the shared dir.
-    pub async fn copy_out(&self, guest_path: &str, timeout: Duration) -> Result<Vec<u8>, VmError> {
-        let name = format!("out-{}", unique_suffix());
-        let host = self.config.state_dir.join("shared").join(&name);
+        let part = channel::ansi_c_quote(&format!("{guest_path}.labtest-in-{}", unique_suffix()));
         self.succeed_within(
-            &format!(
-                "cp {} /tmp/shared/{name}",
-                channel::ansi_c_quote(guest_path)
-            ),
-            timeout,
+            &format!("mkdir -p \"$(dirname {target})\" && : >{part}.b64"),
+            left(),
         )
         .await?;
-        let data = std::fs::read(&host).map_err(|e| self.io("reading from the shared dir", e))?;
-        let _ = std::fs::remove_file(&host);
-        Ok(data)
+        for chunk in data.chunks(COPY_CHUNK) {
+            let text = base64::engine::general_purpose::STANDARD.encode(chunk);
+            self.succeed_within(&format!("printf %s {text} >>{part}.b64"), left())
+                .await?;
+        }
+        self.succeed_within(
+            &format!("base64 -d {part}.b64 >{part} && rm -f {part}.b64 && mv -f {part} {target}"),
+            left(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Reads `guest_path` over the guest channel (base64, so any bytes survive).
+    ///
+    /// # Errors
+    /// [`VmError::CommandFailed`] when the file cannot be read; [`VmError::State`] when what came
+    /// back is not base64.
+    pub async fn copy_out(&self, guest_path: &str, timeout: Duration) -> Result<Vec<u8>, VmError> {
+        use base64::Engine;
+        let text = self
+            .succeed_within(
+                &format!("base64 -w0 {}", channel::ansi_c_quote(guest_path)),
+                timeout,
+            )
+            .await?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| self.state_error(&format!("copying {guest_path} out: bad base64: {e}")))
     }
 
     /// Waits until `command` exits 0 in the guest; returns its stdout.

@@ -1,0 +1,465 @@
+//! Whole-lab snapshots: every machine of a lab paused together, each saved
+//! ([`crate::vm::state`]), kept in the cache under a key of everything that decides their
+//! content, and restored as new labs - as many at once as wanted, each with its own disks, hub
+//! and ports.
+//!
+//! A snapshot is a directory `<cache>/snapshots/<lab>/<name>/` holding `<machine>.state`,
+//! `<machine>.qcow2` and `snapshot.json` ([`SnapshotMeta`]). It is written under a temporary
+//! name and renamed into place last, so a save killed half-way leaves only a `.part-*` directory
+//! that no lookup ever takes (and the next save of the lab removes).
+//!
+//! # Usage
+//! ```no_run
+//! # async fn demo(lab: &harness::lab::Lab, spec_text: &str, run_dir: &std::path::Path)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use harness::events::Events;
+//! use harness::snapshot::{SnapshotKey, SnapshotStore};
+//! let store = SnapshotStore::new("/var/cache/labtest/snapshots");
+//! let key = SnapshotKey::compute(spec_text, run_dir, &lab.spec().machine_names(), "-accel tcg")?;
+//! lab.save_snapshot(&store, "ready", &key, &Events::discard()).await?;
+//! let snapshot = store.lookup(&lab.spec().name, "ready", &key)?;
+//! # Ok(()) }
+//! ```
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::vm::state::{file_size, SavedState};
+
+/// Bumped whenever what a snapshot holds or how it is restored changes: older ones are then
+/// never restored.
+pub const FORMAT: &str = "labtest-snapshot-1";
+const META: &str = "snapshot.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Not usable; `reason` is the one line a user sees before the lab boots afresh.
+    #[error("snapshot {name:?} of lab {lab}: {reason}")]
+    Unusable {
+        lab: String,
+        name: String,
+        reason: String,
+    },
+    #[error("snapshot store {path}: {context}: {source}")]
+    Io {
+        path: PathBuf,
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+/// What decides a snapshot's content, hashed. Any change means a fresh boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotKey {
+    /// Hex SHA-256 of the inputs.
+    pub hash: String,
+    /// The inputs, one line each, for `labtest snapshot list` and for saying what changed.
+    pub inputs: Vec<String>,
+}
+
+impl SnapshotKey {
+    /// Keys a lab's snapshot by the snapshot format, `lab.toml`'s text, QEMU's version, the
+    /// accelerator options, and each machine's run script (its resolved path and content: store
+    /// paths of the kernel, disk images, store image and system, or the fixture's guest and
+    /// Kubernetes keys).
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] when a run script cannot be read or QEMU not asked.
+    pub fn compute(
+        spec_text: &str,
+        run_dir: &Path,
+        machines: &[String],
+        accel_opts: &str,
+    ) -> Result<Self, SnapshotError> {
+        let io = |path: &Path, context: &str, source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            context: context.to_string(),
+            source,
+        };
+        let mut inputs = vec![
+            format!("format {FORMAT}"),
+            format!(
+                "lab.toml sha256 {}",
+                hex(&Sha256::digest(spec_text.as_bytes()))
+            ),
+            format!(
+                "qemu {}",
+                qemu_version().map_err(|e| io(
+                    Path::new("qemu-system-x86_64"),
+                    "asking its version",
+                    e
+                ))?
+            ),
+            format!("accel {accel_opts}"),
+        ];
+        for machine in machines {
+            let script = run_dir.join("bin").join(format!("run-{machine}-vm"));
+            let resolved = script
+                .canonicalize()
+                .map_err(|e| io(&script, "resolving the run script", e))?;
+            let text =
+                std::fs::read(&resolved).map_err(|e| io(&resolved, "reading the run script", e))?;
+            inputs.push(format!(
+                "{machine} {} sha256 {}",
+                resolved.display(),
+                hex(&Sha256::digest(&text))
+            ));
+        }
+        let hash = hex(&Sha256::digest(inputs.join("\n").as_bytes()));
+        Ok(SnapshotKey { hash, inputs })
+    }
+}
+
+fn qemu_version() -> std::io::Result<String> {
+    let out = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("unknown")
+        .to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `snapshot.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub format: String,
+    pub lab: String,
+    pub name: String,
+    pub key: String,
+    pub inputs: Vec<String>,
+    pub machines: Vec<String>,
+    /// Seconds since the epoch, host clock.
+    pub created: u64,
+    /// How long the save took.
+    pub save_secs: f64,
+    /// Bytes on disk (states and frozen disks).
+    pub bytes: u64,
+}
+
+/// A snapshot found in the store, checked against its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub meta: SnapshotMeta,
+}
+
+impl Snapshot {
+    /// The saved state of `machine`.
+    pub fn machine(&self, machine: &str) -> SavedState {
+        SavedState::in_dir(&self.dir, machine)
+    }
+}
+
+/// The snapshots in a cache directory.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    root: PathBuf,
+}
+
+impl SnapshotStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the snapshot `name` of `lab` lives (whether or not it exists).
+    pub fn dir(&self, lab: &str, name: &str) -> PathBuf {
+        self.root.join(lab).join(name)
+    }
+
+    /// The snapshot `name` of `lab`, if it is complete and made from exactly `key`.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Unusable`] saying why not in one line: missing, another key (and which
+    /// input changed), another format, a missing or truncated file.
+    pub fn lookup(
+        &self,
+        lab: &str,
+        name: &str,
+        key: &SnapshotKey,
+    ) -> Result<Snapshot, SnapshotError> {
+        let unusable = |reason: String| SnapshotError::Unusable {
+            lab: lab.to_string(),
+            name: name.to_string(),
+            reason,
+        };
+        let dir = self.dir(lab, name);
+        let meta_path = dir.join(META);
+        let text = match std::fs::read_to_string(&meta_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(unusable(format!(
+                    "none saved yet ({} does not exist)",
+                    meta_path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(unusable(format!(
+                    "{} cannot be read: {e}",
+                    meta_path.display()
+                )))
+            }
+        };
+        let meta: SnapshotMeta = serde_json::from_str(&text)
+            .map_err(|e| unusable(format!("{} is corrupt: {e}", meta_path.display())))?;
+        if meta.format != FORMAT {
+            return Err(unusable(format!(
+                "made in format {:?}, this labtest reads {FORMAT:?}",
+                meta.format
+            )));
+        }
+        if meta.key != key.hash {
+            let changed: Vec<&String> = key
+                .inputs
+                .iter()
+                .filter(|i| !meta.inputs.contains(i))
+                .collect();
+            return Err(unusable(format!(
+                "made from other inputs; changed: {}",
+                if changed.is_empty() {
+                    "(unknown)".to_string()
+                } else {
+                    changed
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }
+            )));
+        }
+        let snapshot = Snapshot { dir, meta };
+        for machine in &snapshot.meta.machines {
+            let saved = snapshot.machine(machine);
+            for file in [&saved.state, &saved.disk] {
+                if file_size(file) == 0 {
+                    return Err(unusable(format!("{} is missing or empty", file.display())));
+                }
+            }
+            if !has_migration_magic(&saved.state) {
+                return Err(unusable(format!(
+                    "{} is not a QEMU migration stream (corrupt)",
+                    saved.state.display()
+                )));
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Every complete snapshot in the store, any lab, any key.
+    pub fn list(&self) -> Vec<Snapshot> {
+        let mut found = Vec::new();
+        for lab in read_dirs(&self.root) {
+            for dir in read_dirs(&lab) {
+                let Ok(text) = std::fs::read_to_string(dir.join(META)) else {
+                    continue;
+                };
+                if let Ok(meta) = serde_json::from_str::<SnapshotMeta>(&text) {
+                    found.push(Snapshot { dir, meta });
+                }
+            }
+        }
+        found.sort_by(|a, b| (&a.meta.lab, &a.meta.name).cmp(&(&b.meta.lab, &b.meta.name)));
+        found
+    }
+
+    /// Removes the snapshot `name` of `lab`; `false` when there was none.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`].
+    pub fn remove(&self, lab: &str, name: &str) -> Result<bool, SnapshotError> {
+        let dir = self.dir(lab, name);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(&dir).map_err(|source| SnapshotError::Io {
+            path: dir,
+            context: "removing".into(),
+            source,
+        })?;
+        Ok(true)
+    }
+
+    /// A fresh temporary directory for a snapshot of `lab` being written; earlier ones left by
+    /// a killed save are removed first.
+    pub(crate) fn begin(&self, lab: &str, name: &str) -> Result<PathBuf, SnapshotError> {
+        let lab_dir = self.root.join(lab);
+        let io = |path: &Path, context: &str, source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            context: context.to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&lab_dir).map_err(|e| io(&lab_dir, "creating", e))?;
+        let prefix = format!(".part-{name}-");
+        for stale in read_dirs(&lab_dir) {
+            let is_stale = stale
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && !owned_by_live_process(n));
+            if is_stale {
+                let _ = std::fs::remove_dir_all(&stale);
+            }
+        }
+        let part = lab_dir.join(format!("{prefix}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&part);
+        std::fs::create_dir(&part).map_err(|e| io(&part, "creating", e))?;
+        Ok(part)
+    }
+
+    /// Writes `meta` into `part` and renames it into place, replacing an older snapshot of the
+    /// same name.
+    pub(crate) fn commit(
+        &self,
+        part: &Path,
+        meta: &SnapshotMeta,
+    ) -> Result<Snapshot, SnapshotError> {
+        let io = |path: &Path, context: &str, source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            context: context.to_string(),
+            source,
+        };
+        let meta_path = part.join(META);
+        let text = serde_json::to_string_pretty(meta)
+            .map_err(|e| io(&meta_path, "serializing", std::io::Error::other(e)))?;
+        std::fs::write(&meta_path, text).map_err(|e| io(&meta_path, "writing", e))?;
+        std::fs::File::open(&meta_path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io(&meta_path, "syncing", e))?;
+        let dir = self.dir(&meta.lab, &meta.name);
+        if dir.exists() {
+            let old = dir.with_file_name(format!(".old-{}-{}", meta.name, std::process::id()));
+            std::fs::rename(&dir, &old)
+                .map_err(|e| io(&dir, "moving the older snapshot aside", e))?;
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        std::fs::rename(part, &dir).map_err(|e| io(&dir, "renaming into place", e))?;
+        Ok(Snapshot {
+            dir,
+            meta: meta.clone(),
+        })
+    }
+}
+
+/// `.part-<name>-<pid>` of a process that still runs (a concurrent save of the same lab).
+fn owned_by_live_process(dir_name: &str) -> bool {
+    dir_name
+        .rsplit('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+}
+
+fn read_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// QEMU migration streams start with "QEVM" (QEMU_VM_FILE_MAGIC).
+fn has_migration_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"QEVM"
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: &SnapshotKey) -> SnapshotMeta {
+        SnapshotMeta {
+            format: FORMAT.into(),
+            lab: "t".into(),
+            name: "ready".into(),
+            key: key.hash.clone(),
+            inputs: key.inputs.clone(),
+            machines: vec!["a".into()],
+            created: 0,
+            save_secs: 0.0,
+            bytes: 0,
+        }
+    }
+
+    fn key(lab_toml: &str) -> SnapshotKey {
+        let inputs = vec![format!("lab.toml {lab_toml}")];
+        SnapshotKey {
+            hash: hex(&Sha256::digest(inputs.join("\n").as_bytes())),
+            inputs,
+        }
+    }
+
+    #[test]
+    fn a_committed_snapshot_is_found_and_a_changed_key_or_bad_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let k = key("one");
+        let err = store.lookup("t", "ready", &k).unwrap_err();
+        assert!(err.to_string().contains("none saved yet"), "{err}");
+
+        let part = store.begin("t", "ready").unwrap();
+        std::fs::write(part.join("a.state"), b"QEVM\0\0\0\x03rest").unwrap();
+        std::fs::write(part.join("a.qcow2"), b"QFI\xfb").unwrap();
+        // Not committed: a save killed here leaves nothing a lookup takes.
+        assert!(store.lookup("t", "ready", &k).is_err());
+        store.commit(&part, &meta(&k)).unwrap();
+        let found = store.lookup("t", "ready", &k).unwrap();
+        assert_eq!(found.machine("a").state, found.dir.join("a.state"));
+        assert_eq!(store.list().len(), 1);
+
+        let err = store.lookup("t", "ready", &key("two")).unwrap_err();
+        assert!(err.to_string().contains("changed: lab.toml two"), "{err}");
+
+        std::fs::write(found.dir.join("a.state"), b"garbage").unwrap();
+        let err = store.lookup("t", "ready", &k).unwrap_err();
+        assert!(
+            err.to_string().contains("not a QEMU migration stream"),
+            "{err}"
+        );
+        std::fs::write(found.dir.join("a.state"), b"").unwrap();
+        let err = store.lookup("t", "ready", &k).unwrap_err();
+        assert!(err.to_string().contains("missing or empty"), "{err}");
+
+        std::fs::write(found.dir.join(META), "{").unwrap();
+        let err = store.lookup("t", "ready", &k).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert!(store.remove("t", "ready").unwrap());
+        assert!(!store.remove("t", "ready").unwrap());
+    }
+
+    #[test]
+    fn a_killed_save_leaves_a_part_dir_the_next_save_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let dead = dir.path().join("t/.part-ready-999999999");
+        std::fs::create_dir_all(&dead).unwrap();
+        let part = store.begin("t", "ready").unwrap();
+        assert!(!dead.exists());
+        assert!(part.exists());
+        assert!(store.list().is_empty());
+    }
+}
