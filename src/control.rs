@@ -29,6 +29,10 @@ pub enum Request {
         a: String,
         b: String,
     },
+    /// Save the running lab as a named snapshot (`labtest snapshot save NAME`).
+    Snapshot {
+        name: String,
+    },
     Down,
 }
 

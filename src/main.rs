@@ -48,6 +48,14 @@ enum Command {
         timeout: u64,
         #[command(flatten)]
         snapshot: run::SnapshotArgs,
+        /// Bring back the snapshot NAME (`labtest snapshot save NAME`) instead of the Ready one.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["fresh", "no_snapshot"])]
+        from: Option<String>,
+    },
+    /// Whole-lab snapshots: save the running lab, list and remove saved ones.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotCommand,
     },
     /// Show the running lab's machines.
     Status,
@@ -85,7 +93,19 @@ enum Command {
     Serve {
         #[command(flatten)]
         snapshot: run::SnapshotArgs,
+        #[arg(long)]
+        from: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Save the running lab (every machine paused together) as snapshot NAME.
+    Save { name: String },
+    /// The saved snapshots of every lab: size, age, key.
+    List,
+    /// Remove the lab's snapshot NAME.
+    Rm { name: String },
 }
 
 fn main() -> ExitCode {
@@ -124,10 +144,24 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&cli.lab, cli.accel, args).await,
-        Command::Up { timeout, snapshot } => {
-            up(&cli.lab, cli.accel, Duration::from_secs(timeout), snapshot).await
+        Command::Up {
+            timeout,
+            snapshot,
+            from,
+        } => {
+            up(
+                &cli.lab,
+                cli.accel,
+                Duration::from_secs(timeout),
+                snapshot,
+                from,
+            )
+            .await
         }
-        Command::Serve { snapshot } => serve_in_background(&cli.lab, cli.accel, snapshot).await,
+        Command::Serve { snapshot, from } => {
+            serve_in_background(&cli.lab, cli.accel, snapshot, from).await
+        }
+        Command::Snapshot { action } => snapshot_command(&cli.lab, action).await,
         Command::Status => {
             let session = running(&cli.lab)?;
             let reply = call(&session, Request::Status, 30).await?;
@@ -273,8 +307,12 @@ async fn up(
     accel: AccelChoice,
     timeout: Duration,
     snapshot: run::SnapshotArgs,
+    from: Option<String>,
 ) -> Result<ExitCode> {
     bringup::load_spec(lab_dir)?;
+    if let Some(name) = &from {
+        check_snapshot_name(name)?;
+    }
     let session = Session::for_lab(lab_dir)?;
     if session.is_up() {
         if let Some(info) = session.info() {
@@ -304,6 +342,7 @@ async fn up(
         .args(["--accel", accel_arg, "__serve"])
         .args(snapshot.fresh.then_some("--fresh"))
         .args(snapshot.no_snapshot.then_some("--no-snapshot"))
+        .args(from.iter().flat_map(|name| ["--from", name.as_str()]))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -338,6 +377,77 @@ async fn up(
     }
 }
 
+/// Snapshot names become directory names and `up --from` arguments: keep them plain, and keep
+/// `ready` for the snapshot every run restores.
+fn check_snapshot_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain {
+        bail!("snapshot name {name:?}: expected letters, digits, '-', '_' or '.', not starting with '.'");
+    }
+    Ok(())
+}
+
+async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand) -> Result<ExitCode> {
+    let store = run::snapshot_store();
+    match action {
+        SnapshotCommand::Save { name } => {
+            check_snapshot_name(&name)?;
+            if name == run::READY_SNAPSHOT {
+                bail!(
+                    "snapshot name {name:?} is the one every run restores (made right after the readiness gate); pick another name"
+                );
+            }
+            let session = running(lab_dir)?;
+            let reply = call(&session, control::Request::Snapshot { name }, 600).await?;
+            if let Some(error) = reply.error {
+                bail!("{error}");
+            }
+            println!("{}", reply.text);
+        }
+        SnapshotCommand::List => {
+            let snapshots = store.list();
+            if snapshots.is_empty() {
+                println!("no snapshots in {}", store.root().display());
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            for s in snapshots {
+                let m = &s.meta;
+                println!(
+                    "{:<16} {:<24} {:>8.0} MiB  {:>10} old  key {}  {}",
+                    m.lab,
+                    m.name,
+                    m.bytes as f64 / (1024.0 * 1024.0),
+                    harness::report::fmt_duration(Duration::from_secs(
+                        now.saturating_sub(m.created)
+                    )),
+                    &m.key[..12.min(m.key.len())],
+                    s.dir.display()
+                );
+            }
+        }
+        SnapshotCommand::Rm { name } => {
+            check_snapshot_name(&name)?;
+            let spec = bringup::load_spec(lab_dir)?;
+            if store.remove(&spec.name, &name)? {
+                println!("removed snapshot {name} of lab {}", spec.name);
+            } else {
+                bail!(
+                    "lab {} has no snapshot {name:?} (see `labtest snapshot list`)",
+                    spec.name
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_reach(info: &Info) {
     let lab = info.lab_dir.display();
     println!("  machines: {}", info.machines.join(", "));
@@ -363,6 +473,7 @@ async fn serve_in_background(
     lab_dir: &Path,
     accel: AccelChoice,
     snapshot: run::SnapshotArgs,
+    from: Option<String>,
 ) -> Result<ExitCode> {
     let session = Session::for_lab(lab_dir)?;
     let Some(_lock) = session.lock()? else {
@@ -374,11 +485,18 @@ async fn serve_in_background(
     let work = session.dir.join("work");
     let booted = async {
         let built = bringup::build(lab_dir, &spec, &work, accel, &events).await?;
-        run::ready_lab(lab_dir, &spec, &built, &session.dir, snapshot, &events).await
+        let ready = match &from {
+            Some(name) => {
+                run::restore_named(lab_dir, &spec, &built, &session.dir, name, &events).await?
+            }
+            None => run::ready_lab(lab_dir, &spec, &built, &session.dir, snapshot, &events).await?,
+        };
+        let target = run::snapshot_target(lab_dir, &spec, &built).ok();
+        anyhow::Ok((ready, target))
     }
     .await;
-    let lab = match booted {
-        Ok(ready) => Arc::new(ready.lab),
+    let (lab, target) = match booted {
+        Ok((ready, target)) => (Arc::new(ready.lab), target),
         Err(e) => {
             events.emit(harness::events::EventKind::RunFinished {
                 aborted: Some(format!("{e:#}")),
@@ -388,7 +506,7 @@ async fn serve_in_background(
         }
     };
     session.write_info(&Info::serving(&spec, lab_dir, &lab, &session)?)?;
-    serve::serve(lab.clone(), &session).await?;
+    serve::serve(lab.clone(), &session, target).await?;
     session.clear_stale();
     events.emit(harness::events::EventKind::RunFinished { aborted: None });
     let _ = view.join();

@@ -90,16 +90,7 @@ pub async fn ready_lab(
         let lab = bringup::boot(spec, built, evidence, None, events).await?;
         return make_ready(lab, spec, evidence, Origin::Booted, events).await;
     }
-    let store = SnapshotStore::new(bringup::cache_dir().join("snapshots"));
-    let spec_path = lab_dir.join("lab.toml");
-    let spec_text = std::fs::read_to_string(&spec_path)
-        .with_context(|| format!("reading {}", spec_path.display()))?;
-    let key = SnapshotKey::compute(
-        &spec_text,
-        &built.run_dir,
-        &spec.machine_names(),
-        built.accel.qemu_opts(),
-    )?;
+    let SnapshotTarget { store, key } = snapshot_target(lab_dir, spec, built)?;
     if !snapshots.fresh {
         match store.lookup(&spec.name, READY_SNAPSHOT, &key) {
             Ok(snapshot) => {
@@ -142,6 +133,56 @@ pub async fn ready_lab(
         });
     }
     Ok(ready)
+}
+
+/// Where a lab's snapshots live and the key they must match.
+#[derive(Clone)]
+pub struct SnapshotTarget {
+    pub store: SnapshotStore,
+    pub key: SnapshotKey,
+}
+
+/// The snapshot store in the cache and the key of the built lab: lab.toml, the run scripts,
+/// QEMU's version, the accelerator.
+pub fn snapshot_target(
+    lab_dir: &Path,
+    spec: &LabSpec,
+    built: &bringup::Built,
+) -> Result<SnapshotTarget> {
+    let spec_path = lab_dir.join("lab.toml");
+    let spec_text = std::fs::read_to_string(&spec_path)
+        .with_context(|| format!("reading {}", spec_path.display()))?;
+    let key = SnapshotKey::compute(
+        &spec_text,
+        &built.run_dir,
+        &spec.machine_names(),
+        built.accel.qemu_opts(),
+    )?;
+    Ok(SnapshotTarget {
+        store: snapshot_store(),
+        key,
+    })
+}
+
+/// `<cache>/snapshots`.
+pub fn snapshot_store() -> SnapshotStore {
+    SnapshotStore::new(bringup::cache_dir().join("snapshots"))
+}
+
+/// The lab restored from the snapshot `name` (saved with `labtest snapshot save`), for
+/// `labtest up --from NAME`: no boot to fall back on, so an unusable snapshot is an error.
+pub async fn restore_named(
+    lab_dir: &Path,
+    spec: &LabSpec,
+    built: &bringup::Built,
+    evidence: &Path,
+    name: &str,
+    events: &Events,
+) -> Result<Ready> {
+    let SnapshotTarget { store, key } = snapshot_target(lab_dir, spec, built)?;
+    let snapshot = store.lookup(&spec.name, name, &key)?;
+    let lab = bringup::boot(spec, built, evidence, Some(snapshot), events).await?;
+    make_ready(lab, spec, evidence, Origin::Restored, events).await
 }
 
 /// Where a lab handed to [`make_ready`] comes from.
@@ -354,7 +395,8 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
                 )
                 .await;
                 if !passed && args.keep {
-                    keep_serving(lab.clone(), lab_dir, &spec, &session).await?;
+                    let target = snapshot_target(lab_dir, &spec, &built).ok();
+                    keep_serving(lab.clone(), lab_dir, &spec, &session, target).await?;
                 }
             }
         }
@@ -445,6 +487,7 @@ async fn keep_serving(
     lab_dir: &Path,
     spec: &LabSpec,
     session: &Session,
+    snapshots: Option<SnapshotTarget>,
 ) -> Result<()> {
     let Some(_lock) = session.lock()? else {
         bail!(
@@ -458,7 +501,7 @@ async fn keep_serving(
         "a scenario failed; the lab stays up for debugging (Ctrl-C or `labtest down` ends it):"
     );
     crate::print_reach(&info);
-    crate::serve::serve(lab, session).await?;
+    crate::serve::serve(lab, session, snapshots).await?;
     session.clear_stale();
     Ok(())
 }

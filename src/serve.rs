@@ -10,11 +10,19 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
+use harness::events::Events;
+
 use crate::control::{Fault, Reply, Request};
+use crate::run::SnapshotTarget;
 use crate::session::Session;
 
 /// Serves until asked to stop; the lab is torn down when this returns and `lab` is dropped.
-pub async fn serve(lab: Arc<Lab>, session: &Session) -> Result<()> {
+pub async fn serve(
+    lab: Arc<Lab>,
+    session: &Session,
+    snapshots: Option<SnapshotTarget>,
+) -> Result<()> {
+    let snapshots = Arc::new(snapshots);
     let socket = session.socket();
     let _ = std::fs::remove_file(&socket);
     let listener =
@@ -26,9 +34,9 @@ pub async fn serve(lab: Arc<Lab>, session: &Session) -> Result<()> {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (lab, stop) = (lab.clone(), stop.clone());
+                let (lab, stop, snapshots) = (lab.clone(), stop.clone(), snapshots.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &lab, &stop).await {
+                    if let Err(e) = handle(stream, &lab, &stop, snapshots.as_ref().as_ref()).await {
                         tracing::warn!("control connection: {e:#}");
                     }
                 });
@@ -42,7 +50,12 @@ pub async fn serve(lab: Arc<Lab>, session: &Session) -> Result<()> {
     Ok(())
 }
 
-async fn handle(stream: UnixStream, lab: &Lab, stop: &Notify) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    lab: &Lab,
+    stop: &Notify,
+    snapshots: Option<&SnapshotTarget>,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -51,7 +64,7 @@ async fn handle(stream: UnixStream, lab: &Lab, stop: &Notify) -> Result<()> {
             stop.notify_one();
             Reply::text("tearing the lab down")
         }
-        Ok(request) => answer(request, lab).await,
+        Ok(request) => answer(request, lab, snapshots).await,
         Err(e) => Reply::error(format!("bad request: {e}")),
     };
     let mut text = serde_json::to_string(&reply)?;
@@ -60,14 +73,14 @@ async fn handle(stream: UnixStream, lab: &Lab, stop: &Notify) -> Result<()> {
     Ok(())
 }
 
-async fn answer(request: Request, lab: &Lab) -> Reply {
-    match run(request, lab).await {
+async fn answer(request: Request, lab: &Lab, snapshots: Option<&SnapshotTarget>) -> Reply {
+    match run(request, lab, snapshots).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(format!("{e:#}")),
     }
 }
 
-async fn run(request: Request, lab: &Lab) -> Result<Reply> {
+async fn run(request: Request, lab: &Lab, snapshots: Option<&SnapshotTarget>) -> Result<Reply> {
     Ok(match request {
         Request::Status => Reply::text(status_text(lab).await),
         Request::Exec {
@@ -109,6 +122,19 @@ async fn run(request: Request, lab: &Lab) -> Result<Reply> {
         Request::Heal { a, b } => {
             lab.heal(&a, &b)?;
             Reply::text(format!("{a} and {b} can talk again"))
+        }
+        Request::Snapshot { name } => {
+            let target = snapshots.context("this lab's server keeps no snapshots")?;
+            let saved = lab
+                .save_snapshot(&target.store, &name, &target.key, &Events::discard())
+                .await?;
+            Reply::text(format!(
+                "saved snapshot {name} of lab {} ({:.0} MiB in {:.1}s) in {}; bring it back with `labtest up --from {name}`",
+                saved.meta.lab,
+                saved.meta.bytes as f64 / (1024.0 * 1024.0),
+                saved.meta.save_secs,
+                saved.dir.display()
+            ))
         }
         Request::Down => Reply::text("tearing the lab down"),
     })
