@@ -164,9 +164,14 @@ pub fn snapshot_target(
     })
 }
 
-/// `<cache>/snapshots`.
+/// `$LABTEST_SNAPSHOTS`, else `<cache>/snapshots`: snapshots are GBs, so they may live apart
+/// from the cached builds.
 pub fn snapshot_store() -> SnapshotStore {
-    SnapshotStore::new(bringup::cache_dir().join("snapshots"))
+    SnapshotStore::new(
+        std::env::var_os("LABTEST_SNAPSHOTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bringup::cache_dir().join("snapshots")),
+    )
 }
 
 /// The lab restored from the snapshot `name` (saved with `labtest snapshot save`), for

@@ -441,8 +441,289 @@ workload_image = "labtest/workload:1"
         "QEMU left running: {:?}",
         support::qemu_processes_mentioning(&needle)
     );
+    // The lab was booted for the first scenario (each scenario gets a lab of its own).
     assert!(report
         .path()
-        .join("machines/limiting-factor/console.log")
+        .join("labs/pod-scheduling/machines/limiting-factor/console.log")
         .exists());
+}
+
+/// A lab dir beside vm-only whose lab.toml is vm-only's plus `extra`: the same machines and run
+/// scripts (its prepare step copies vm-only's), so the same snapshot key unless `extra` changes it.
+fn vm_lab_variant(extra: &str) -> tempfile::TempDir {
+    let lab = tempfile::Builder::new()
+        .prefix("labtest-vm-variant-")
+        .tempdir()
+        .expect("temp dir");
+    let vm_only = vm_lab();
+    std::fs::copy(vm_only.join("flake.nix"), lab.path().join("flake.nix")).expect("copy flake");
+    let spec = std::fs::read_to_string(vm_only.join("lab.toml")).expect("vm-only lab.toml");
+    let spec = spec.replace(
+        "prepare = \"./prepare.sh\"",
+        &format!(
+            "prepare = \"{0}/prepare.sh && rm -rf local && cp -r {0}/local local\"",
+            vm_only.display()
+        ),
+    );
+    std::fs::write(lab.path().join("lab.toml"), spec + extra).expect("write lab.toml");
+    lab
+}
+
+fn output_text(assert: &assert_cmd::assert::Assert) -> String {
+    let out = assert.get_output();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whole-lab snapshots on the VM-only lab, through the CLI: the first `up` boots and saves, the
+/// next ones restore the same boot pristine; a corrupt snapshot and a changed lab.toml each say
+/// why and boot afresh; two labs run from one snapshot at once; a server killed during a save or
+/// a restore leaves no QEMU and no half snapshot that a later `up` would use.
+#[test]
+fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt() {
+    let snapshots = tempfile::tempdir().expect("temp dir");
+    let lab = vm_lab();
+    let run_in = |dir: &std::path::Path, args: &[&str]| {
+        let mut cmd = labtest();
+        cmd.env("LABTEST_SNAPSHOTS", snapshots.path())
+            .arg("--lab")
+            .arg(dir)
+            .args(args);
+        cmd
+    };
+    let run = |args: &[&str]| run_in(&lab, args);
+    let boot_id = |dir: &std::path::Path| {
+        let out = run_in(
+            dir,
+            &[
+                "exec",
+                "grey-area",
+                "--",
+                "cat",
+                "/proc/sys/kernel/random/boot_id",
+            ],
+        )
+        .assert()
+        .success();
+        String::from_utf8_lossy(&out.get_output().stdout)
+            .trim()
+            .to_string()
+    };
+
+    let first = output_text(&run(&["up"]).assert().success());
+    assert!(
+        first.contains("none saved yet") && first.contains("snapshot ready saved"),
+        "{first}"
+    );
+    let booted = boot_id(&lab);
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "touch",
+        "/root/after-the-snapshot",
+    ])
+    .assert()
+    .success();
+    run(&["down"]).assert().success();
+
+    let started = Instant::now();
+    let again = output_text(&run(&["up"]).assert().success());
+    let took = started.elapsed();
+    assert!(
+        again.contains("lab restored from snapshot ready"),
+        "{again}"
+    );
+    eprintln!("up from the snapshot took {:.1}s", took.as_secs_f64());
+    assert_eq!(boot_id(&lab), booted, "a restore continues the saved boot");
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "test",
+        "!",
+        "-e",
+        "/root/after-the-snapshot",
+    ])
+    .assert()
+    .success();
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "ping",
+        "-c1",
+        "-W5",
+        "limiting-factor",
+    ])
+    .assert()
+    .success();
+
+    // A second lab with the same inputs runs from the same snapshot at the same time.
+    let twin = vm_lab_variant("");
+    let twin_up = output_text(&run_in(twin.path(), &["up"]).assert().success());
+    assert!(
+        twin_up.contains("lab restored from snapshot ready"),
+        "{twin_up}"
+    );
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "touch",
+        "/root/only-in-the-first",
+    ])
+    .assert()
+    .success();
+    run_in(
+        twin.path(),
+        &[
+            "exec",
+            "grey-area",
+            "--",
+            "test",
+            "!",
+            "-e",
+            "/root/only-in-the-first",
+        ],
+    )
+    .assert()
+    .success();
+    run_in(
+        twin.path(),
+        &[
+            "exec",
+            "limiting-factor",
+            "--",
+            "ping",
+            "-c1",
+            "-W5",
+            "grey-area",
+        ],
+    )
+    .assert()
+    .success();
+    run_in(twin.path(), &["down"]).assert().success();
+    run(&["down"]).assert().success();
+
+    // A corrupt state: QEMU refuses it, the run says so and boots afresh, and saves anew.
+    let state = snapshots.path().join("vm-only/ready/grey-area.state");
+    let mut bytes = std::fs::read(&state).expect("the saved state");
+    for b in bytes.iter_mut().skip(4).take(64 * 1024) {
+        *b = 0xa5;
+    }
+    std::fs::write(&state, &bytes).expect("corrupt the state");
+    let corrupt = output_text(&run(&["up"]).assert().success());
+    assert!(
+        corrupt.contains("restoring snapshot") && corrupt.contains("booting afresh"),
+        "{corrupt}"
+    );
+    assert!(corrupt.contains("snapshot ready saved"), "{corrupt}");
+    assert_ne!(
+        boot_id(&lab),
+        booted,
+        "a fresh boot after a corrupt snapshot"
+    );
+    run(&["down"]).assert().success();
+
+    // A changed lab.toml: another key, with the input that changed named.
+    let changed = vm_lab_variant("# a changed lab\n");
+    let text = output_text(&run_in(changed.path(), &["up"]).assert().success());
+    assert!(
+        text.contains("made from other inputs; changed: lab.toml"),
+        "{text}"
+    );
+    run_in(changed.path(), &["down"]).assert().success();
+
+    // SIGKILL of the server while it saves, then while it restores: no QEMU outlives it, and
+    // no half-written snapshot is ever restored.
+    let qemus = || -> std::collections::BTreeSet<String> {
+        support::qemu_processes_mentioning("").into_iter().collect()
+    };
+    let before = qemus();
+    let no_new_qemu_within = |secs: u64| {
+        let start = Instant::now();
+        loop {
+            let left: Vec<String> = qemus().difference(&before).cloned().collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "QEMU outlived its SIGKILLed server: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let server_pid = || -> Option<i32> {
+        let out = std::process::Command::new("pgrep")
+            .args([
+                "-f",
+                &format!("--lab {} --accel tcg __serve", lab.display()),
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let sigkill = |pid: i32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL the server");
+    };
+    let part_dir = || {
+        std::fs::read_dir(snapshots.path().join("vm-only"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".part-"))
+    };
+    for (args, moment) in [(&["up", "--fresh"][..], "save"), (&["up"][..], "restore")] {
+        let mut up = std::process::Command::new(assert_cmd::cargo::cargo_bin("labtest"))
+            .env("LABTEST_ACCEL", "tcg")
+            .env("LABTEST_SNAPSHOTS", snapshots.path())
+            .arg("--lab")
+            .arg(&lab)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("labtest up");
+        let start = Instant::now();
+        let killed = loop {
+            let now = match moment {
+                "save" => part_dir(),
+                _ => !qemus().difference(&before).collect::<Vec<_>>().is_empty(),
+            };
+            if let (true, Some(pid)) = (now, server_pid()) {
+                sigkill(pid);
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(240) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let _ = up.wait();
+        assert!(killed, "never saw the server {moment}");
+        no_new_qemu_within(10);
+        let listed = output_text(&run(&["snapshot", "list"]).assert().success());
+        assert!(!listed.contains(".part-"), "{listed}");
+    }
+    // The save killed half-way left the older snapshot in place (or none): never a half one.
+    let after = output_text(&run(&["up"]).assert().success());
+    assert!(
+        after.contains("lab restored from snapshot ready") || after.contains("none saved yet"),
+        "{after}"
+    );
+    run(&["down"]).assert().success();
 }

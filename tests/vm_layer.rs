@@ -268,3 +268,66 @@ async fn a_guest_that_never_answers_times_out_with_its_console() {
     assert!(text.contains("console.log"), "{text}");
     assert!(support::qemu_processes_mentioning(&dir.path().to_string_lossy()).is_empty());
 }
+
+/// A generation the guest's store lacks (it sees its own store image, not the host's store) is
+/// copied in the way deploy tools copy a closure - `nix-store --export` on the host, `--import`
+/// in the guest - and becomes a valid, activatable system there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_missing_from_the_guest_store_is_copied_in_and_switched_to() {
+    use harness::nix::{Nix, SystemProfile};
+    let lab = support::repo_root().join("tests/labs/vm-only");
+    support::script_output(&lab.join("prepare.sh"), &[], &[]);
+    let state = tempfile::tempdir().expect("temp dir");
+    let machine = MachineBuilder::new(
+        "grey-area",
+        lab.join("local/bin/run-grey-area-vm"),
+        state.path().join("grey-area"),
+    )
+    .boot_timeout(Duration::from_secs(240))
+    .start(&Events::discard())
+    .await
+    .expect("a guest with a store image boots");
+
+    // A toplevel built now, so no image can hold it: the nix layer's fixture with a fresh nonce.
+    let flake = tempfile::tempdir().expect("temp dir");
+    let src = support::repo_root().join("harness/tests/nix-fixture");
+    for file in ["flake.nix", "toplevel-builder.sh"] {
+        std::fs::copy(src.join(file), flake.path().join(file)).expect("copy the fixture flake");
+    }
+    let nonce = format!("\"vm-layer-{}-{:?}\"\n", std::process::id(), Instant::now());
+    std::fs::write(flake.path().join("nonce.nix"), nonce).expect("nonce");
+    let nix = Nix::find().expect("nix").for_debian_single_user();
+    let built = nix
+        .build(
+            &format!("path:{}", flake.path().display()),
+            &["gen1"],
+            &state.path().join("out"),
+            Duration::from_secs(300),
+            |_| {},
+        )
+        .await
+        .expect("build gen1");
+    let toplevel = built[0].to_string_lossy().into_owned();
+    let absent = machine
+        .exec(&format!("test -e {toplevel}"), Duration::from_secs(10))
+        .await
+        .expect("ask the guest");
+    assert_ne!(absent.status, 0, "the guest already has {toplevel}");
+
+    let profile = SystemProfile::at("/root/labtest-profile", "/root/labtest-current");
+    let activation = profile
+        .switch_to(&nix, &machine, &built[0])
+        .await
+        .expect("copy the closure in and switch");
+    assert_eq!(activation.toplevel, toplevel);
+    machine
+        .succeed(&format!("nix-store --check-validity {toplevel} && test -x {toplevel}/bin/switch-to-configuration"))
+        .await
+        .expect("the copied closure is valid in the guest's store");
+    let gens = profile
+        .list_generations(&machine)
+        .await
+        .expect("generations");
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    assert_eq!(gens[0].toplevel.as_deref(), Some(toplevel.as_str()));
+}

@@ -2,9 +2,11 @@
 //!
 //! The steps are those of `nixos-rebuild switch` and deploy tools, done by hand because a direct-boot
 //! `system.build.vm` has no system profile and the guest cannot build (no nixpkgs):
-//! 1. make the toplevel's closure valid in the guest's Nix database: `nix-store --dump-db` of the
-//!    closure on the host, `nix-store --load-db` in the guest (the guest sees the host's /nix/store
-//!    over 9p, but a path is only usable by nix-env once its database knows it);
+//! 1. make the toplevel's closure valid in the guest: the paths the guest's store already has
+//!    (its store image, or the host's store over 9p) are registered with `nix-store --dump-db` on
+//!    the host and `--load-db` in the guest (a path is only usable by nix-env once the database
+//!    knows it); the paths it lacks are copied in as deploy tools do, `nix-store --export` on the
+//!    host and `--import` in the guest, dependencies first;
 //! 2. `nix-env -p PROFILE --set TOPLEVEL` - a new generation;
 //! 3. `TOPLEVEL/bin/switch-to-configuration switch`.
 //!
@@ -175,26 +177,34 @@ impl SystemProfile {
         toplevel: &Path,
     ) -> Result<Activation, GenerationError> {
         let toplevel = toplevel.to_string_lossy().into_owned();
-        let dump = closure_db_dump(nix, &toplevel).await?;
-        let remote = format!(
-            "/tmp/labtest-closure-{}-{}.db",
-            std::process::id(),
-            DUMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        guest
-            .copy_in(&dump, &remote, self.step_timeout)
-            .await
-            .map_err(|source| GenerationError::Guest {
-                machine: guest.name().into(),
-                command: format!("copy closure DB dump to {remote}"),
-                source,
-            })?;
-        let (r, t) = (sh_quote(&remote), sh_quote(&toplevel));
-        self.step(
-            guest,
-            &format!("nix-store --load-db < {r}; s=$?; rm -f {r}; exit $s"),
-        )
-        .await?;
+        let closure = host_nix_store(nix, &["-qR", &toplevel]).await?;
+        let closure: Vec<String> = String::from_utf8_lossy(&closure)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let missing = self.missing_in_guest(guest, &closure).await?;
+        let present: Vec<String> = closure
+            .iter()
+            .filter(|p| !missing.contains(p))
+            .cloned()
+            .collect();
+        // Register what the guest has (its store image holds more than its database knows),
+        // then import the rest, dependencies first (-qR's order), as deploy tools copy a closure.
+        if !present.is_empty() {
+            let mut args = vec!["--dump-db".to_string()];
+            args.extend(present.iter().cloned());
+            let dump = host_nix_store(nix, &args).await?;
+            self.load_in_guest(guest, &dump, "nix-store --load-db")
+                .await?;
+        }
+        if !missing.is_empty() {
+            let mut args = vec!["--export".to_string()];
+            args.extend(missing.iter().cloned());
+            let export = host_nix_store(nix, &args).await?;
+            self.load_in_guest(guest, &export, "nix-store --import >/dev/null")
+                .await?;
+        }
+        let t = sh_quote(&toplevel);
         self.step(
             guest,
             &format!("nix-env -p {} --set {t}", sh_quote(&self.profile)),
@@ -206,6 +216,65 @@ impl SystemProfile {
             &toplevel,
         )
         .await
+    }
+
+    /// The store paths of `paths` that the guest's store lacks.
+    async fn missing_in_guest<G: Guest>(
+        &self,
+        guest: &G,
+        paths: &[String],
+    ) -> Result<Vec<String>, GenerationError> {
+        let list = self.remote_file("paths");
+        self.copy(guest, paths.join("\n").as_bytes(), &list).await?;
+        let l = sh_quote(&list);
+        let out = self
+            .step(
+                guest,
+                &format!(
+                    "while IFS= read -r p; do [ -e \"$p\" ] || echo \"$p\"; done <{l}; s=$?; rm -f {l}; exit $s"
+                ),
+            )
+            .await?;
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// Copies `data` into the guest and feeds it to `command` on stdin.
+    async fn load_in_guest<G: Guest>(
+        &self,
+        guest: &G,
+        data: &[u8],
+        command: &str,
+    ) -> Result<(), GenerationError> {
+        let remote = self.remote_file("in");
+        self.copy(guest, data, &remote).await?;
+        let r = sh_quote(&remote);
+        self.step(guest, &format!("{command} <{r}; s=$?; rm -f {r}; exit $s"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn copy<G: Guest>(
+        &self,
+        guest: &G,
+        data: &[u8],
+        remote: &str,
+    ) -> Result<(), GenerationError> {
+        guest
+            .copy_in(data, remote, self.step_timeout)
+            .await
+            .map_err(|source| GenerationError::Guest {
+                machine: guest.name().into(),
+                command: format!("copy {} bytes to {remote}", data.len()),
+                source,
+            })
+    }
+
+    fn remote_file(&self, what: &str) -> String {
+        format!(
+            "/tmp/labtest-closure-{}-{}.{what}",
+            std::process::id(),
+            DUMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Makes the previous generation current and activates it.
@@ -360,59 +429,42 @@ impl SystemProfile {
     }
 }
 
-/// `nix-store --dump-db $(nix-store -qR TOPLEVEL)` on the host.
-async fn closure_db_dump(nix: &Nix, toplevel: &str) -> Result<Vec<u8>, GenerationError> {
-    let host = |command: String, out: &std::process::Output| GenerationError::Host {
-        command,
-        message: format!(
-            "exit {}, stderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+/// `nix-store ARGS` on the host; its stdout. Argument lists name whole closures, so errors
+/// name the first argument and how many paths followed.
+async fn host_nix_store<S: AsRef<std::ffi::OsStr>>(
+    nix: &Nix,
+    args: &[S],
+) -> Result<Vec<u8>, GenerationError> {
+    let what = match args {
+        [] => "nix-store".to_string(),
+        [first, rest @ ..] => format!(
+            "nix-store {} <{} path(s)>",
+            first.as_ref().to_string_lossy(),
+            rest.len()
         ),
     };
-    let query = format!("nix-store -qR {toplevel}");
     let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        nix.nix_store_command().args(["-qR", toplevel]).output(),
+        Duration::from_secs(600),
+        nix.nix_store_command().args(args).output(),
     )
     .await
     .map_err(|_| GenerationError::Host {
-        command: query.clone(),
-        message: "no answer within 120s".into(),
+        command: what.clone(),
+        message: "no answer within 600s".into(),
     })?
     .map_err(|e| GenerationError::Host {
-        command: query.clone(),
+        command: what.clone(),
         message: e.to_string(),
     })?;
     if !out.status.success() {
-        return Err(host(query, &out));
-    }
-    let closure: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let dump = format!(
-        "nix-store --dump-db <{} paths of {toplevel}>",
-        closure.len()
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        nix.nix_store_command()
-            .arg("--dump-db")
-            .args(&closure)
-            .output(),
-    )
-    .await
-    .map_err(|_| GenerationError::Host {
-        command: dump.clone(),
-        message: "no answer within 120s".into(),
-    })?
-    .map_err(|e| GenerationError::Host {
-        command: dump.clone(),
-        message: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(host(dump, &out));
+        return Err(GenerationError::Host {
+            command: what,
+            message: format!(
+                "exit {}, stderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
     }
     Ok(out.stdout)
 }
