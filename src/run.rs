@@ -246,10 +246,25 @@ async fn make_ready(
         .map(|m| m.name.clone())
         .collect();
     let mut gate = ReadinessGate::new(node_names, k8s.workload_image.clone());
-    if origin == Origin::Restored {
-        gate.budgets = GateBudgets::restored();
-        // Bound is enough to prove the scheduler and a kubelet's watch came back.
-        gate.wait_running = false;
+    match origin {
+        Origin::Restored => {
+            gate.budgets = GateBudgets::restored();
+            // Bound is enough to prove the scheduler and a kubelet's watch came back.
+            gate.wait_running = false;
+        }
+        Origin::Booted => {
+            let (budgets, factor) = GateBudgets::tcg_three_vms_booted_in(lab.up_in());
+            if factor > 1.2 {
+                events.emit(EventKind::Warning {
+                    message: format!(
+                        "the lab took {:.0}s to boot, {factor:.1}x the {:.0}s the readiness deadlines were measured with: they are scaled {factor:.1}x",
+                        lab.up_in().as_secs_f64(),
+                        gate::REFERENCE_BOOT.as_secs_f64()
+                    ),
+                });
+            }
+            gate.budgets = budgets;
+        }
     }
     let machines: Vec<&Machine> = lab.machines().iter().map(|m| m.as_ref()).collect();
     let units = [k8s.kubelet_unit.as_str()];

@@ -94,3 +94,69 @@ fn all_scenarios_pass_on_the_fixture_lab() {
         );
     }
 }
+
+/// After a restore the guests' clocks resume from the moment of the save (they lag the host by
+/// the snapshot's age, all by the same amount): the node controller must see every lease as
+/// fresh, so for two minutes every node stays Ready and untainted - no eviction storm. Runs on
+/// the Ready snapshot the run above leaves (or makes one first), through `labtest up`.
+#[test]
+fn a_restored_lab_stays_ready_without_taints_for_two_minutes() {
+    let lab = support::repo_root().join("fixtures/lab");
+    let labtest = |args: &[&str]| {
+        let mut cmd = Command::cargo_bin("labtest").expect("the labtest binary");
+        cmd.env("LABTEST_ACCEL", "tcg")
+            .arg("--lab")
+            .arg(&lab)
+            .args(args)
+            .timeout(Duration::from_secs(30 * 60));
+        cmd
+    };
+    let up = labtest(&["up"]).output().expect("labtest up");
+    assert!(
+        up.status.success(),
+        "labtest up failed:\n{}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let verdict = loop {
+        let out = labtest(&["kubectl", "--", "get", "nodes", "-o", "json"])
+            .timeout(Duration::from_secs(60))
+            .output()
+            .expect("labtest kubectl");
+        let nodes: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let items = nodes["items"].as_array().cloned().unwrap_or_default();
+        let bad: Vec<String> = items
+            .iter()
+            .filter_map(|n| {
+                let name = n["metadata"]["name"].as_str().unwrap_or("?");
+                let ready = n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                let taints = n["spec"]["taints"].as_array().map_or(0, |t| t.len());
+                (!ready || taints > 0)
+                    .then(|| format!("{name}: ready={ready} taints={}", n["spec"]["taints"]))
+            })
+            .collect();
+        seen.push(format!(
+            "{:>5.1}s: {} nodes, {bad:?}",
+            started.elapsed().as_secs_f64(),
+            items.len()
+        ));
+        if items.len() != 3 || !bad.is_empty() {
+            break Err(seen.join("\n"));
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            break Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    };
+    let _ = labtest(&["down"]).output();
+    if let Err(history) = verdict {
+        panic!("a node left Ready or was tainted after the restore:\n{history}");
+    }
+}

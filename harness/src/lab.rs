@@ -427,7 +427,7 @@ impl LabBuilder {
             }
             machines.push(Arc::new(Machine::new(builder.config(), events.clone())?));
         }
-        let lab = Lab {
+        let mut lab = Lab {
             spec: self.spec,
             machines,
             hub,
@@ -435,6 +435,7 @@ impl LabBuilder {
             keep: self.keep,
             evidence_dir: self.evidence_dir,
             events: events.clone(),
+            up_in: Duration::ZERO,
         };
         match &self.snapshot {
             None => {
@@ -461,10 +462,11 @@ impl LabBuilder {
                 });
             }
         }
+        lab.up_in = started.elapsed();
         tracing::info!(
             "lab {} up in {:.1}s",
             lab.spec.name,
-            started.elapsed().as_secs_f64()
+            lab.up_in.as_secs_f64()
         );
         Ok(lab)
     }
@@ -484,9 +486,16 @@ pub struct Lab {
     keep: bool,
     evidence_dir: Option<PathBuf>,
     events: Events,
+    up_in: Duration,
 }
 
 impl Lab {
+    /// From the first QEMU start to every guest channel answering (booted or restored): how
+    /// fast this machine runs these guests, which later deadlines may scale by.
+    pub fn up_in(&self) -> Duration {
+        self.up_in
+    }
+
     pub fn spec(&self) -> &LabSpec {
         &self.spec
     }

@@ -51,6 +51,10 @@ pub const CHECK_SYSTEM_PODS: &str = "kube-system pods Running";
 pub const CHECK_DEFAULT_SA: &str = "default ServiceAccount";
 pub const CHECK_SCHEDULABLE: &str = "schedulable";
 
+/// QEMU start to three fixture guests answering, where [`GateBudgets::tcg_three_vms`] was
+/// measured (26-31 s).
+pub const REFERENCE_BOOT: Duration = Duration::from_secs(31);
+
 /// One check's deadline and poll interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
@@ -98,6 +102,15 @@ impl GateBudgets {
             default_service_account: Budget::secs(180, 2000),
             schedulable: Budget::secs(240, 2000),
         }
+    }
+
+    /// [`GateBudgets::tcg_three_vms`] for a machine that booted the lab in `booted_in`: the
+    /// budgets were measured where three TCG guests answered in [`REFERENCE_BOOT`], so a host
+    /// that boots them k times slower (another CPU, a loaded or nested host) gets k times the
+    /// deadlines (never less than 1x, at most 8x). Returns the factor too, for the report.
+    pub fn tcg_three_vms_booted_in(booted_in: Duration) -> (Self, f64) {
+        let factor = (booted_in.as_secs_f64() / REFERENCE_BOOT.as_secs_f64()).clamp(1.0, 8.0);
+        (Self::tcg_three_vms().scaled(factor), factor)
     }
 
     /// A control plane on the host: /readyz ~3 s, `default` ServiceAccount ~4.5 s later.
