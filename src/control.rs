@@ -29,6 +29,16 @@ pub enum Request {
         a: String,
         b: String,
     },
+    /// Build a machine's system (as the flake has it now, or a named generation), copy it in
+    /// and switch to it (`labtest rebuild MACHINE`).
+    Rebuild {
+        machine: String,
+        generation: Option<String>,
+    },
+    /// Back to the generation before (`labtest rollback MACHINE`).
+    Rollback {
+        machine: String,
+    },
     /// Save the running lab as a named snapshot (`labtest snapshot save NAME`).
     Snapshot {
         name: String,

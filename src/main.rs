@@ -83,6 +83,17 @@ enum Command {
     Thaw { machine: String },
     /// Power a crashed machine on again; returns once its guest answers.
     Start { machine: String },
+    /// Build MACHINE's system as the lab's flake has it now (or a named generation), copy it in
+    /// and switch to it, as `nixos-rebuild switch --target-host` does; reports the units that
+    /// failed (exit 1 when any did, or the switch did not exit 0).
+    Rebuild {
+        machine: String,
+        /// A [[generation]] of lab.toml instead of the machine's current system.
+        #[arg(long, value_name = "NAME")]
+        generation: Option<String>,
+    },
+    /// Switch MACHINE back to the generation it ran before the last rebuild.
+    Rollback { machine: String },
     /// Cut the lab network between two machines.
     Partition { a: String, b: String },
     /// Undo a partition.
@@ -241,6 +252,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Freeze { machine } => fault(&cli.lab, machine, Fault::Freeze).await,
         Command::Thaw { machine } => fault(&cli.lab, machine, Fault::Thaw).await,
         Command::Start { machine } => fault(&cli.lab, machine, Fault::Start).await,
+        Command::Rebuild {
+            machine,
+            generation,
+        } => {
+            let request = Request::Rebuild {
+                machine,
+                generation,
+            };
+            switch_command(&cli.lab, request, REBUILD_SECS).await
+        }
+        Command::Rollback { machine } => {
+            switch_command(&cli.lab, Request::Rollback { machine }, 900).await
+        }
         Command::Partition { a, b } => {
             let reply = call(&running(&cli.lab)?, Request::Partition { a, b }, 30).await?;
             println!("{}", reply.text);
@@ -284,6 +308,24 @@ async fn call(session: &Session, request: Request, timeout_secs: u64) -> Result<
         bail!("{error}");
     }
     Ok(reply)
+}
+
+/// A build may be a cold NixOS closure; the server bounds it itself, this guards against a
+/// server that stopped answering.
+const REBUILD_SECS: u64 = 3900;
+
+/// `rebuild` / `rollback`: prints what the switch did, exits 1 when it left units failed.
+async fn switch_command(lab_dir: &Path, request: Request, timeout_secs: u64) -> Result<ExitCode> {
+    let reply = call(&running(lab_dir)?, request, timeout_secs).await?;
+    println!("{}", reply.text);
+    if !reply.stderr.is_empty() {
+        eprintln!("{}", reply.stderr);
+    }
+    Ok(if reply.status == Some(0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn fault(lab_dir: &Path, machine: String, fault: Fault) -> Result<ExitCode> {
@@ -506,7 +548,13 @@ async fn serve_in_background(
         }
     };
     session.write_info(&Info::serving(&spec, lab_dir, &lab, &session)?)?;
-    serve::serve(lab.clone(), &session, target).await?;
+    let served = serve::Served {
+        lab_dir: lab_dir.to_path_buf(),
+        work_dir: work,
+        snapshots: target,
+        switches: Default::default(),
+    };
+    serve::serve(lab.clone(), &session, served).await?;
     session.clear_stale();
     events.emit(harness::events::EventKind::RunFinished { aborted: None });
     let _ = view.join();

@@ -521,7 +521,13 @@ async fn keep_serving(
         "a scenario failed; the lab stays up for debugging (Ctrl-C or `labtest down` ends it):"
     );
     crate::print_reach(&info);
-    crate::serve::serve(lab, session, snapshots).await?;
+    let served = crate::serve::Served {
+        lab_dir: lab_dir.to_path_buf(),
+        work_dir: session.dir.join("work"),
+        snapshots,
+        switches: Default::default(),
+    };
+    crate::serve::serve(lab, session, served).await?;
     session.clear_stale();
     Ok(())
 }

@@ -11,18 +11,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use harness::events::Events;
+use harness::nix::{Activation, SystemProfile};
+use harness::vm::Machine;
+use scenarios::switches::Switches;
 
 use crate::control::{Fault, Reply, Request};
 use crate::run::SnapshotTarget;
 use crate::session::Session;
 
 /// Serves until asked to stop; the lab is torn down when this returns and `lab` is dropped.
-pub async fn serve(
-    lab: Arc<Lab>,
-    session: &Session,
-    snapshots: Option<SnapshotTarget>,
-) -> Result<()> {
-    let snapshots = Arc::new(snapshots);
+pub async fn serve(lab: Arc<Lab>, session: &Session, served: Served) -> Result<()> {
+    let served = Arc::new(served);
     let socket = session.socket();
     let _ = std::fs::remove_file(&socket);
     let listener =
@@ -34,9 +33,9 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (lab, stop, snapshots) = (lab.clone(), stop.clone(), snapshots.clone());
+                let (lab, stop, served) = (lab.clone(), stop.clone(), served.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &lab, &stop, snapshots.as_ref().as_ref()).await {
+                    if let Err(e) = handle(stream, &lab, &stop, &served).await {
                         tracing::warn!("control connection: {e:#}");
                     }
                 });
@@ -50,12 +49,7 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(
-    stream: UnixStream,
-    lab: &Lab,
-    stop: &Notify,
-    snapshots: Option<&SnapshotTarget>,
-) -> Result<()> {
+async fn handle(stream: UnixStream, lab: &Lab, stop: &Notify, served: &Served) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -64,7 +58,7 @@ async fn handle(
             stop.notify_one();
             Reply::text("tearing the lab down")
         }
-        Ok(request) => answer(request, lab, snapshots).await,
+        Ok(request) => answer(request, lab, served).await,
         Err(e) => Reply::error(format!("bad request: {e}")),
     };
     let mut text = serde_json::to_string(&reply)?;
@@ -73,14 +67,14 @@ async fn handle(
     Ok(())
 }
 
-async fn answer(request: Request, lab: &Lab, snapshots: Option<&SnapshotTarget>) -> Reply {
-    match run(request, lab, snapshots).await {
+async fn answer(request: Request, lab: &Lab, served: &Served) -> Reply {
+    match run(request, lab, served).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(format!("{e:#}")),
     }
 }
 
-async fn run(request: Request, lab: &Lab, snapshots: Option<&SnapshotTarget>) -> Result<Reply> {
+async fn run(request: Request, lab: &Lab, served: &Served) -> Result<Reply> {
     Ok(match request {
         Request::Status => Reply::text(status_text(lab).await),
         Request::Exec {
@@ -124,7 +118,10 @@ async fn run(request: Request, lab: &Lab, snapshots: Option<&SnapshotTarget>) ->
             Reply::text(format!("{a} and {b} can talk again"))
         }
         Request::Snapshot { name } => {
-            let target = snapshots.context("this lab's server keeps no snapshots")?;
+            let target = served
+                .snapshots
+                .as_ref()
+                .context("this lab's server keeps no snapshots")?;
             let saved = lab
                 .save_snapshot(&target.store, &name, &target.key, &Events::discard())
                 .await?;
@@ -136,8 +133,90 @@ async fn run(request: Request, lab: &Lab, snapshots: Option<&SnapshotTarget>) ->
                 saved.dir.display()
             ))
         }
+        Request::Rebuild {
+            machine,
+            generation,
+        } => {
+            let spec = lab.spec();
+            let attr = spec.rebuild_attr(&machine, generation.as_deref())?;
+            let guest = lab.machine(&machine)?;
+            let toplevel = harness::lab::build_attr(
+                &served.lab_dir,
+                spec,
+                &attr,
+                &served.work_dir.join(format!("rebuild-{machine}")),
+                &Events::discard(),
+                REBUILD_TIMEOUT,
+            )
+            .await?;
+            let nix = harness::lab::lab_nix(spec)?;
+            let activation = served
+                .switches
+                .switch_to(&SystemProfile::default(), &nix, guest, &toplevel)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            activation_reply(guest, &activation, &format!("switched to {attr}")).await?
+        }
+        Request::Rollback { machine } => {
+            let guest = lab.machine(&machine)?;
+            let profile = SystemProfile::default();
+            // Back to the generation this server switched away from; with no switch of ours
+            // (e.g. after `up --from`), to the one below, as `nixos-rebuild switch --rollback`.
+            let activation = if served.switches.has_switched(&machine) {
+                served
+                    .switches
+                    .roll_back(&profile, guest)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+            } else {
+                profile.rollback(guest.as_ref()).await?
+            };
+            activation_reply(guest, &activation, "rolled back").await?
+        }
         Request::Down => Reply::text("tearing the lab down"),
     })
+}
+
+/// How long `labtest rebuild` may take to build a system (a NixOS closure, cold).
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What a switch did, as `nixos-rebuild switch` reports it: the exit status of
+/// switch-to-configuration and the units that are failed now. Status 0 only when both are clean.
+async fn activation_reply(guest: &Machine, activation: &Activation, what: &str) -> Result<Reply> {
+    let failed = guest
+        .exec(
+            "systemctl --failed --no-legend --plain | awk '{print $1}'",
+            Duration::from_secs(60),
+        )
+        .await?
+        .stdout_str();
+    let failed: Vec<&str> = failed.lines().filter(|l| !l.is_empty()).collect();
+    let clean = activation.succeeded() && failed.is_empty();
+    Ok(Reply {
+        status: Some(if clean { 0 } else { 1 }),
+        text: format!(
+            "{}: {what}: {} (switch-to-configuration exited {}); failed units: {}",
+            guest.name(),
+            activation.toplevel,
+            activation.status,
+            if failed.is_empty() {
+                "none".to_string()
+            } else {
+                failed.join(", ")
+            }
+        ),
+        stderr: harness::wait::tail_chars(activation.stderr.trim(), 2000),
+        ..Reply::default()
+    })
+}
+
+/// What a lab's server knows besides the lab.
+pub struct Served {
+    pub lab_dir: std::path::PathBuf,
+    pub work_dir: std::path::PathBuf,
+    pub snapshots: Option<SnapshotTarget>,
+    /// Generations `labtest rebuild` switched machines through, for `labtest rollback`.
+    pub switches: Switches,
 }
 
 async fn status_text(lab: &Lab) -> String {

@@ -98,9 +98,10 @@ fn all_scenarios_pass_on_the_fixture_lab() {
 /// After a restore the guests' clocks resume from the moment of the save (they lag the host by
 /// the snapshot's age, all by the same amount): the node controller must see every lease as
 /// fresh, so for two minutes every node stays Ready and untainted - no eviction storm. Runs on
-/// the Ready snapshot the run above leaves (or makes one first), through `labtest up`.
+/// the Ready snapshot the run above leaves (or makes one first), through `labtest up`; then the
+/// same lab takes a `labtest rebuild` and a `labtest rollback`.
 #[test]
-fn a_restored_lab_stays_ready_without_taints_for_two_minutes() {
+fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
     let lab = support::repo_root().join("fixtures/lab");
     let labtest = |args: &[&str]| {
         let mut cmd = Command::cargo_bin("labtest").expect("the labtest binary");
@@ -155,8 +156,61 @@ fn a_restored_lab_stays_ready_without_taints_for_two_minutes() {
         }
         std::thread::sleep(Duration::from_secs(10));
     };
-    let _ = labtest(&["down"]).output();
     if let Err(history) = verdict {
+        let _ = labtest(&["down"]).output();
         panic!("a node left Ready or was tainted after the restore:\n{history}");
     }
+
+    // "Try my change before it touches the real machine": rebuild to a generation, see it in
+    // the cluster, roll back, see it gone - on the restored lab, from the CLI.
+    let label_of = || -> String {
+        let out = labtest(&[
+            "kubectl",
+            "--",
+            "get",
+            "node",
+            "limiting-factor",
+            "-o",
+            "jsonpath={.metadata.labels.labtest\\.io/generation}",
+        ])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .expect("labtest kubectl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let wait_label = |want: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let seen = label_of();
+            if seen == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(240),
+                "limiting-factor's labtest.io/generation label: expected {want:?}, saw {seen:?}"
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    };
+    let rebuilt = labtest(&["rebuild", "limiting-factor", "--generation", "node-label"])
+        .output()
+        .expect("labtest rebuild");
+    let said = String::from_utf8_lossy(&rebuilt.stdout).into_owned();
+    assert!(
+        rebuilt.status.success() && said.contains("failed units: none"),
+        "labtest rebuild: {said}{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    wait_label("node-label");
+    let rolled = labtest(&["rollback", "limiting-factor"])
+        .output()
+        .expect("labtest rollback");
+    assert!(
+        rolled.status.success(),
+        "labtest rollback: {}{}",
+        String::from_utf8_lossy(&rolled.stdout),
+        String::from_utf8_lossy(&rolled.stderr)
+    );
+    wait_label("");
+    let _ = labtest(&["down"]).output();
 }

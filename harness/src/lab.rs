@@ -28,6 +28,9 @@ pub struct LabSpec {
     /// Extra `nix.conf` lines for this lab's builds (e.g. `sandbox = false`).
     #[serde(default)]
     pub nix_config: Vec<String>,
+    /// The flake attribute of a machine's system as the flake defines it now (`{machine}`
+    /// stands for its name): what `labtest rebuild MACHINE` builds and switches to.
+    pub system_attr: Option<String>,
     pub network: NetworkSpec,
     #[serde(rename = "machine")]
     pub machines: Vec<MachineSpec>,
@@ -287,6 +290,58 @@ impl LabSpec {
             }
         }
         Ok(spec)
+    }
+
+    /// The flake attribute `labtest rebuild` builds for `machine`: the named generation's, or
+    /// the machine's system as the flake has it now (`system_attr`).
+    ///
+    /// # Errors
+    /// [`LabError::BadSpec`] naming what the spec offers instead.
+    pub fn rebuild_attr(
+        &self,
+        machine: &str,
+        generation: Option<&str>,
+    ) -> Result<String, LabError> {
+        let bad = |message: String| LabError::BadSpec {
+            path: PathBuf::from("lab.toml"),
+            message,
+        };
+        let offered = || {
+            let names: Vec<&str> = self
+                .generations
+                .iter()
+                .filter(|g| g.machine == machine)
+                .map(|g| g.name.as_str())
+                .collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        match generation {
+            Some(name) => self
+                .generations
+                .iter()
+                .find(|g| g.name == name && g.machine == machine)
+                .map(|g| g.attr.clone())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "no [[generation]] {name:?} for machine {machine} (its generations: {})",
+                        offered()
+                    ))
+                }),
+            None => self
+                .system_attr
+                .as_ref()
+                .map(|a| a.replace("{machine}", machine))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "no system_attr to build {machine}'s current system from; name a generation instead (its generations: {})",
+                        offered()
+                    ))
+                }),
+        }
     }
 
     pub fn machine_names(&self) -> Vec<String> {

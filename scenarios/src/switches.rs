@@ -114,6 +114,11 @@ impl Switches {
         Ok(done)
     }
 
+    /// Whether a switch of `machine` made here can be rolled back ([`Switches::roll_back`]).
+    pub fn has_switched(&self, machine: &str) -> bool {
+        self.stack(machine, |s| !s.is_empty())
+    }
+
     fn stack<T>(&self, machine: &str, f: impl FnOnce(&mut Vec<u32>) -> T) -> T {
         let mut left = self
             .left
