@@ -225,7 +225,9 @@ impl SystemProfile {
         paths: &[String],
     ) -> Result<Vec<String>, GenerationError> {
         let list = self.remote_file("paths");
-        self.copy(guest, paths.join("\n").as_bytes(), &list).await?;
+        // One path per line, each ending in a newline: `read` drops a last line without one.
+        let text: String = paths.iter().map(|p| format!("{p}\n")).collect();
+        self.copy(guest, text.as_bytes(), &list).await?;
         let l = sh_quote(&list);
         let out = self
             .step(
