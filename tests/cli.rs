@@ -448,6 +448,73 @@ workload_image = "labtest/workload:1"
         .exists());
 }
 
+struct DownOnDrop(PathBuf, PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = labtest()
+            .env("LABTEST_SNAPSHOTS", &self.1)
+            .arg("--lab")
+            .arg(&self.0)
+            .arg("down")
+            .output();
+    }
+}
+
+fn two_labs_from_one_snapshot(lab_dir: &std::path::Path, snapshots: &std::path::Path) {
+    use harness::events::Events;
+    use harness::lab::{LabBuilder, LabSpec};
+    use harness::snapshot::{SnapshotKey, SnapshotStore};
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async {
+        let events = Events::discard();
+        let spec = LabSpec::load(lab_dir).expect("vm-only lab.toml");
+        let build = tempfile::tempdir().expect("temp dir");
+        let run_dir = harness::lab::build(
+            lab_dir,
+            &spec,
+            build.path(),
+            &events,
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("build the lab");
+        let text = std::fs::read_to_string(lab_dir.join("lab.toml")).expect("lab.toml");
+        let key = SnapshotKey::compute(
+            &text,
+            &run_dir,
+            &spec.machine_names(),
+            harness::vm::Accel::Tcg.qemu_opts(),
+        )
+        .expect("the key");
+        let snapshot = SnapshotStore::new(snapshots)
+            .lookup("vm-only", "ready", &key)
+            .expect("the Ready snapshot the CLI saved");
+        let restore = || {
+            LabBuilder::new(spec.clone(), &run_dir)
+                .restore_from(snapshot.clone())
+                .start(&events)
+        };
+        let (a, b) = tokio::join!(restore(), restore());
+        let (a, b) = (a.expect("lab a"), b.expect("lab b"));
+        let ga = a.machine("grey-area").expect("grey-area");
+        ga.succeed("touch /root/only-in-a")
+            .await
+            .expect("write in a");
+        let gb = b.machine("grey-area").expect("grey-area");
+        gb.succeed("test ! -e /root/only-in-a")
+            .await
+            .expect("b does not see a's file");
+        for lab in [&a, &b] {
+            lab.machine("limiting-factor")
+                .expect("limiting-factor")
+                .succeed("ping -c1 -W5 grey-area")
+                .await
+                .expect("each lab's machines reach each other over their own hub");
+        }
+    });
+}
+
 /// A lab dir beside vm-only whose lab.toml is vm-only's plus `extra`: the same machines and run
 /// scripts (its prepare step copies vm-only's), so the same snapshot key unless `extra` changes it.
 fn vm_lab_variant(extra: &str) -> tempfile::TempDir {
@@ -495,6 +562,8 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
         cmd
     };
     let run = |args: &[&str]| run_in(&lab, args);
+    // Whatever fails below, the lab does not stay up for the next test.
+    let _down = DownOnDrop(lab.clone(), snapshots.path().to_path_buf());
     let boot_id = |dir: &std::path::Path| {
         let out = run_in(
             dir,
@@ -562,52 +631,11 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
     .assert()
     .success();
 
-    // A second lab with the same inputs runs from the same snapshot at the same time.
-    let twin = vm_lab_variant("");
-    let twin_up = output_text(&run_in(twin.path(), &["up"]).assert().success());
-    assert!(
-        twin_up.contains("lab restored from snapshot ready"),
-        "{twin_up}"
-    );
-    run(&[
-        "exec",
-        "grey-area",
-        "--",
-        "touch",
-        "/root/only-in-the-first",
-    ])
-    .assert()
-    .success();
-    run_in(
-        twin.path(),
-        &[
-            "exec",
-            "grey-area",
-            "--",
-            "test",
-            "!",
-            "-e",
-            "/root/only-in-the-first",
-        ],
-    )
-    .assert()
-    .success();
-    run_in(
-        twin.path(),
-        &[
-            "exec",
-            "limiting-factor",
-            "--",
-            "ping",
-            "-c1",
-            "-W5",
-            "grey-area",
-        ],
-    )
-    .assert()
-    .success();
-    run_in(twin.path(), &["down"]).assert().success();
     run(&["down"]).assert().success();
+
+    // Two labs from the one snapshot at the same time, each with its own disks, hub and ports
+    // (through the library, as a user's own test would).
+    two_labs_from_one_snapshot(&lab, snapshots.path());
 
     // A corrupt state: QEMU refuses it, the run says so and boots afresh, and saves anew.
     let state = snapshots.path().join("vm-only/ready/grey-area.state");
@@ -628,15 +656,6 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
         "a fresh boot after a corrupt snapshot"
     );
     run(&["down"]).assert().success();
-
-    // A changed lab.toml: another key, with the input that changed named.
-    let changed = vm_lab_variant("# a changed lab\n");
-    let text = output_text(&run_in(changed.path(), &["up"]).assert().success());
-    assert!(
-        text.contains("made from other inputs; changed: lab.toml"),
-        "{text}"
-    );
-    run_in(changed.path(), &["down"]).assert().success();
 
     // SIGKILL of the server while it saves, then while it restores: no QEMU outlives it, and
     // no half-written snapshot is ever restored.
@@ -662,6 +681,7 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
         let out = std::process::Command::new("pgrep")
             .args([
                 "-f",
+                "--",
                 &format!("--lab {} --accel tcg __serve", lab.display()),
             ])
             .output()
@@ -719,11 +739,21 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
         let listed = output_text(&run(&["snapshot", "list"]).assert().success());
         assert!(!listed.contains(".part-"), "{listed}");
     }
-    // The save killed half-way left the older snapshot in place (or none): never a half one.
+    // The save killed half-way left the older snapshot in place, never a half one.
     let after = output_text(&run(&["up"]).assert().success());
     assert!(
-        after.contains("lab restored from snapshot ready") || after.contains("none saved yet"),
+        after.contains("lab restored from snapshot ready"),
         "{after}"
     );
     run(&["down"]).assert().success();
+
+    // A changed lab.toml: another key, with the input that changed named.
+    let changed = vm_lab_variant("# a changed lab\n");
+    let _changed_down = DownOnDrop(changed.path().to_path_buf(), snapshots.path().to_path_buf());
+    let text = output_text(&run_in(changed.path(), &["up"]).assert().success());
+    assert!(
+        text.contains("made from other inputs; changed: lab.toml"),
+        "{text}"
+    );
+    run_in(changed.path(), &["down"]).assert().success();
 }

@@ -6,6 +6,9 @@
 # so a restored guest finds the very image it had mounted.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+# Two labs may be prepared at once (a second lab dir whose prepare step runs this one).
+exec 9>.prepare.lock
+flock 9
 repo=$(cd ../../.. && pwd)
 guest=$("$repo/fixtures/guest/build.sh" | tail -n1)
 hosts=grey-area=10.77.0.10,limiting-factor=10.77.0.12
