@@ -455,10 +455,7 @@ async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand) -> Result<Exi
             if snapshots.is_empty() {
                 println!("no snapshots in {}", store.root().display());
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default();
+            let now = harness::snapshot::now_secs();
             for s in snapshots {
                 let m = &s.meta;
                 println!(

@@ -380,20 +380,6 @@ fn scenario_files_are_refused_for_bad_manifests_and_names_taken_before_anything_
 /// the evidence folder named and no QEMU left behind.
 #[test]
 fn a_node_that_cannot_join_ends_the_run_with_its_error_and_leaves_nothing_running() {
-    let lab = tempfile::Builder::new()
-        .prefix("labtest-join-refused-")
-        .tempdir()
-        .expect("temp dir");
-    let vm_only = vm_lab();
-    std::fs::copy(vm_only.join("flake.nix"), lab.path().join("flake.nix")).expect("copy flake");
-    let spec = std::fs::read_to_string(vm_only.join("lab.toml")).expect("vm-only lab.toml");
-    let spec = spec.replace(
-        "prepare = \"./prepare.sh\"",
-        &format!(
-            "prepare = \"{0}/prepare.sh && rm -rf local && cp -r {0}/local local\"",
-            vm_only.display()
-        ),
-    );
     let kubernetes = r#"
 [kubernetes]
 master = "grey-area"
@@ -404,7 +390,7 @@ join_command = "read -r token; echo \"kubelet refused a token of ${#token} bytes
 kubelet_unit = "kubelet.service"
 workload_image = "labtest/workload:1"
 "#;
-    std::fs::write(lab.path().join("lab.toml"), spec + kubernetes).expect("write lab.toml");
+    let lab = vm_lab_variant(kubernetes);
     let report = tempfile::Builder::new()
         .prefix("labtest-join-report-")
         .tempdir()

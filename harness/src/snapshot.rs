@@ -50,6 +50,15 @@ pub enum SnapshotError {
     },
 }
 
+/// A [`SnapshotError::Io`] about `path`.
+fn io(path: &Path, context: &str, source: std::io::Error) -> SnapshotError {
+    SnapshotError::Io {
+        path: path.to_path_buf(),
+        context: context.to_string(),
+        source,
+    }
+}
+
 /// What decides a snapshot's content, hashed. Any change means a fresh boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotKey {
@@ -73,11 +82,6 @@ impl SnapshotKey {
         machines: &[String],
         accel_opts: &str,
     ) -> Result<Self, SnapshotError> {
-        let io = |path: &Path, context: &str, source| SnapshotError::Io {
-            path: path.to_path_buf(),
-            context: context.to_string(),
-            source,
-        };
         let mut inputs = vec![
             format!("format {FORMAT}"),
             format!(
@@ -282,11 +286,7 @@ impl SnapshotStore {
         if !dir.exists() {
             return Ok(false);
         }
-        std::fs::remove_dir_all(&dir).map_err(|source| SnapshotError::Io {
-            path: dir,
-            context: "removing".into(),
-            source,
-        })?;
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, "removing", e))?;
         Ok(true)
     }
 
@@ -294,11 +294,6 @@ impl SnapshotStore {
     /// a killed save are removed first.
     pub(crate) fn begin(&self, lab: &str, name: &str) -> Result<PathBuf, SnapshotError> {
         let lab_dir = self.root.join(lab);
-        let io = |path: &Path, context: &str, source| SnapshotError::Io {
-            path: path.to_path_buf(),
-            context: context.to_string(),
-            source,
-        };
         std::fs::create_dir_all(&lab_dir).map_err(|e| io(&lab_dir, "creating", e))?;
         let prefix = format!(".part-{name}-");
         for stale in read_dirs(&lab_dir) {
@@ -323,11 +318,6 @@ impl SnapshotStore {
         part: &Path,
         meta: &SnapshotMeta,
     ) -> Result<Snapshot, SnapshotError> {
-        let io = |path: &Path, context: &str, source| SnapshotError::Io {
-            path: path.to_path_buf(),
-            context: context.to_string(),
-            source,
-        };
         let meta_path = part.join(META);
         let text = serde_json::to_string_pretty(meta)
             .map_err(|e| io(&meta_path, "serializing", std::io::Error::other(e)))?;
@@ -380,7 +370,8 @@ fn has_migration_magic(path: &Path) -> bool {
         && &magic == b"QEVM"
 }
 
-pub(crate) fn now_secs() -> u64 {
+/// Seconds since the epoch, host clock (what [`SnapshotMeta::created`] holds).
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

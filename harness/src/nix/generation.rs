@@ -190,19 +190,17 @@ impl SystemProfile {
             .collect();
         // Register what the guest has (its store image holds more than its database knows),
         // then import the rest, dependencies first (-qR's order), as deploy tools copy a closure.
-        if !present.is_empty() {
-            let mut args = vec!["--dump-db".to_string()];
-            args.extend(present.iter().cloned());
-            let dump = host_nix_store(nix, &args).await?;
-            self.load_in_guest(guest, &dump, "nix-store --load-db")
-                .await?;
-        }
-        if !missing.is_empty() {
-            let mut args = vec!["--export".to_string()];
-            args.extend(missing.iter().cloned());
-            let export = host_nix_store(nix, &args).await?;
-            self.load_in_guest(guest, &export, "nix-store --import >/dev/null")
-                .await?;
+        for (paths, on_host, in_guest) in [
+            (&present, "--dump-db", "nix-store --load-db"),
+            (&missing, "--export", "nix-store --import >/dev/null"),
+        ] {
+            if paths.is_empty() {
+                continue;
+            }
+            let mut args = vec![on_host.to_string()];
+            args.extend(paths.iter().cloned());
+            let data = host_nix_store(nix, &args).await?;
+            self.load_in_guest(guest, &data, in_guest).await?;
         }
         let t = sh_quote(&toplevel);
         self.step(
