@@ -263,6 +263,16 @@ pub enum WaitFor {
         node: String,
         taint: Taint,
     },
+    /// The Node carries the label (a rebuild's labels reach the Node some time after the
+    /// switch: `--node-labels` acts only at registration, a reconciler patches an existing Node).
+    NodeHasLabel {
+        node: String,
+        label: Label,
+    },
+    NodeLacksLabel {
+        node: String,
+        label: Label,
+    },
     /// The Deployment's Available condition is True and at least `replicas` replicas are
     /// available (`None`: its `spec.replicas`).
     DeploymentAvailable {
@@ -571,7 +581,9 @@ impl Step {
                 WaitFor::NodeReady { node }
                 | WaitFor::NodeNotReady { node }
                 | WaitFor::NodeTainted { node, .. }
-                | WaitFor::NodeUntainted { node, .. } => out.push(machine("node", node)),
+                | WaitFor::NodeUntainted { node, .. }
+                | WaitFor::NodeHasLabel { node, .. }
+                | WaitFor::NodeLacksLabel { node, .. } => out.push(machine("node", node)),
                 WaitFor::PodRunning {
                     node: Some(node), ..
                 } => out.push(machine("node", node)),
@@ -658,6 +670,8 @@ impl fmt::Display for WaitFor {
             WaitFor::NodeNotReady { node } => write!(f, "node-not-ready {node}"),
             WaitFor::NodeTainted { node, taint } => write!(f, "node-tainted {node} {taint}"),
             WaitFor::NodeUntainted { node, taint } => write!(f, "node-untainted {node} {taint}"),
+            WaitFor::NodeHasLabel { node, label } => write!(f, "node-has-label {node} {label}"),
+            WaitFor::NodeLacksLabel { node, label } => write!(f, "node-lacks-label {node} {label}"),
             WaitFor::DeploymentAvailable {
                 namespace,
                 deployment,
@@ -952,11 +966,13 @@ const FAULTS: [&str; 14] = [
     "start-unit",
 ];
 
-const WAITS: [&str; 12] = [
+const WAITS: [&str; 14] = [
     "node-ready",
     "node-not-ready",
     "node-tainted",
     "node-untainted",
+    "node-has-label",
+    "node-lacks-label",
     "deployment-available",
     "deployment-rolled-out",
     "daemonset-ready",
@@ -984,6 +1000,9 @@ fn fields_of(kind: &str, value: &str) -> &'static [&'static str] {
         ("fault", "stop-unit" | "start-unit") => &["machine", "unit"],
         ("fault", _) => &["machine"],
         ("wait", "node-ready" | "node-not-ready") => &["node", "timeout", "interval"],
+        ("wait", "node-has-label" | "node-lacks-label") => {
+            &["node", "label", "timeout", "interval"]
+        }
         ("wait", "node-tainted" | "node-untainted") => {
             &["node", "key", "effect", "timeout", "interval"]
         }
@@ -1437,6 +1456,14 @@ fn parse_step(
                 },
                 "node-not-ready" => WaitFor::NodeNotReady {
                     node: r.string("node", node_example)?,
+                },
+                "node-has-label" => WaitFor::NodeHasLabel {
+                    node: r.string("node", node_example)?,
+                    label: r.label()?,
+                },
+                "node-lacks-label" => WaitFor::NodeLacksLabel {
+                    node: r.string("node", node_example)?,
+                    label: r.label()?,
                 },
                 "node-tainted" | "node-untainted" => {
                     let node = r.string("node", node_example)?;

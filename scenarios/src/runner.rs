@@ -646,6 +646,23 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
         WaitFor::NodeNotReady { node } => {
             wait_object(ctx, &nodes, node, node_not_ready, wait, label).await
         }
+        WaitFor::NodeHasLabel {
+            node,
+            label: wanted,
+        }
+        | WaitFor::NodeLacksLabel {
+            node,
+            label: wanted,
+        } => {
+            let want = matches!(wait.condition, WaitFor::NodeHasLabel { .. });
+            let cond = |n: Option<&Node>| {
+                n.is_some_and(|n| {
+                    let value = n.metadata.labels.as_ref().and_then(|l| l.get(&wanted.key));
+                    label_matches(wanted, value.map(String::as_str)) == want
+                })
+            };
+            wait_object(ctx, &nodes, node, cond, wait, label).await
+        }
         WaitFor::NodeTainted { node, taint } => match taint.effect {
             Some(effect) => {
                 let cond = node_has_taint(&taint.key, effect.as_str());

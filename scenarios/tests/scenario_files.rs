@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use scenarios::file::{
-    Action, Expectation, Fault, FileError, ManifestSource, PodSelector, ScenarioFile, TaintEffect,
-    WaitFor,
+    Action, Expectation, Fault, FileError, Label, ManifestSource, PodSelector, ScenarioFile,
+    TaintEffect, WaitFor, WaitStep,
 };
 
 const MACHINES: [&str; 3] = ["grey-area", "congenital-optimist", "limiting-factor"];
@@ -672,6 +672,17 @@ key = "k"
 effect = "PreferNoSchedule"
 timeout = "1m"
 [[step]]
+wait = "node-has-label"
+node = "grey-area"
+label = "labtest.io/generation=node-label"
+timeout = "2m"
+interval = "5s"
+[[step]]
+wait = "node-lacks-label"
+node = "grey-area"
+label = "labtest.io/generation"
+timeout = "2m"
+[[step]]
 wait = "deployment-available"
 deployment = "web"
 namespace = "default"
@@ -751,7 +762,7 @@ contains = "grey-area"
 sleep = "1m30s"
 "#;
     let file = parse(text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(file.steps.len(), 36);
+    assert_eq!(file.steps.len(), 38);
     file.validate_against(&names(&MACHINES), &names(&GENERATIONS))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(file.steps[0].note.as_deref(), Some("n"));
@@ -763,7 +774,7 @@ sleep = "1m30s"
         })
     );
     assert_eq!(
-        file.steps[35].action,
+        file.steps[37].action,
         Action::Sleep(Duration::from_secs(90))
     );
     // Every kind value appears once, so Display covers every arm.
@@ -775,6 +786,27 @@ sleep = "1m30s"
         "{shown:?}"
     );
     assert!(shown.iter().any(|s| s == "sleep 1m30s"), "{shown:?}");
+    assert!(
+        shown
+            .iter()
+            .any(|s| s
+                == "wait node-has-label grey-area labtest.io/generation=node-label (deadline 2m)"),
+        "{shown:?}"
+    );
+    assert_eq!(
+        file.steps[21].action,
+        Action::Wait(WaitStep {
+            condition: WaitFor::NodeLacksLabel {
+                node: "grey-area".into(),
+                label: Label {
+                    key: "labtest.io/generation".into(),
+                    value: None
+                }
+            },
+            timeout: Duration::from_secs(120),
+            interval: Duration::from_secs(2),
+        })
+    );
     assert!(
         shown
             .iter()
