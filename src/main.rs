@@ -1,6 +1,5 @@
 //! labtest's command line. Exit status: 0 all passed, 1 a scenario failed, 2 the lab could not be
 //! brought up or the input was bad.
-mod bringup;
 mod control;
 mod run;
 mod serve;
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use harness::events::Events;
+use harness::lab::LabSpec;
+use harness::ready;
 use harness::report::live;
 use harness::vm::accel::AccelChoice;
 
@@ -351,7 +352,7 @@ async fn up(
     snapshot: run::SnapshotArgs,
     from: Option<String>,
 ) -> Result<ExitCode> {
-    bringup::load_spec(lab_dir)?;
+    LabSpec::load(lab_dir)?;
     if let Some(name) = &from {
         check_snapshot_name(name)?;
     }
@@ -434,11 +435,11 @@ fn check_snapshot_name(name: &str) -> Result<()> {
 }
 
 async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand) -> Result<ExitCode> {
-    let store = run::snapshot_store();
+    let store = ready::snapshot_store();
     match action {
         SnapshotCommand::Save { name } => {
             check_snapshot_name(&name)?;
-            if name == run::READY_SNAPSHOT {
+            if name == ready::READY_SNAPSHOT {
                 bail!(
                     "snapshot name {name:?} is the one every run restores (made right after the readiness gate); pick another name"
                 );
@@ -473,7 +474,7 @@ async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand) -> Result<Exi
         }
         SnapshotCommand::Rm { name } => {
             check_snapshot_name(&name)?;
-            let spec = bringup::load_spec(lab_dir)?;
+            let spec = LabSpec::load(lab_dir)?;
             if store.remove(&spec.name, &name)? {
                 println!("removed snapshot {name} of lab {}", spec.name);
             } else {
@@ -518,19 +519,29 @@ async fn serve_in_background(
     let Some(_lock) = session.lock()? else {
         bail!("another server already serves {}", lab_dir.display());
     };
-    let spec = bringup::load_spec(lab_dir)?;
+    let spec = LabSpec::load(lab_dir)?;
     let events = Events::new();
     let view = live::spawn(&events, live::Mode::Plain);
     let work = session.dir.join("work");
     let booted = async {
-        let built = bringup::build(lab_dir, &spec, &work, accel, &events).await?;
+        let built = ready::build(lab_dir, &spec, &work, accel, &events).await?;
         let ready = match &from {
             Some(name) => {
-                run::restore_named(lab_dir, &spec, &built, &session.dir, name, &events).await?
+                ready::restore_named(lab_dir, &spec, &built, &session.dir, name, &events).await?
             }
-            None => run::ready_lab(lab_dir, &spec, &built, &session.dir, snapshot, &events).await?,
+            None => {
+                ready::ready_lab(
+                    lab_dir,
+                    &spec,
+                    &built,
+                    &session.dir,
+                    snapshot.mode(),
+                    &events,
+                )
+                .await?
+            }
         };
-        let target = run::snapshot_target(lab_dir, &spec, &built).ok();
+        let target = ready::snapshot_target(lab_dir, &spec, &built).ok();
         anyhow::Ok((ready, target))
     }
     .await;

@@ -16,8 +16,8 @@ use harness::vm::Machine;
 use scenarios::switches::Switches;
 
 use crate::control::{Fault, Reply, Request};
-use crate::run::SnapshotTarget;
 use crate::session::Session;
+use harness::ready::SnapshotTarget;
 
 /// Serves until asked to stop; the lab is torn down when this returns and `lab` is dropped.
 pub async fn serve(lab: Arc<Lab>, session: &Session, served: Served) -> Result<()> {

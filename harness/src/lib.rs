@@ -10,11 +10,14 @@
 //! * [`lab`] - a lab spec plus its machines and network, booted (or restored from a snapshot)
 //!   and torn down together.
 //! * [`report`] - the live view, summary, JUnit, JSON and the artifacts folder, all fed by events.
+//! * [`ready`] - the top: a lab built, booted or restored, joined and through the readiness gate,
+//!   as the CLI, the scenarios and users' own tests get it ([`ready::ReadyLab`]).
 pub mod events;
 pub mod kube;
 pub mod lab;
 pub mod net;
 pub mod nix;
+pub mod ready;
 pub mod report;
 pub mod snapshot;
 pub mod vm;
