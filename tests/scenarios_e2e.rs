@@ -1,104 +1,16 @@
-//! Tier 4: every built-in scenario, the incident example file and the file form of
-//! rebuild-rollback, end to end, on one boot of the
-//! fixture lab - exactly as a user runs it (`labtest run --lab fixtures/lab`), checked through the
-//! reports it writes. This is the suite's only whole-lab boot: every check that needs the lab
-//! runs inside it, so the five testcases share one ~4 min bring-up.
+//! Tier 4: a lab restored from the fixture lab's Ready snapshot, kept up with `labtest up` and
+//! driven from the CLI as a user does between incidents: it stays Ready for two minutes and takes
+//! a rebuild and a rollback. (Each scenario is a test of its own in tests/scenarios.rs.)
 mod support;
 
 use std::time::Duration;
 
 use assert_cmd::Command;
 
-const INCIDENT: &str = "worker-partitioned-during-rollout";
-/// The file form of rebuild-rollback, run after the built-in on the same lab: each must find
-/// limiting-factor on the generation it booted with and leave it there, or the file's
-/// "rollback to the generation the lab booted with" lands on the built-in's generation.
-const REBUILD_FILE: &str = "rebuild-rollback";
-const REBUILD_FILE_NAME: &str = "rebuild-rollback-file";
-
-/// Every built-in scenario, as `labtest list` names them: a new one is tested without an edit here.
-fn builtins() -> impl Iterator<Item = &'static str> {
-    scenarios::CATALOGUE.iter().map(|(name, _)| *name)
-}
-
-#[test]
-fn all_scenarios_pass_on_the_fixture_lab() {
-    let report = tempfile::Builder::new()
-        .prefix("labtest-e2e-")
-        .tempdir()
-        .expect("temp dir");
-    let junit = report.path().join("junit.xml");
-    let out = Command::cargo_bin("labtest")
-        .expect("the labtest binary")
-        .env("LABTEST_ACCEL", "tcg")
-        .arg("run")
-        .arg("--lab")
-        .arg(support::repo_root().join("fixtures/lab"))
-        .arg("--report-dir")
-        .arg(report.path())
-        .arg("--junit")
-        .arg(&junit)
-        // Named one by one: with a --scenario-file alone, no built-in would run.
-        .args(builtins().flat_map(|name| ["--scenario", name]))
-        .arg("--scenario-file")
-        .arg(support::repo_root().join(format!("scenarios/files/{INCIDENT}.toml")))
-        .arg("--scenario-file")
-        .arg(support::repo_root().join(format!("scenarios/files/{REBUILD_FILE}.toml")))
-        // Measured: 12-13 min warm on 2 cores under TCG; the rest is room for a slow runner.
-        .timeout(Duration::from_secs(50 * 60))
-        .output()
-        .expect("labtest runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary =
-        std::fs::read_to_string(report.path().join("report/summary.txt")).unwrap_or_default();
-    // Keep the evidence of a failed run where CI uploads it.
-    if !out.status.success() {
-        let keep = support::repo_root().join("target/labtest/e2e-failed");
-        let _ = std::fs::create_dir_all(keep.parent().unwrap());
-        let _ = std::fs::rename(report.path(), &keep);
-    }
-    assert!(
-        out.status.success(),
-        "labtest run failed ({}):\n{stdout}\nstderr:\n{}\nsummary:\n{summary}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
-    for scenario in builtins().chain([INCIDENT, REBUILD_FILE_NAME]) {
-        assert!(
-            xml.contains(&format!("name=\"{scenario}\"")),
-            "JUnit has no testcase {scenario}:\n{xml}"
-        );
-    }
-    assert!(!xml.contains("<failure"), "JUnit reports a failure:\n{xml}");
-    // Whether the first scenario restored depends on the cache; every later one must have.
-    let restored = xml
-        .matches("name=\"restored-from-snapshot\" value=\"ready\"")
-        .count();
-    // The built-ins and the two files, less the first scenario.
-    let later_scenarios = builtins().count() + 1;
-    assert!(
-        restored >= later_scenarios,
-        "expected every scenario after the first on a lab restored from the Ready snapshot, saw {restored}:\n{xml}"
-    );
-    // Each scenario ran on a lab of its own (booted, or restored from the Ready snapshot).
-    for machine in ["grey-area", "congenital-optimist", "limiting-factor"] {
-        let console = report
-            .path()
-            .join("labs/pod-scheduling/machines")
-            .join(machine)
-            .join("console.log");
-        assert!(
-            console.exists(),
-            "no console log for {machine} in the artifacts"
-        );
-    }
-}
-
 /// After a restore the guests' clocks resume from the moment of the save (they lag the host by
 /// the snapshot's age, all by the same amount): the node controller must see every lease as
 /// fresh, so for two minutes every node stays Ready and untainted - no eviction storm. Runs on
-/// the Ready snapshot the run above leaves (or makes one first), through `labtest up`; then the
+/// the Ready snapshot the suite's first lab test leaves (or makes one first), through `labtest up`; then the
 /// same lab takes a `labtest rebuild` and a `labtest rollback`.
 #[test]
 fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
