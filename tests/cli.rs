@@ -123,6 +123,50 @@ fn an_unknown_scenario_is_refused_before_anything_boots() {
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
+/// A lab.toml mistake exits 2 naming the field before anything builds or boots - for `run`,
+/// `up` and the commands that read the spec - instead of failing minutes in (or in QEMU).
+#[test]
+fn a_bad_lab_spec_is_refused_before_anything_builds_or_boots() {
+    let spec = std::fs::read_to_string(vm_lab().join("lab.toml")).expect("vm-only lab.toml");
+    for (from, to, expected) in [
+        (
+            "address = \"10.77.0.12\"",
+            "address = \"10.77.0.10\"",
+            "address 10.77.0.10 is machine \"grey-area\"'s already",
+        ),
+        (
+            "address = \"10.77.0.12\"",
+            "address = \"10.77.1.12\"",
+            "is outside [network] cidr 10.77.0.0/24",
+        ),
+        (
+            "name = \"limiting-factor\"",
+            "name = \"limiting_factor\"",
+            "name: expected a host name",
+        ),
+    ] {
+        let lab = tempfile::tempdir().expect("temp dir");
+        assert!(spec.contains(from), "{from} is not in the vm-only lab.toml");
+        std::fs::write(lab.path().join("lab.toml"), spec.replacen(from, to, 1)).expect("write");
+        for args in [vec!["run"], vec!["up"]] {
+            let start = Instant::now();
+            labtest()
+                .arg("--lab")
+                .arg(lab.path())
+                .args(&args)
+                .assert()
+                .code(2)
+                .stderr(predicate::str::contains(expected))
+                .stderr(predicate::str::contains("lab.toml"));
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{args:?} took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+}
+
 #[test]
 fn commands_on_a_lab_that_is_not_up_explain_how_to_start_it() {
     let lab = vm_lab();
