@@ -39,6 +39,13 @@ pub enum Request {
     Rollback {
         machine: String,
     },
+    /// Run scenarios on the served lab (`labtest run --attach`); the reply's text is the
+    /// summary, its status the run's exit status. Paths are absolute.
+    Run {
+        scenarios: Vec<String>,
+        scenario_files: Vec<std::path::PathBuf>,
+        report_dir: std::path::PathBuf,
+    },
     /// Save the running lab as a named snapshot (`labtest snapshot save NAME`).
     Snapshot {
         name: String,

@@ -545,8 +545,8 @@ async fn serve_in_background(
         anyhow::Ok((ready, target))
     }
     .await;
-    let (lab, target) = match booted {
-        Ok((ready, target)) => (Arc::new(ready.lab), target),
+    let (lab, kube, target) = match booted {
+        Ok((ready, target)) => (Arc::new(ready.lab), ready.kube, target),
         Err(e) => {
             events.emit(harness::events::EventKind::RunFinished {
                 aborted: Some(format!("{e:#}")),
@@ -561,6 +561,7 @@ async fn serve_in_background(
         work_dir: work,
         snapshots: target,
         switches: Default::default(),
+        kube,
     };
     serve::serve(lab.clone(), &session, served).await?;
     session.clear_stale();

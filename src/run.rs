@@ -43,6 +43,14 @@ pub struct RunArgs {
     keep: bool,
     #[command(flatten)]
     snapshot: SnapshotArgs,
+    /// Run on the lab `labtest up` keeps running for this lab dir instead of a lab of the run's
+    /// own: no boot, no restore, so an incident can be iterated on in seconds. The scenarios
+    /// see the lab as it is (faults and rebuilds made since `up` included).
+    #[arg(long, env = "LABTEST_ATTACH", conflicts_with_all = ["fresh", "no_snapshot", "keep"])]
+    attach: bool,
+    /// With --attach: how long the scenarios may take in all, in seconds.
+    #[arg(long, default_value_t = 7200, requires = "attach")]
+    attach_timeout: u64,
 }
 
 /// How a run or `up` gets its Ready lab.
@@ -142,6 +150,9 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
         args.scenarios.iter().cloned().chain(from_files).collect()
     };
     let report_dir = args.report_dir.clone().unwrap_or_else(default_report_dir);
+    if args.attach {
+        return run_attached(lab_dir, &args, names, &report_dir).await;
+    }
     let events = Events::new();
     let recorder = events.record();
     let view = live::spawn(&events, live::Mode::detect());
@@ -209,7 +220,8 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
                 .await;
                 if !passed && args.keep {
                     let target = ready::snapshot_target(lab_dir, &spec, &built).ok();
-                    keep_serving(lab.clone(), lab_dir, &spec, &session, target).await?;
+                    keep_serving(lab.clone(), kube.clone(), lab_dir, &spec, &session, target)
+                        .await?;
                 }
             }
         }
@@ -230,6 +242,95 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
     }
     print!("{}", summary.render_text());
     Ok(ExitCode::from(summary.result.exit_code() as u8))
+}
+
+/// `labtest run --attach`: hands the scenarios to the server of the lab that is up and prints
+/// the summary it sends back; the server writes the reports into `report_dir`.
+async fn run_attached(
+    lab_dir: &Path,
+    args: &RunArgs,
+    names: Vec<String>,
+    report_dir: &Path,
+) -> Result<ExitCode> {
+    let session = crate::running(lab_dir)?;
+    std::fs::create_dir_all(report_dir)
+        .with_context(|| format!("creating the report dir {}", report_dir.display()))?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    println!(
+        "running {} on the lab kept up for {} (no boot); reports go to {}",
+        names.join(", "),
+        lab_dir.display(),
+        report_dir.display()
+    );
+    let request = crate::control::Request::Run {
+        scenarios: args.scenarios.clone(),
+        scenario_files: args.scenario_files.iter().map(|p| absolute(p)).collect(),
+        report_dir: absolute(report_dir),
+    };
+    let reply = crate::control::call(
+        &session.socket(),
+        &request,
+        std::time::Duration::from_secs(args.attach_timeout),
+    )
+    .await?;
+    if let Some(error) = reply.error {
+        bail!("the lab's server could not run the scenarios: {error}");
+    }
+    for (wanted, written) in [(&args.junit, "junit.xml"), (&args.json, "summary.json")] {
+        if let Some(path) = wanted {
+            let from = report_dir.join("report").join(written);
+            std::fs::copy(&from, path)
+                .with_context(|| format!("copying {} to {}", from.display(), path.display()))?;
+        }
+    }
+    print!("{}", reply.text);
+    Ok(ExitCode::from(reply.status.unwrap_or(1) as u8))
+}
+
+/// The server's half of `labtest run --attach`: the scenarios on the lab it serves, one after
+/// the other, reported into `report_dir` like a run of their own. Returns the summary text and
+/// the exit status the CLI promises.
+pub async fn run_on_served(
+    lab: &Lab,
+    kube: Option<&KubeAccess>,
+    lab_dir: &Path,
+    builtins: &[String],
+    file_paths: &[PathBuf],
+    report_dir: &Path,
+) -> Result<(String, i32)> {
+    for name in builtins {
+        if !scenarios::is_builtin(name) {
+            bail!("no scenario named {name:?}");
+        }
+    }
+    let files = load_scenario_files(file_paths, lab.spec())?;
+    let names: Vec<String> = if builtins.is_empty() && files.is_empty() {
+        scenarios::CATALOGUE
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    } else {
+        let from_files = files.iter().map(|f| f.name.clone());
+        builtins.iter().cloned().chain(from_files).collect()
+    };
+    let events = Events::new();
+    let recorder = events.record();
+    let artifacts = ArtifactsDir::create(report_dir, &events)
+        .with_context(|| format!("creating the report dir {}", report_dir.display()))?;
+    events.emit(EventKind::RunStarted {
+        lab: lab.spec().name.clone(),
+        scenarios: names.clone(),
+    });
+    let work = report_dir.join("work");
+    for name in &names {
+        events.emit(EventKind::Phase {
+            phase: Phase::Scenario,
+        });
+        run_scenario(name, lab, kube, lab_dir, &files, &events, &artifacts, &work).await;
+    }
+    events.emit(EventKind::RunFinished { aborted: None });
+    let summary = artifacts.write_reports(&recorder.events())?;
+    Ok((summary.render_text(), summary.result.exit_code()))
 }
 
 /// Runs one scenario (built-in or file) on a Ready lab, reported as one attempt; `false` when
@@ -297,6 +398,7 @@ async fn run_scenario(
 /// `kubectl` and the faults work from another terminal, until Ctrl-C or `labtest down`.
 async fn keep_serving(
     lab: Arc<Lab>,
+    kube: Option<KubeAccess>,
     lab_dir: &Path,
     spec: &LabSpec,
     session: &Session,
@@ -319,6 +421,7 @@ async fn keep_serving(
         work_dir: session.dir.join("work"),
         snapshots,
         switches: Default::default(),
+        kube,
     };
     crate::serve::serve(lab, session, served).await?;
     session.clear_stale();

@@ -173,6 +173,26 @@ async fn run(request: Request, lab: &Lab, served: &Served) -> Result<Reply> {
             };
             activation_reply(guest, &activation, "rolled back").await?
         }
+        Request::Run {
+            scenarios,
+            scenario_files,
+            report_dir,
+        } => {
+            let (text, status) = crate::run::run_on_served(
+                lab,
+                served.kube.as_ref(),
+                &served.lab_dir,
+                &scenarios,
+                &scenario_files,
+                &report_dir,
+            )
+            .await?;
+            Reply {
+                status: Some(status),
+                text,
+                ..Reply::default()
+            }
+        }
         Request::Down => Reply::text("tearing the lab down"),
     })
 }
@@ -217,6 +237,8 @@ pub struct Served {
     pub snapshots: Option<SnapshotTarget>,
     /// Generations `labtest rebuild` switched machines through, for `labtest rollback`.
     pub switches: Switches,
+    /// The cluster's admin client, for `labtest run --attach`.
+    pub kube: Option<harness::kube::KubeAccess>,
 }
 
 async fn status_text(lab: &Lab) -> String {

@@ -11,7 +11,8 @@ use assert_cmd::Command;
 /// the snapshot's age, all by the same amount): the node controller must see every lease as
 /// fresh, so for two minutes every node stays Ready and untainted - no eviction storm. Runs on
 /// the Ready snapshot the suite's first lab test leaves (or makes one first), through `labtest up`; then the
-/// same lab takes a `labtest rebuild` and a `labtest rollback`.
+/// same lab runs a scenario file with `labtest run --attach` and takes a `labtest rebuild` and
+/// a `labtest rollback`.
 #[test]
 fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
     let lab = support::repo_root().join("fixtures/lab");
@@ -71,6 +72,45 @@ fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
     if let Err(history) = verdict {
         let _ = labtest(&["down"]).output();
         panic!("a node left Ready or was tainted after the restore:\n{history}");
+    }
+
+    // `run --attach`: a scenario on the lab that is up - no boot, no restore, seconds.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let file = scratch.path().join("attached.toml");
+    std::fs::write(
+        &file,
+        "name = \"attached\"\n[[step]]\nwait = \"node-ready\"\nnode = \"limiting-factor\"\ntimeout = \"1m\"\n\
+         [[step]]\nexpect = \"command-output\"\nmachine = \"limiting-factor\"\ncommand = \"hostname\"\ncontains = \"limiting-factor\"\n",
+    )
+    .expect("writing the scenario file");
+    let junit = scratch.path().join("junit.xml");
+    let report = scratch.path().join("report");
+    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 temp path").to_string();
+    let attached = labtest(&[
+        "run",
+        "--attach",
+        "--scenario-file",
+        &path(&file),
+        "--report-dir",
+        &path(&report),
+        "--junit",
+        &path(&junit),
+    ])
+    .timeout(Duration::from_secs(300))
+    .output()
+    .expect("labtest run --attach");
+    let said = String::from_utf8_lossy(&attached.stdout).into_owned();
+    let xml = std::fs::read_to_string(&junit).unwrap_or_default();
+    let attached_ok = attached.status.success()
+        && said.contains("PASSED")
+        && !said.contains("== boot ==")
+        && xml.contains("name=\"attached\"");
+    if !attached_ok {
+        let _ = labtest(&["down"]).output();
+        panic!(
+            "labtest run --attach: expected a passed run of `attached` with no boot:\n{said}{}\nJUnit:\n{xml}",
+            String::from_utf8_lossy(&attached.stderr)
+        );
     }
 
     // "Try my change before it touches the real machine": rebuild to a generation, see it in
