@@ -69,6 +69,15 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         "{err}"
     );
     assert!(err.to_string().contains("nope"), "{err}");
+    assert_eq!(
+        ga.fail("echo refused >&2; exit 3").await.unwrap(),
+        "refused\n"
+    );
+    let err = ga.fail("echo yes").await.unwrap_err();
+    assert!(
+        matches!(err, VmError::CommandSucceeded { .. }) && err.to_string().contains("yes"),
+        "{err}"
+    );
 
     // Every pair talks over the lab network, by name from /etc/hosts.
     for (a, b) in [

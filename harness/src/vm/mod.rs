@@ -77,6 +77,12 @@ pub enum VmError {
         stdout: String,
         stderr: String,
     },
+    #[error("{machine}: `{command}` exited with 0, expected it to fail\nstdout: {stdout}")]
+    CommandSucceeded {
+        machine: String,
+        command: String,
+        stdout: String,
+    },
     #[error("{machine}: {source} (console log {console})")]
     Wait {
         machine: String,
@@ -549,6 +555,23 @@ impl Machine {
             });
         }
         Ok(out.stdout_str())
+    }
+
+    /// Runs a command that must exit non-zero (deadline 60 s), as the NixOS test driver's
+    /// `machine.fail`, and returns its stderr: for proving something is refused.
+    ///
+    /// # Errors
+    /// [`VmError::CommandSucceeded`] with its stdout when it exits 0.
+    pub async fn fail(&self, command: &str) -> Result<String, VmError> {
+        let out = self.exec(command, Duration::from_secs(60)).await?;
+        if out.status == 0 {
+            return Err(VmError::CommandSucceeded {
+                machine: self.config.name.clone(),
+                command: command.to_string(),
+                stdout: tail_chars(&out.stdout_str(), 2000),
+            });
+        }
+        Ok(out.stderr_str())
     }
 
     /// Writes `data` to `guest_path` over the guest channel, replacing it atomically. No shared
