@@ -162,14 +162,49 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         .await
         .unwrap();
 
-    // Freeze: nothing answers until thaw, then everything does.
+    // Freeze: a command on a frozen machine is refused at once, saying why; thaw, and
+    // everything answers again.
     let co = lab.machine("congenital-optimist").unwrap();
     co.freeze().await.unwrap();
     assert_eq!(co.qmp_status().await.unwrap(), "paused");
-    let err = co.exec("true", Duration::from_secs(2)).await.unwrap_err();
-    assert!(err.to_string().contains("no reply"), "{err}");
+    let asked = Instant::now();
+    let err = co.exec("true", Duration::from_secs(30)).await.unwrap_err();
+    assert!(err.to_string().contains("is frozen"), "{err}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     co.thaw().await.unwrap();
     assert_eq!(co.succeed("echo thawed").await.unwrap(), "thawed\n");
+    // A command that is running when the machine freezes holds only the shell channel: status
+    // and thaw still answer within a second, and the command then completes.
+    let pending = {
+        let co = co.clone();
+        tokio::spawn(async move { co.exec("sleep 2; echo done", Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    co.freeze().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (what, took) in [
+        ("status", {
+            let t = Instant::now();
+            assert_eq!(co.qmp_status().await.unwrap(), "paused");
+            t.elapsed()
+        }),
+        ("thaw", {
+            let t = Instant::now();
+            co.thaw().await.unwrap();
+            t.elapsed()
+        }),
+    ] {
+        assert!(
+            took < Duration::from_secs(1),
+            "{what} took {took:?} behind a pending exec"
+        );
+    }
+    let out = pending.await.unwrap().unwrap();
+    assert_eq!(out.stdout_str(), "done\n");
 
     // Power loss, then a fresh boot from the same disk that rejoins the network.
     let lf = lab.machine("limiting-factor").unwrap();

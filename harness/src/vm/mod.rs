@@ -207,12 +207,35 @@ struct Connections {
     ctl: Channel,
 }
 
+/// QMP, the shell channel and the control channel, each behind its own lock: a fault, a status
+/// query or a thaw must act at once while a command runs (or hangs on a frozen guest).
+#[derive(Default)]
+struct Links {
+    qmp: Mutex<Option<Qmp>>,
+    shell: Mutex<Option<Channel>>,
+    ctl: Mutex<Option<Channel>>,
+}
+
+impl Links {
+    async fn install(&self, conn: Connections) {
+        *self.qmp.lock().await = Some(conn.qmp);
+        *self.shell.lock().await = Some(conn.shell);
+        *self.ctl.lock().await = Some(conn.ctl);
+    }
+
+    async fn clear(&self) {
+        *self.qmp.lock().await = None;
+        *self.shell.lock().await = None;
+        *self.ctl.lock().await = None;
+    }
+}
+
 /// A running (or stopped) QEMU machine. Dropping it kills QEMU.
 pub struct Machine {
     config: MachineConfig,
     events: Events,
     child: std::sync::Mutex<Option<Child>>,
-    conn: Mutex<Option<Connections>>,
+    links: Links,
     boot_id: std::sync::Mutex<Option<String>>,
     starts: std::sync::atomic::AtomicU32,
     /// The disk image QEMU writes to (NIX_DISK_IMAGE): a save moves the machine onto a new
@@ -265,7 +288,7 @@ impl Machine {
             config,
             events,
             child: std::sync::Mutex::new(None),
-            conn: Mutex::new(None),
+            links: Links::default(),
             boot_id: std::sync::Mutex::new(None),
             starts: std::sync::atomic::AtomicU32::new(0),
             disk: std::sync::Mutex::new(disk),
@@ -343,7 +366,7 @@ impl Machine {
         self.spawn(&[])?;
         let deadline = started + self.config.boot_timeout;
         let conn = self.connect(deadline, "while booting").await?;
-        *self.conn.lock().await = Some(conn);
+        self.links.install(conn).await;
         let boot_id = self.handshake(deadline).await?;
         let info = BootInfo {
             boot_id,
@@ -468,15 +491,14 @@ impl Machine {
     /// Waits for the shell to answer and records the boot id. The request waits in QEMU's socket
     /// buffer until the guest opens the port, so one request is enough: no polling, no boot race.
     async fn handshake(&self, deadline: Instant) -> Result<String, VmError> {
-        let mut guard = self.conn.lock().await;
-        let conn = guard
+        let mut guard = self.links.shell.lock().await;
+        let shell = guard
             .as_mut()
             .ok_or_else(|| self.state_error("is not connected"))?;
         let reply = loop {
             let slice =
                 Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
-            match conn
-                .shell
+            match shell
                 .exec("read -r b </proc/sys/kernel/random/boot_id; echo $b", slice)
                 .await
             {
@@ -515,18 +537,27 @@ impl Machine {
     /// When the command overruns, the harness kills it through the `labtest.ctl` port so the
     /// channel is usable again, and returns the timeout error.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
-        let mut guard = self.conn.lock().await;
-        let conn = guard
+        // A frozen guest would answer nothing until the deadline: say so at once.
+        if self.qmp_status().await.ok().as_deref() == Some("paused") {
+            return Err(self.state_error(&format!(
+                "is frozen (its CPUs are paused), so it cannot run `{}`: thaw it first",
+                tail_chars(command, 200)
+            )));
+        }
+        let mut guard = self.links.shell.lock().await;
+        let shell = guard
             .as_mut()
             .ok_or_else(|| self.state_error("is not running (start it first)"))?;
-        match conn.shell.exec(command, timeout).await {
+        match shell.exec(command, timeout).await {
             Ok(out) => Ok(out),
             Err(err @ ChannelError::Timeout { .. }) => {
                 // Kill the overrunning command's process tree, so the next command can run.
                 let rescue = "kill_tree() { local c; for c in $(pgrep -P \"$1\"); do kill_tree \"$c\"; done; \
                               [ \"$1\" = \"$2\" ] || kill -KILL \"$1\" 2>/dev/null; }; \
                               p=$(cat /run/labtest/labtest.shell.pid) && kill_tree \"$p\" \"$p\"";
-                let _ = conn.ctl.exec(rescue, Duration::from_secs(5)).await;
+                if let Some(ctl) = self.links.ctl.lock().await.as_mut() {
+                    let _ = ctl.exec(rescue, Duration::from_secs(5)).await;
+                }
                 Err(self.channel_error(err))
             }
             Err(e) => Err(self.channel_error(e)),
@@ -734,12 +765,11 @@ impl Machine {
         command: &str,
         arguments: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, VmError> {
-        let mut guard = self.conn.lock().await;
-        let conn = guard
+        let mut guard = self.links.qmp.lock().await;
+        let qmp = guard
             .as_mut()
             .ok_or_else(|| self.state_error("is not running"))?;
-        conn.qmp
-            .execute(command, arguments, QMP_TIMEOUT)
+        qmp.execute(command, arguments, QMP_TIMEOUT)
             .await
             .map_err(|source| VmError::Qmp {
                 machine: self.config.name.clone(),
@@ -784,12 +814,11 @@ impl Machine {
 
     /// The state QMP reports: "running", "paused", ...
     pub async fn qmp_status(&self) -> Result<String, VmError> {
-        let mut guard = self.conn.lock().await;
-        let conn = guard
+        let mut guard = self.links.qmp.lock().await;
+        let qmp = guard
             .as_mut()
             .ok_or_else(|| self.state_error("is not running"))?;
-        conn.qmp
-            .status(QMP_TIMEOUT)
+        qmp.status(QMP_TIMEOUT)
             .await
             .map_err(|source| VmError::Qmp {
                 machine: self.config.name.clone(),
@@ -802,13 +831,12 @@ impl Machine {
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), VmError> {
         self.fault("shutdown");
         {
-            let mut guard = self.conn.lock().await;
-            let conn = guard
+            let mut guard = self.links.ctl.lock().await;
+            let ctl = guard
                 .as_mut()
                 .ok_or_else(|| self.state_error("is not running"))?;
             // The reply may never come: the shell dies with the guest.
-            let _ = conn
-                .ctl
+            let _ = ctl
                 .exec(
                     "systemctl poweroff >/dev/null 2>&1 &",
                     Duration::from_secs(5),
@@ -825,13 +853,12 @@ impl Machine {
         let started = Instant::now();
         let old = self.boot_id();
         {
-            let mut guard = self.conn.lock().await;
-            let conn = guard
+            let mut guard = self.links.ctl.lock().await;
+            let ctl = guard
                 .as_mut()
                 .ok_or_else(|| self.state_error("is not running"))?;
             // The reply may never come: the shell dies with the old boot.
-            let _ = conn
-                .ctl
+            let _ = ctl
                 .exec("systemctl reboot >/dev/null 2>&1 &", Duration::from_secs(5))
                 .await;
         }
@@ -847,12 +874,12 @@ impl Machine {
             if let Some(exit) = self.exit_status() {
                 return Poll::Failed(format!("QEMU exited: {exit}"));
             }
-            let mut guard = self.conn.lock().await;
+            let mut guard = self.links.qmp.lock().await;
             match guard.as_mut() {
-                Some(conn) => {
-                    let _ = conn.qmp.status(QMP_TIMEOUT).await;
-                    if conn.qmp.events.iter().any(|e| e["event"] == "RESET") {
-                        conn.qmp.events.clear();
+                Some(qmp) => {
+                    let _ = qmp.status(QMP_TIMEOUT).await;
+                    if qmp.events.iter().any(|e| e["event"] == "RESET") {
+                        qmp.events.clear();
                         Poll::Ready(())
                     } else {
                         Poll::Pending("no RESET event yet".into())
@@ -863,9 +890,9 @@ impl Machine {
         })
         .await
         .map_err(|source| self.wait_error(source))?;
-        *self.conn.lock().await = None;
+        self.links.clear().await;
         let conn = self.connect(deadline, "while rebooting").await?;
-        *self.conn.lock().await = Some(conn);
+        self.links.install(conn).await;
         let boot_id = self.handshake(deadline).await?;
         if Some(&boot_id) == old.as_ref() {
             return Err(self.state_error("answered after reboot with the same boot id"));
@@ -908,7 +935,7 @@ impl Machine {
         })
         .await
         .map_err(|source| self.wait_error(source))?;
-        *self.conn.lock().await = None;
+        self.links.clear().await;
         self.events.emit(EventKind::MachineExited {
             machine: self.config.name.clone(),
             status: self.exit_status().unwrap_or_default(),

@@ -200,7 +200,7 @@ impl Machine {
         let conn = self
             .connect(deadline, "while loading its saved state")
             .await?;
-        *self.conn.lock().await = Some(conn);
+        self.links.install(conn).await;
         let wait = Wait::new(
             format!(
                 "QEMU of {} to load {}",
