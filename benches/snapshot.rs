@@ -10,6 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn labtest(lab: &Path, snapshots: &Path, args: &[&str]) -> (Duration, String) {
+    let (took, text, ok) = run(lab, snapshots, args);
+    assert!(ok, "labtest {args:?} failed:\n{text}");
+    (took, text)
+}
+
+fn run(lab: &Path, snapshots: &Path, args: &[&str]) -> (Duration, String, bool) {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_labtest"))
         .env("LABTEST_SNAPSHOTS", snapshots)
@@ -28,8 +34,7 @@ fn labtest(lab: &Path, snapshots: &Path, args: &[&str]) -> (Duration, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "labtest {args:?} failed:\n{text}");
-    (took, text)
+    (took, text, out.status.success())
 }
 
 /// The elapsed seconds of the first event line containing `needle` (`[  1m02s] ...`).
@@ -72,7 +77,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lab"));
     let snapshots = tempfile::tempdir().expect("temp dir");
-    let _ = labtest(&lab, snapshots.path(), &["down"]);
+    // A lab left up by an earlier run would hold the session: nothing up is the usual case.
+    let _ = run(&lab, snapshots.path(), &["down"]);
 
     let (cold, cold_log) = labtest(&lab, snapshots.path(), &["up", "--fresh"]);
     let boot_at = at(&cold_log, "== boot ==").unwrap_or(0.0);
