@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use harness::events::{EventKind, Events, Outcome, Phase};
@@ -12,6 +12,7 @@ use harness::lab::{Lab, LabSpec};
 use harness::ready::{self, SnapshotTarget, Snapshots};
 use harness::report::{live, ArtifactsDir};
 use harness::vm::accel::AccelChoice;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use scenarios::file::ScenarioFile;
 use scenarios::{Ctx, ScenarioError};
@@ -164,68 +165,120 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
     });
     let session = Session::for_lab(lab_dir)?;
     let work = report_dir.join("work");
-    let mut aborted = None;
-    match ready::build(lab_dir, &spec, &work, accel, &events).await {
-        Err(e) => aborted = Some(format!("the lab could not be built: {e:#}")),
-        Ok(built) => {
-            // Without snapshots every scenario shares one boot; with them each gets a pristine
-            // Ready lab of its own, so no scenario's faults leak into the next.
-            let mut shared: Option<(Arc<Lab>, Option<KubeAccess>)> = None;
-            for (i, name) in names.iter().enumerate() {
-                let (lab, kube) = match &shared {
-                    Some((lab, kube)) => (lab.clone(), kube.clone()),
-                    None => {
-                        // --fresh replaces the snapshot once; later scenarios restore it.
-                        let snapshots = match args.snapshot.mode() {
-                            Snapshots::Fresh if i > 0 => Snapshots::Restore,
-                            mode => mode,
-                        };
-                        let evidence = if snapshots == Snapshots::Off {
-                            report_dir.clone()
-                        } else {
-                            report_dir.join("labs").join(name)
-                        };
-                        match ready::ready_lab(
-                            lab_dir, &spec, &built, &evidence, snapshots, &events,
-                        )
-                        .await
-                        {
-                            Ok(ready) => {
-                                let got = (Arc::new(ready.lab), ready.kube);
-                                if snapshots == Snapshots::Off {
-                                    shared = Some(got.clone());
+    // The scenario running now, with its lab: what an interrupt takes its evidence from.
+    let running: std::sync::Mutex<Option<Running>> = std::sync::Mutex::new(None);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let body = async {
+        let mut aborted = None;
+        match ready::build(lab_dir, &spec, &work, accel, &events).await {
+            Err(e) => aborted = Some(format!("the lab could not be built: {e:#}")),
+            Ok(built) => {
+                // Without snapshots every scenario shares one boot; with them each gets a pristine
+                // Ready lab of its own, so no scenario's faults leak into the next.
+                let mut shared: Option<(Arc<Lab>, Option<KubeAccess>)> = None;
+                for (i, name) in names.iter().enumerate() {
+                    let (lab, kube) = match &shared {
+                        Some((lab, kube)) => (lab.clone(), kube.clone()),
+                        None => {
+                            // --fresh replaces the snapshot once; later scenarios restore it.
+                            let snapshots = match args.snapshot.mode() {
+                                Snapshots::Fresh if i > 0 => Snapshots::Restore,
+                                mode => mode,
+                            };
+                            let evidence = if snapshots == Snapshots::Off {
+                                report_dir.clone()
+                            } else {
+                                report_dir.join("labs").join(name)
+                            };
+                            match ready::ready_lab(
+                                lab_dir, &spec, &built, &evidence, snapshots, &events,
+                            )
+                            .await
+                            {
+                                Ok(ready) => {
+                                    let got = (Arc::new(ready.lab), ready.kube);
+                                    if snapshots == Snapshots::Off {
+                                        shared = Some(got.clone());
+                                    }
+                                    got
                                 }
-                                got
-                            }
-                            Err(e) => {
-                                aborted = Some(format!("the lab could not be brought up: {e:#}"));
-                                break;
+                                Err(e) => {
+                                    aborted =
+                                        Some(format!("the lab could not be brought up: {e:#}"));
+                                    break;
+                                }
                             }
                         }
+                    };
+                    events.emit(EventKind::Phase {
+                        phase: Phase::Scenario,
+                    });
+                    if let Ok(mut now) = running.lock() {
+                        *now = Some(Running {
+                            name: name.clone(),
+                            lab: lab.clone(),
+                            kube: kube.clone(),
+                            started: Instant::now(),
+                        });
                     }
-                };
-                events.emit(EventKind::Phase {
-                    phase: Phase::Scenario,
-                });
-                let passed = run_scenario(
-                    name,
-                    &lab,
-                    kube.as_ref(),
-                    lab_dir,
-                    &files,
-                    &events,
-                    &artifacts,
-                    &work,
-                )
-                .await;
-                if !passed && args.keep {
-                    let target = ready::snapshot_target(lab_dir, &spec, &built).ok();
-                    keep_serving(lab.clone(), kube.clone(), lab_dir, &spec, &session, target)
-                        .await?;
+                    let passed = run_scenario(
+                        name,
+                        &lab,
+                        kube.as_ref(),
+                        lab_dir,
+                        &files,
+                        &events,
+                        &artifacts,
+                        &work,
+                    )
+                    .await;
+                    if let Ok(mut now) = running.lock() {
+                        *now = None;
+                    }
+                    if !passed && args.keep {
+                        let target = ready::snapshot_target(lab_dir, &spec, &built).ok();
+                        keep_serving(lab.clone(), kube.clone(), lab_dir, &spec, &session, target)
+                            .await?;
+                    }
                 }
             }
         }
-    }
+        anyhow::Ok(aborted)
+    };
+    let (aborted, interrupted) = tokio::select! {
+        done = body => (done?, None),
+        signal = first_signal(&mut term, &mut int) => (None, Some(signal)),
+    };
+    let aborted = match interrupted {
+        None => aborted,
+        Some((signal, _)) => {
+            let current = running.lock().ok().and_then(|mut now| now.take());
+            let during = current
+                .as_ref()
+                .map(|r| format!(" during scenario {}", r.name))
+                .unwrap_or_default();
+            if let Some(r) = current {
+                events.emit(EventKind::ScenarioFinished {
+                    scenario: r.name.clone(),
+                    attempt: 1,
+                    outcome: Outcome::Error,
+                    took: r.started.elapsed(),
+                    message: Some(format!("interrupted by {signal}")),
+                });
+                // The evidence, bounded; a second signal skips it.
+                tokio::select! {
+                    _ = tokio::time::timeout(
+                        INTERRUPT_EVIDENCE,
+                        ready::capture_failure(&r.lab, r.kube.as_ref(), &artifacts, &r.name),
+                    ) => {}
+                    _ = first_signal(&mut term, &mut int) => {}
+                }
+                // Dropping the last handle tears the lab down and keeps its console logs.
+            }
+            Some(format!("interrupted by {signal}{during}"))
+        }
+    };
     if aborted.is_none() {
         events.emit(EventKind::Phase {
             phase: Phase::Teardown,
@@ -241,7 +294,30 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
         std::fs::write(path, harness::report::json::summary_json(&summary)?)?;
     }
     print!("{}", summary.render_text());
-    Ok(ExitCode::from(summary.result.exit_code() as u8))
+    Ok(match interrupted {
+        Some((_, code)) => ExitCode::from(code),
+        None => ExitCode::from(summary.result.exit_code() as u8),
+    })
+}
+
+/// How long an interrupted run spends on the running scenario's evidence: the whole stop must
+/// fit the 15 s a CI runner or nextest gives between SIGTERM and SIGKILL.
+const INTERRUPT_EVIDENCE: Duration = Duration::from_secs(10);
+
+/// The scenario a run is in, for an interrupt.
+struct Running {
+    name: String,
+    lab: Arc<Lab>,
+    kube: Option<KubeAccess>,
+    started: Instant,
+}
+
+/// The first SIGTERM or SIGINT, with the exit status a shell reports for it (143 / 130).
+async fn first_signal(term: &mut Signal, int: &mut Signal) -> (&'static str, u8) {
+    tokio::select! {
+        _ = term.recv() => ("SIGTERM", 143),
+        _ = int.recv() => ("SIGINT", 130),
+    }
 }
 
 /// `labtest run --attach`: hands the scenarios to the server of the lab that is up and prints

@@ -167,6 +167,95 @@ fn a_bad_lab_spec_is_refused_before_anything_builds_or_boots() {
     }
 }
 
+/// SIGTERM (what CI cancellation and nextest's terminate-after send) and SIGINT during
+/// `labtest run`: the run stops within 15 s with 143 / 130, still writes its summary (saying it
+/// was interrupted) and JUnit, and leaves no QEMU behind.
+#[test]
+fn an_interrupted_run_keeps_its_reports_and_leaves_no_qemu() {
+    use std::io::BufRead;
+    let qemus = || -> std::collections::BTreeSet<String> {
+        support::qemu_processes_mentioning("").into_iter().collect()
+    };
+    for (signal, code, name) in [
+        (nix::sys::signal::Signal::SIGTERM, 143, "SIGTERM"),
+        (nix::sys::signal::Signal::SIGINT, 130, "SIGINT"),
+    ] {
+        let before = qemus();
+        let report = tempfile::tempdir().expect("temp dir");
+        let junit = report.path().join("junit.xml");
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("labtest"))
+            .env("LABTEST_ACCEL", "tcg")
+            .arg("--lab")
+            .arg(vm_lab())
+            .arg("run")
+            .arg("--report-dir")
+            .arg(report.path())
+            .arg("--junit")
+            .arg(&junit)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("labtest run starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        // Interrupt it in the middle of the boot.
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !seen.iter().any(|l: &String| l.contains(": starting")) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("no machine started within 300 s:\n{}", seen.join("\n"));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signal labtest");
+        let sent = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for labtest") {
+                break status;
+            }
+            if sent.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                panic!("labtest run did not stop within 15 s of {name}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        seen.extend(rx.try_iter());
+        assert_eq!(status.code(), Some(code), "{name}:\n{}", seen.join("\n"));
+        let summary = std::fs::read_to_string(report.path().join("report/summary.txt"))
+            .unwrap_or_else(|e| panic!("{name}: no summary.txt ({e})"));
+        assert!(
+            summary.contains(&format!("interrupted by {name}")),
+            "{name}: {summary}"
+        );
+        assert!(junit.exists(), "{name}: no JUnit file");
+        let start = Instant::now();
+        loop {
+            let left: Vec<String> = qemus().difference(&before).cloned().collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "QEMU outlived the interrupted run: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 #[test]
 fn commands_on_a_lab_that_is_not_up_explain_how_to_start_it() {
     let lab = vm_lab();
