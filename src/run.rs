@@ -78,6 +78,32 @@ impl SnapshotArgs {
     }
 }
 
+/// What a run runs: the scenario files, loaded and checked against the lab spec, and the names
+/// in order (the built-ins asked for, then the files; every built-in when neither is given).
+fn plan(
+    builtins: &[String],
+    file_paths: &[PathBuf],
+    spec: &LabSpec,
+) -> Result<(Vec<ScenarioFile>, Vec<String>)> {
+    for name in builtins {
+        if !scenarios::is_builtin(name) {
+            let known: Vec<&str> = scenarios::CATALOGUE.iter().map(|(n, _)| *n).collect();
+            bail!("no scenario named {name:?}; known: {}", known.join(", "));
+        }
+    }
+    let files = load_scenario_files(file_paths, spec)?;
+    let names: Vec<String> = if builtins.is_empty() && files.is_empty() {
+        scenarios::CATALOGUE
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    } else {
+        let from_files = files.iter().map(|f| f.name.clone());
+        builtins.iter().cloned().chain(from_files).collect()
+    };
+    Ok((files, names))
+}
+
 /// Loads every `--scenario-file` and checks it against the lab spec (machine and generation
 /// names, manifests) before anything boots: a typo found after a twenty-minute boot wastes the
 /// boot. Names must be unique in the run, since they are JUnit testcase and artifact names.
@@ -134,22 +160,7 @@ fn default_report_dir() -> PathBuf {
 
 pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<ExitCode> {
     let spec = LabSpec::load(lab_dir)?;
-    for name in &args.scenarios {
-        if !scenarios::is_builtin(name) {
-            let known: Vec<&str> = scenarios::CATALOGUE.iter().map(|(n, _)| *n).collect();
-            bail!("no scenario named {name:?}; known: {}", known.join(", "));
-        }
-    }
-    let files = load_scenario_files(&args.scenario_files, &spec)?;
-    let names: Vec<String> = if args.scenarios.is_empty() && files.is_empty() {
-        scenarios::CATALOGUE
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect()
-    } else {
-        let from_files = files.iter().map(|f| f.name.clone());
-        args.scenarios.iter().cloned().chain(from_files).collect()
-    };
+    let (files, names) = plan(&args.scenarios, &args.scenario_files, &spec)?;
     let report_dir = args.report_dir.clone().unwrap_or_else(default_report_dir);
     if args.attach {
         return run_attached(lab_dir, &args, names, &report_dir).await;
@@ -374,21 +385,7 @@ pub async fn run_on_served(
     file_paths: &[PathBuf],
     report_dir: &Path,
 ) -> Result<(String, i32)> {
-    for name in builtins {
-        if !scenarios::is_builtin(name) {
-            bail!("no scenario named {name:?}");
-        }
-    }
-    let files = load_scenario_files(file_paths, lab.spec())?;
-    let names: Vec<String> = if builtins.is_empty() && files.is_empty() {
-        scenarios::CATALOGUE
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect()
-    } else {
-        let from_files = files.iter().map(|f| f.name.clone());
-        builtins.iter().cloned().chain(from_files).collect()
-    };
+    let (files, names) = plan(builtins, file_paths, lab.spec())?;
     let events = Events::new();
     let recorder = events.record();
     let artifacts = ArtifactsDir::create(report_dir, &events)

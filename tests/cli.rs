@@ -173,9 +173,6 @@ fn a_bad_lab_spec_is_refused_before_anything_builds_or_boots() {
 #[test]
 fn an_interrupted_run_keeps_its_reports_and_leaves_no_qemu() {
     use std::io::BufRead;
-    let qemus = || -> std::collections::BTreeSet<String> {
-        support::qemu_processes_mentioning("").into_iter().collect()
-    };
     for (signal, code, name) in [
         (nix::sys::signal::Signal::SIGTERM, 143, "SIGTERM"),
         (nix::sys::signal::Signal::SIGINT, 130, "SIGINT"),
@@ -241,18 +238,28 @@ fn an_interrupted_run_keeps_its_reports_and_leaves_no_qemu() {
             "{name}: {summary}"
         );
         assert!(junit.exists(), "{name}: no JUnit file");
-        let start = Instant::now();
-        loop {
-            let left: Vec<String> = qemus().difference(&before).cloned().collect();
-            if left.is_empty() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "QEMU outlived the interrupted run: {left:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        no_new_qemu_within(&before, 10, "the interrupted run");
+    }
+}
+
+/// Every QEMU process on the machine, by command line.
+fn qemus() -> std::collections::BTreeSet<String> {
+    support::qemu_processes_mentioning("").into_iter().collect()
+}
+
+/// Fails the test unless every QEMU that is not in `before` is gone within `secs`.
+fn no_new_qemu_within(before: &std::collections::BTreeSet<String>, secs: u64, what: &str) {
+    let start = Instant::now();
+    loop {
+        let left: Vec<String> = qemus().difference(before).cloned().collect();
+        if left.is_empty() {
+            return;
         }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "QEMU outlived {what}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -781,24 +788,7 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
 
     // SIGKILL of the server while it saves, then while it restores: no QEMU outlives it, and
     // no half-written snapshot is ever restored.
-    let qemus = || -> std::collections::BTreeSet<String> {
-        support::qemu_processes_mentioning("").into_iter().collect()
-    };
     let before = qemus();
-    let no_new_qemu_within = |secs: u64| {
-        let start = Instant::now();
-        loop {
-            let left: Vec<String> = qemus().difference(&before).cloned().collect();
-            if left.is_empty() {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "QEMU outlived its SIGKILLed server: {left:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let server_pid = || -> Option<i32> {
         let out = std::process::Command::new("pgrep")
             .args([
@@ -857,7 +847,7 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
         };
         let _ = up.wait();
         assert!(killed, "never saw the server {moment}");
-        no_new_qemu_within(10);
+        no_new_qemu_within(&before, 10, "its SIGKILLed server");
         let listed = output_text(&run(&["snapshot", "list"]).assert().success());
         assert!(!listed.contains(".part-"), "{listed}");
     }

@@ -345,13 +345,8 @@ fn validate(spec: &LabSpec) -> Result<(), String> {
     if let Some(prepare) = &spec.prepare {
         not_blank("prepare", prepare)?;
     }
-    let (network, prefix) = parse_cidr(&spec.network.cidr)
+    let (network, mask) = parse_cidr(&spec.network.cidr)
         .map_err(|why| format!("[network] cidr = {:?}: {why}", spec.network.cidr))?;
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
-    };
     let broadcast = network | !mask;
     if spec.machines.is_empty() {
         return Err("it names no [[machine]]".into());
@@ -393,7 +388,7 @@ fn validate(spec: &LabSpec) -> Result<(), String> {
                 "machine {name:?}: address {address} is outside [network] cidr {cidr}"
             ));
         }
-        if prefix < 31 && (bits == network || bits == broadcast) {
+        if bits == network || bits == broadcast {
             let which = if bits == network {
                 "network"
             } else {
@@ -511,7 +506,7 @@ fn is_host_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// `a.b.c.d/len` as the network's address bits and the prefix length; the address must be the
+/// `a.b.c.d/len` as the network's address bits and its mask; the address must be the
 /// network's own (no host bits), and the network must hold at least two hosts.
 fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
     let (address, prefix) = cidr
@@ -542,7 +537,7 @@ fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
             std::net::Ipv4Addr::from(bits & mask)
         ));
     }
-    Ok((bits, prefix))
+    Ok((bits, mask))
 }
 
 /// Boots a lab. See [`Lab`].

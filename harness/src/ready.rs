@@ -280,12 +280,14 @@ pub async fn ready_lab(
         return make_ready(lab, spec, evidence, Origin::Booted, events).await;
     }
     let SnapshotTarget { store, key } = snapshot_target(lab_dir, spec, built)?;
-    let mut _lock = None;
+    // Held from the moment this process knows it must make the snapshot until it is saved.
+    let mut waited_for = None;
+    let mut broken = false;
     if snapshots == Snapshots::Restore {
         let mut found = store.lookup(&spec.name, READY_SNAPSHOT, &key);
         if found.is_err() {
             // Another process may be making it right now: wait for it, then look again.
-            _lock = Some(lock_snapshot(&store, &spec.name, events).await?);
+            waited_for = Some(lock_snapshot(&store, &spec.name, events).await?);
             found = store.lookup(&spec.name, READY_SNAPSHOT, &key);
         }
         match found {
@@ -304,10 +306,7 @@ pub async fn ready_lab(
                                 dir.display()
                             ),
                         });
-                        if _lock.is_none() {
-                            _lock = Some(lock_snapshot(&store, &spec.name, events).await?);
-                        }
-                        store.remove(&spec.name, READY_SNAPSHOT)?;
+                        broken = true;
                     }
                 }
             }
@@ -316,8 +315,12 @@ pub async fn ready_lab(
             }),
         }
     }
-    if _lock.is_none() {
-        _lock = Some(lock_snapshot(&store, &spec.name, events).await?);
+    let _lock = match waited_for {
+        Some(lock) => lock,
+        None => lock_snapshot(&store, &spec.name, events).await?,
+    };
+    if broken {
+        store.remove(&spec.name, READY_SNAPSHOT)?;
     }
     let lab = boot(spec, built, evidence, None, events).await?;
     let ready = make_ready(lab, spec, evidence, Origin::Booted, events).await?;
@@ -794,10 +797,8 @@ impl Drop for ReadyLab {
         // Machines first: their console logs land in the report dir as they go.
         self.lab.take();
         self.kube.take();
-        if self.view.is_some() {
-            self.events.emit(EventKind::RunFinished { aborted: None });
-        }
         if let Some(view) = self.view.take() {
+            self.events.emit(EventKind::RunFinished { aborted: None });
             let _ = view.join();
         }
         if self.keep {

@@ -656,10 +656,7 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
         } => {
             let want = matches!(wait.condition, WaitFor::NodeHasLabel { .. });
             let cond = |n: Option<&Node>| {
-                n.is_some_and(|n| {
-                    let value = n.metadata.labels.as_ref().and_then(|l| l.get(&wanted.key));
-                    label_matches(wanted, value.map(String::as_str)) == want
-                })
+                n.is_some_and(|n| label_matches(wanted, node_label(n, &wanted.key)) == want)
             };
             wait_object(ctx, &nodes, node, cond, wait, label).await
         }
@@ -946,12 +943,7 @@ async fn expect(ctx: &Ctx<'_>, expectation: &Expectation) -> Result<String, Scen
                 .await
                 .map_err(|e| ScenarioError::error(&format!("reading Node {node}"), e))?
                 .ok_or_else(|| failed(format!("expected Node {node}, saw no such node")))?;
-            let value = found
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(&label.key))
-                .map(String::as_str);
+            let value = node_label(&found, &label.key);
             let seen = match value {
                 Some(v) => format!("{}={v}", label.key),
                 None => format!("no label {}", label.key),
@@ -1038,6 +1030,11 @@ fn pods_on_surviving_nodes(
 }
 
 /// Whether a node's value for `label.key` (`None`: no such label) satisfies `label`.
+/// The value of the Node's label `key`, if it has one.
+fn node_label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
 fn label_matches(label: &Label, value: Option<&str>) -> bool {
     match (&label.value, value) {
         (_, None) => false,
