@@ -8,7 +8,8 @@ say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 packages=(qemu-system-x86 qemu-utils socat cpio kmod busybox-static debootstrap e2fsprogs xz-utils
-          iproute2 nix-bin procps)
+          iproute2 nix-bin procps
+          chromium)  # the HTML run report is checked in a real headless browser
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

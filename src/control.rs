@@ -17,17 +17,9 @@ pub enum Request {
         command: String,
         timeout_secs: u64,
     },
+    /// Put a fault on the lab, or end one (`labtest crash|freeze|thaw|start|partition|heal`).
     Fault {
-        machine: String,
-        fault: Fault,
-    },
-    Partition {
-        a: String,
-        b: String,
-    },
-    Heal {
-        a: String,
-        b: String,
+        fault: harness::fault::Fault,
     },
     /// Build a machine's system (as the flake has it now, or a named generation), copy it in
     /// and switch to it (`labtest rebuild MACHINE`).
@@ -51,16 +43,6 @@ pub enum Request {
         name: String,
     },
     Down,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Fault {
-    Crash,
-    Freeze,
-    Thaw,
-    /// Power on again after a crash: the recovery half of a power loss.
-    Start,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! labtest's command line. Exit status: 0 all passed, 1 a scenario failed, 2 the lab could not be
 //! brought up or the input was bad.
+mod cache;
 mod control;
 mod run;
 mod serve;
@@ -18,7 +19,8 @@ use harness::ready;
 use harness::report::live;
 use harness::vm::accel::AccelChoice;
 
-use control::{Fault, Request};
+use control::Request;
+use harness::fault::Fault;
 use session::{Info, Session};
 
 #[derive(Parser)]
@@ -34,6 +36,11 @@ struct Cli {
     /// Accelerator: auto probes KVM and falls back to TCG with a warning.
     #[arg(long, global = true, default_value = "auto", env = "LABTEST_ACCEL")]
     accel: AccelChoice,
+    /// How long the command may take in all, in seconds; each command has its own default
+    /// (status 30, exec 600, up 3600, run 14400: see `Command::default_timeout`).
+    #[arg(long, global = true, env = "LABTEST_TIMEOUT", value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,9 +51,6 @@ enum Command {
     Run(run::RunArgs),
     /// Boot the lab and leave it running in the background; print how to reach it.
     Up {
-        /// How long building, booting and the readiness gate may take, in seconds.
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
         #[command(flatten)]
         snapshot: run::SnapshotArgs,
         /// Bring back the snapshot NAME (`labtest snapshot save NAME`) instead of the Ready one.
@@ -65,9 +69,6 @@ enum Command {
     /// Run a command in a guest and exit with its status.
     Exec {
         machine: String,
-        /// Deadline for the command, in seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -101,6 +102,12 @@ enum Command {
     Heal { a: String, b: String },
     /// The scenarios available.
     List,
+    /// What the cache holds (guests, Kubernetes builds, snapshots) and how big; `prune`
+    /// removes what no current build or lab uses.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheCommand>,
+    },
     #[command(name = "__serve", hide = true)]
     Serve {
         #[command(flatten)]
@@ -108,6 +115,37 @@ enum Command {
         #[arg(long)]
         from: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Each entry with its size and whether it is current (the default).
+    List,
+    /// Remove guests, Kubernetes builds and snapshots of keys no longer current, and what
+    /// killed builds and saves left.
+    Prune,
+}
+
+impl Command {
+    /// The deadline a command gets unless `--timeout` says otherwise, in seconds: what the
+    /// slowest honest case needs on a 2-core TCG host (a cold boot, a cold NixOS rebuild).
+    fn default_timeout(&self) -> u64 {
+        match self {
+            Command::Run(_) => 14_400,
+            Command::Up { .. } | Command::Serve { .. } => 3_600,
+            Command::Rebuild { .. } => 3_900,
+            Command::Start { .. } | Command::Rollback { .. } => 900,
+            Command::Exec { .. } | Command::Snapshot { .. } | Command::Cache { .. } => 600,
+            Command::Kubectl { .. } => 300,
+            Command::Down
+            | Command::Crash { .. }
+            | Command::Freeze { .. }
+            | Command::Thaw { .. }
+            | Command::Partition { .. }
+            | Command::Heal { .. } => 60,
+            Command::Status | Command::List => 30,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -148,6 +186,8 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let secs = cli.timeout.unwrap_or_else(|| cli.command.default_timeout());
+    let timeout = Duration::from_secs(secs);
     match cli.command {
         Command::List => {
             for (name, about) in scenarios::CATALOGUE {
@@ -155,28 +195,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run::run(&cli.lab, cli.accel, args).await,
-        Command::Up {
-            timeout,
-            snapshot,
-            from,
-        } => {
-            up(
-                &cli.lab,
-                cli.accel,
-                Duration::from_secs(timeout),
-                snapshot,
-                from,
-            )
-            .await
-        }
+        Command::Run(args) => run::run(&cli.lab, cli.accel, args, timeout).await,
+        Command::Up { snapshot, from } => up(&cli.lab, cli.accel, timeout, snapshot, from).await,
         Command::Serve { snapshot, from } => {
             serve_in_background(&cli.lab, cli.accel, snapshot, from).await
         }
-        Command::Snapshot { action } => snapshot_command(&cli.lab, action).await,
+        Command::Snapshot { action } => snapshot_command(&cli.lab, action, secs).await,
+        Command::Cache { action } => cache::command(&cli.lab, action.unwrap_or(CacheCommand::List)),
         Command::Status => {
             let session = running(&cli.lab)?;
-            let reply = call(&session, Request::Status, 30).await?;
+            let reply = call(&session, Request::Status, secs).await?;
             print!("{}", reply.text);
             if let Some(info) = session.info() {
                 println!(
@@ -189,13 +217,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Down => {
             let session = running(&cli.lab)?;
-            let reply = call(&session, Request::Down, 30).await?;
-            println!("{}", reply.text);
             let start = Instant::now();
+            let reply = call(&session, Request::Down, secs).await?;
+            println!("{}", reply.text);
             while session.is_up() {
-                if start.elapsed() > Duration::from_secs(60) {
+                if start.elapsed() > timeout {
                     bail!(
-                        "the lab's server did not exit within 60s; see {}",
+                        "the lab's server did not exit within {secs}s; see {}",
                         session.log().display()
                     );
                 }
@@ -204,11 +232,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("lab is down");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec {
-            machine,
-            timeout,
-            command,
-        } => {
+        Command::Exec { machine, command } => {
             let session = running(&cli.lab)?;
             let command = if command.len() == 1 {
                 command[0].clone()
@@ -224,9 +248,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Request::Exec {
                     machine,
                     command,
-                    timeout_secs: timeout,
+                    timeout_secs: secs,
                 },
-                timeout + 30,
+                // The server kills the command at its deadline and then answers.
+                secs + 10,
             )
             .await?;
             print!("{}", reply.stdout);
@@ -241,18 +266,29 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .and_then(|i| i.kubeconfig)
                 .context("the running lab has no Kubernetes (its lab.toml has no [kubernetes])")?;
             let kubectl = which::which("kubectl").context("kubectl is not on PATH")?;
-            let status = tokio::process::Command::new(kubectl)
+            let mut child = tokio::process::Command::new(kubectl)
                 .arg("--kubeconfig")
                 .arg(kubeconfig)
                 .args(args)
-                .status()
-                .await?;
-            Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
+                .kill_on_drop(true)
+                .spawn()?;
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(status) => Ok(ExitCode::from(status?.code().map_or(1, |c| c as u8))),
+                Err(_) => bail!("kubectl did not finish within {secs}s (--timeout); it was killed"),
+            }
         }
-        Command::Crash { machine } => fault(&cli.lab, machine, Fault::Crash).await,
-        Command::Freeze { machine } => fault(&cli.lab, machine, Fault::Freeze).await,
-        Command::Thaw { machine } => fault(&cli.lab, machine, Fault::Thaw).await,
-        Command::Start { machine } => fault(&cli.lab, machine, Fault::Start).await,
+        Command::Crash { machine } => fault(&cli.lab, Fault::Crash { machine }, secs).await,
+        Command::Freeze { machine } => fault(&cli.lab, Fault::Freeze { machine }, secs).await,
+        Command::Thaw { machine } => fault(&cli.lab, Fault::Thaw { machine }, secs).await,
+        Command::Start { machine } => {
+            // The boot gets the command's deadline less room for the reply.
+            let boot = Duration::from_secs(secs.saturating_sub(10).max(1));
+            let start = Fault::Start {
+                machine,
+                timeout: boot,
+            };
+            fault(&cli.lab, start, secs).await
+        }
         Command::Rebuild {
             machine,
             generation,
@@ -261,33 +297,32 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 machine,
                 generation,
             };
-            switch_command(&cli.lab, request, REBUILD_SECS).await
+            switch_command(&cli.lab, request, secs).await
         }
         Command::Rollback { machine } => {
-            switch_command(&cli.lab, Request::Rollback { machine }, 900).await
+            switch_command(&cli.lab, Request::Rollback { machine }, secs).await
         }
-        Command::Partition { a, b } => {
-            let reply = call(&running(&cli.lab)?, Request::Partition { a, b }, 30).await?;
-            println!("{}", reply.text);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Heal { a, b } => {
-            let reply = call(&running(&cli.lab)?, Request::Heal { a, b }, 30).await?;
-            println!("{}", reply.text);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Partition { a, b } => fault(&cli.lab, Fault::Partition { a, b }, secs).await,
+        Command::Heal { a, b } => fault(&cli.lab, Fault::Heal { a, b }, secs).await,
     }
 }
 
-/// The session of a lab that is up, or a clear error saying how to bring it up.
-fn running(lab_dir: &Path) -> Result<Session> {
+fn require_lab(lab_dir: &Path) -> Result<()> {
     if !lab_dir.join("lab.toml").exists() {
         bail!(
             "{} is not a lab (no lab.toml there); pass --lab PATH",
             lab_dir.display()
         );
     }
+    Ok(())
+}
+
+/// The session of a lab that is up, or a clear error saying how to bring it up. A session a
+/// dead server left (SIGKILL) is cleaned up on the way, with a line saying so.
+fn running(lab_dir: &Path) -> Result<Session> {
+    require_lab(lab_dir)?;
     let session = Session::for_lab(lab_dir)?;
+    clean_leftovers(&session);
     if !session.is_up() {
         bail!(
             "no lab is up for {}; start one with `labtest up --lab {}`",
@@ -296,6 +331,20 @@ fn running(lab_dir: &Path) -> Result<Session> {
         );
     }
     Ok(session)
+}
+
+/// Removes what dead servers and runs left: the session's socket and info, and lab state dirs
+/// (disk overlays, hub sockets) whose owner is gone.
+fn clean_leftovers(session: &Session) {
+    for line in session.clear_if_stale() {
+        eprintln!("labtest: {line}");
+    }
+    for dir in harness::lab::remove_orphaned_state_dirs() {
+        eprintln!(
+            "labtest: removed {} (left by a labtest that was killed)",
+            dir.display()
+        );
+    }
 }
 
 async fn call(session: &Session, request: Request, timeout_secs: u64) -> Result<control::Reply> {
@@ -311,10 +360,6 @@ async fn call(session: &Session, request: Request, timeout_secs: u64) -> Result<
     Ok(reply)
 }
 
-/// A build may be a cold NixOS closure; the server bounds it itself, this guards against a
-/// server that stopped answering.
-const REBUILD_SECS: u64 = 3900;
-
 /// `rebuild` / `rollback`: prints what the switch did, exits 1 when it left units failed.
 async fn switch_command(lab_dir: &Path, request: Request, timeout_secs: u64) -> Result<ExitCode> {
     let reply = call(&running(lab_dir)?, request, timeout_secs).await?;
@@ -329,16 +374,16 @@ async fn switch_command(lab_dir: &Path, request: Request, timeout_secs: u64) -> 
     })
 }
 
-async fn fault(lab_dir: &Path, machine: String, fault: Fault) -> Result<ExitCode> {
-    // A start waits for a boot, which the machine bounds by its own boot deadline; this only
-    // guards against a server that stopped answering.
-    let timeout = if fault == Fault::Start { 900 } else { 60 };
-    let reply = call(
-        &running(lab_dir)?,
-        Request::Fault { machine, fault },
-        timeout,
-    )
-    .await?;
+/// A fault command: arguments that make no sense (an unknown machine, a pair of one) are
+/// refused with exit 2 before the lab is asked; the server refuses what the lab's state rules
+/// out (thawing a machine that is not frozen).
+async fn fault(lab_dir: &Path, fault: Fault, secs: u64) -> Result<ExitCode> {
+    require_lab(lab_dir)?;
+    let spec = LabSpec::load(lab_dir)?;
+    if let Err(reason) = fault.check(&spec.machine_names()) {
+        bail!("fault `{fault}` refused: {reason}");
+    }
+    let reply = call(&running(lab_dir)?, Request::Fault { fault }, secs).await?;
     println!("{}", reply.text);
     Ok(ExitCode::SUCCESS)
 }
@@ -357,6 +402,7 @@ async fn up(
         check_snapshot_name(name)?;
     }
     let session = Session::for_lab(lab_dir)?;
+    clean_leftovers(&session);
     if session.is_up() {
         if let Some(info) = session.info() {
             println!("lab {} is already up (server pid {})", info.lab, info.pid);
@@ -434,7 +480,7 @@ fn check_snapshot_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand) -> Result<ExitCode> {
+async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand, secs: u64) -> Result<ExitCode> {
     let store = ready::snapshot_store();
     match action {
         SnapshotCommand::Save { name } => {
@@ -445,7 +491,7 @@ async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand) -> Result<Exi
                 );
             }
             let session = running(lab_dir)?;
-            let reply = call(&session, control::Request::Snapshot { name }, 600).await?;
+            let reply = call(&session, control::Request::Snapshot { name }, secs).await?;
             if let Some(error) = reply.error {
                 bail!("{error}");
             }

@@ -49,9 +49,6 @@ pub struct RunArgs {
     /// see the lab as it is (faults and rebuilds made since `up` included).
     #[arg(long, env = "LABTEST_ATTACH", conflicts_with_all = ["fresh", "no_snapshot", "keep"])]
     attach: bool,
-    /// With --attach: how long the scenarios may take in all, in seconds.
-    #[arg(long, default_value_t = 7200, requires = "attach")]
-    attach_timeout: u64,
 }
 
 /// How a run or `up` gets its Ready lab.
@@ -158,18 +155,24 @@ fn default_report_dir() -> PathBuf {
     PathBuf::from("target/labtest").join(format!("run-{secs}"))
 }
 
-pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<ExitCode> {
+pub async fn run(
+    lab_dir: &Path,
+    accel: AccelChoice,
+    args: RunArgs,
+    timeout: Duration,
+) -> Result<ExitCode> {
     let spec = LabSpec::load(lab_dir)?;
     let (files, names) = plan(&args.scenarios, &args.scenario_files, &spec)?;
     let report_dir = args.report_dir.clone().unwrap_or_else(default_report_dir);
     if args.attach {
-        return run_attached(lab_dir, &args, names, &report_dir).await;
+        return run_attached(lab_dir, &args, names, &report_dir, timeout).await;
     }
     let events = Events::new();
     let recorder = events.record();
     let view = live::spawn(&events, live::Mode::detect());
     let artifacts = ArtifactsDir::create(&report_dir, &events)
-        .with_context(|| format!("creating the report dir {}", report_dir.display()))?;
+        .with_context(|| format!("creating the report dir {}", report_dir.display()))?
+        .with_history(ready::cache_dir().join("history.jsonl"));
     events.emit(EventKind::RunStarted {
         lab: spec.name.clone(),
         scenarios: names.clone(),
@@ -257,11 +260,17 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
         }
         anyhow::Ok(aborted)
     };
+    // A signal stops the run with its shell exit status; the deadline stops it the same way
+    // and the summary's status says how it ended.
     let (aborted, interrupted) = tokio::select! {
         done = body => (done?, None),
-        signal = first_signal(&mut term, &mut int) => (None, Some(signal)),
+        (signal, code) = first_signal(&mut term, &mut int) => (None, Some((signal.to_string(), Some(code)))),
+        _ = tokio::time::sleep(timeout) => (None, Some((
+            format!("the run's deadline ({}s; --timeout)", timeout.as_secs()),
+            None,
+        ))),
     };
-    let aborted = match interrupted {
+    let aborted = match &interrupted {
         None => aborted,
         Some((signal, _)) => {
             let current = running.lock().ok().and_then(|mut now| now.take());
@@ -306,8 +315,8 @@ pub async fn run(lab_dir: &Path, accel: AccelChoice, args: RunArgs) -> Result<Ex
     }
     print!("{}", summary.render_text());
     Ok(match interrupted {
-        Some((_, code)) => ExitCode::from(code),
-        None => ExitCode::from(summary.result.exit_code() as u8),
+        Some((_, Some(code))) => ExitCode::from(code),
+        _ => ExitCode::from(summary.result.exit_code() as u8),
     })
 }
 
@@ -338,6 +347,7 @@ async fn run_attached(
     args: &RunArgs,
     names: Vec<String>,
     report_dir: &Path,
+    timeout: Duration,
 ) -> Result<ExitCode> {
     let session = crate::running(lab_dir)?;
     std::fs::create_dir_all(report_dir)
@@ -354,12 +364,7 @@ async fn run_attached(
         scenario_files: args.scenario_files.iter().map(|p| absolute(p)).collect(),
         report_dir: absolute(report_dir),
     };
-    let reply = crate::control::call(
-        &session.socket(),
-        &request,
-        std::time::Duration::from_secs(args.attach_timeout),
-    )
-    .await?;
+    let reply = crate::control::call(&session.socket(), &request, timeout).await?;
     if let Some(error) = reply.error {
         bail!("the lab's server could not run the scenarios: {error}");
     }
@@ -389,6 +394,7 @@ pub async fn run_on_served(
     let events = Events::new();
     let recorder = events.record();
     let artifacts = ArtifactsDir::create(report_dir, &events)
+        .map(|a| a.with_history(ready::cache_dir().join("history.jsonl")))
         .with_context(|| format!("creating the report dir {}", report_dir.display()))?;
     events.emit(EventKind::RunStarted {
         lab: lab.spec().name.clone(),

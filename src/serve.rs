@@ -15,7 +15,7 @@ use harness::nix::{Activation, SystemProfile};
 use harness::vm::Machine;
 use scenarios::switches::Switches;
 
-use crate::control::{Fault, Reply, Request};
+use crate::control::{Reply, Request};
 use crate::session::Session;
 use harness::ready::SnapshotTarget;
 
@@ -93,30 +93,7 @@ async fn run(request: Request, lab: &Lab, served: &Served) -> Result<Reply> {
                 ..Reply::default()
             }
         }
-        Request::Fault { machine, fault } => {
-            let m = lab.machine(&machine)?;
-            let done = match fault {
-                Fault::Crash => m.crash().await.map(|_| "crashed (power loss)".to_string()),
-                Fault::Freeze => m.freeze().await.map(|_| "frozen".to_string()),
-                Fault::Thaw => m.thaw().await.map(|_| "thawed".to_string()),
-                Fault::Start => m.start().await.map(|boot| {
-                    format!(
-                        "started, its guest answered after {:.1}s (boot id {})",
-                        boot.took.as_secs_f64(),
-                        boot.boot_id
-                    )
-                }),
-            }?;
-            Reply::text(format!("{machine}: {done}"))
-        }
-        Request::Partition { a, b } => {
-            lab.partition(&a, &b)?;
-            Reply::text(format!("{a} and {b} are cut off from each other"))
-        }
-        Request::Heal { a, b } => {
-            lab.heal(&a, &b)?;
-            Reply::text(format!("{a} and {b} can talk again"))
-        }
+        Request::Fault { fault } => Reply::text(lab.inject(&fault).await?),
         Request::Snapshot { name } => {
             let target = served
                 .snapshots

@@ -264,6 +264,124 @@ fn no_new_qemu_within(before: &std::collections::BTreeSet<String>, secs: u64, wh
 }
 
 #[test]
+fn fault_commands_refuse_arguments_that_make_no_sense_before_asking_the_lab() {
+    let lab = vm_lab();
+    for (args, message) in [
+        (
+            vec!["partition", "grey-area", "grey-area"],
+            "expected two different machines, saw \"grey-area\" twice",
+        ),
+        (
+            vec!["heal", "grey-area", "nosuch"],
+            "expected a machine of the lab (grey-area, limiting-factor), saw \"nosuch\"",
+        ),
+        (vec!["crash", "nosuch"], "saw \"nosuch\""),
+        (vec!["freeze", "Grey-Area"], "saw \"Grey-Area\""),
+    ] {
+        labtest()
+            .arg("--lab")
+            .arg(&lab)
+            .args(&args)
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("refused"))
+            .stderr(predicate::str::contains(message));
+    }
+    labtest()
+        .args(["--timeout", "0", "status"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--timeout"));
+}
+
+/// A cache as the build scripts and snapshot saves leave it: two guests and two Kubernetes
+/// builds (the newer current), snapshots of a current and an old key, a killed save.
+#[test]
+fn cache_lists_sizes_and_prune_keeps_only_what_is_current() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let root = cache.path();
+    let write = |path: &str, bytes: usize| {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, vec![b'x'; bytes]).expect("write");
+    };
+    write("guest/oldkey/rootfs.img", 300_000);
+    write("guest/oldkey/.complete", 0);
+    std::thread::sleep(Duration::from_millis(20));
+    write("guest/newkey/rootfs.img", 300_000);
+    write("guest/newkey/.complete", 0);
+    write("kubernetes/1.20.2-old/VERSION", 10);
+    std::thread::sleep(Duration::from_millis(20));
+    write("kubernetes/1.20.2-new/VERSION", 10);
+    write("kubernetes/go-build/cache", 1000);
+    let meta = |name: &str, key: &str| {
+        format!(
+            r#"{{"format":"labtest-snapshot-1","lab":"fixture","name":"{name}","key":"{key}","inputs":[],"machines":[],"created":0,"save_secs":1.0,"bytes":1}}"#
+        )
+    };
+    write("snapshots/fixture/ready/state", 1000);
+    std::fs::write(
+        root.join("snapshots/fixture/ready/snapshot.json"),
+        meta("ready", "k2"),
+    )
+    .expect("meta");
+    write("snapshots/fixture/incident/state", 1000);
+    std::fs::write(
+        root.join("snapshots/fixture/incident/snapshot.json"),
+        meta("incident", "k1"),
+    )
+    .expect("meta");
+    std::fs::write(root.join("snapshots/fixture/.current-key"), "k2").expect("key");
+    write("snapshots/fixture/.part-ready-999999999/state", 1000);
+
+    let cmd = || {
+        let mut cmd = labtest();
+        cmd.env("LABTEST_CACHE", root)
+            .env_remove("LABTEST_SNAPSHOTS")
+            .arg("--lab")
+            .arg(vm_lab())
+            .timeout(Duration::from_secs(30));
+        cmd
+    };
+    let listed = cmd().arg("cache").assert().success();
+    let text = String::from_utf8_lossy(&listed.get_output().stdout).into_owned();
+    for (entry, state) in [
+        ("guest/newkey", "current"),
+        ("guest/oldkey", "old"),
+        ("kubernetes/1.20.2-new", "current"),
+        ("kubernetes/1.20.2-old", "old"),
+        ("snapshots/fixture/ready", "current"),
+        ("snapshots/fixture/incident", "old"),
+        ("snapshots/fixture/.part-ready-999999999", "old"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_end().ends_with(entry))
+            .unwrap_or_else(|| panic!("no line for {entry} in:\n{text}"));
+        assert!(line.contains(state), "{entry} should be {state}: {line}");
+    }
+    assert!(text.contains("`labtest cache prune` frees"), "{text}");
+    cmd().args(["cache", "prune"]).assert().success();
+    for gone in [
+        "guest/oldkey",
+        "kubernetes/1.20.2-old",
+        "snapshots/fixture/incident",
+        "snapshots/fixture/.part-ready-999999999",
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} survived prune");
+    }
+    for kept in [
+        "guest/newkey",
+        "kubernetes/1.20.2-new",
+        "kubernetes/go-build",
+        "snapshots/fixture/ready",
+    ] {
+        assert!(root.join(kept).exists(), "{kept} was pruned");
+    }
+}
+
+#[test]
 fn commands_on_a_lab_that_is_not_up_explain_how_to_start_it() {
     let lab = vm_lab();
     for args in [
@@ -357,13 +475,37 @@ fn up_exec_faults_down_and_no_qemu_survives_a_killed_server() {
     ])
     .assert()
     .success();
+    run(&["heal", "grey-area", "limiting-factor"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not partitioned: nothing to heal"));
+    run(&["thaw", "limiting-factor"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not frozen"));
     run(&["freeze", "limiting-factor"]).assert().success();
+    run(&["freeze", "limiting-factor"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "limiting-factor is frozen: thaw it first (`labtest thaw limiting-factor`)",
+        ));
     run(&["status"])
         .assert()
         .success()
         .stdout(predicate::str::is_match("limiting-factor +paused").unwrap());
     run(&["thaw", "limiting-factor"]).assert().success();
     run(&["crash", "limiting-factor"]).assert().success();
+    run(&["exec", "limiting-factor", "--", "true"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "start it with `labtest start limiting-factor`",
+        ));
+    run(&["crash", "limiting-factor"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("limiting-factor is off"));
     run(&["status"])
         .assert()
         .success()
@@ -419,11 +561,18 @@ fn up_exec_faults_down_and_no_qemu_survives_a_killed_server() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The stale session does not block the next `up`... and `status` says it is down.
+    // The next `status` cleans what the dead server left (its state dir of disk overlays
+    // and sockets) and says it is down.
+    assert!(std::path::Path::new(&state).exists());
     run(&["status"])
         .assert()
         .code(2)
+        .stderr(predicate::str::contains("cleared the stale session"))
         .stderr(predicate::str::contains("no lab is up"));
+    assert!(
+        !std::path::Path::new(&state).exists(),
+        "{state} outlived its server"
+    );
 }
 
 /// Writes a scenario file into a fresh temp dir; the dir lives as long as the returned guard.

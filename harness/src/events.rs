@@ -5,7 +5,8 @@
 //! the JSON files - is rendered from these events by [`crate::report`], so the renderings cannot
 //! disagree with each other and a run can be re-rendered later from its `events.jsonl`.
 //!
-//! This module depends on nothing else in the crate so that every layer may use it.
+//! This module depends on nothing else in the crate but the [`crate::fault`] vocabulary, so
+//! that every layer may use it.
 //!
 //! # Usage
 //! ```
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use crate::fault::Fault;
 
 /// Something that happened, stamped with the time since the run started.
 ///
@@ -77,11 +80,9 @@ pub enum EventKind {
     /// QEMU exited; `status` is its exit status as the OS reports it (`exit status: 0`,
     /// `signal: 9 (SIGKILL)`).
     MachineExited { machine: String, status: String },
-    /// The harness did something to a machine on purpose: `crash`, `freeze`, `thaw`,
-    /// `reboot`, `shutdown`, `link down`, `link up`, `isolate`, `rejoin`; for a fault
-    /// between two machines (`partition`, `heal`) `machine` names the pair as `a<->b`.
-    /// Renderers show `fault` as it is, so a new fault needs no change here.
-    FaultInjected { machine: String, fault: String },
+    /// The harness did something to the lab on purpose (a fault, or the end of one); the
+    /// fault names the machines it touched ([`Fault::machines`]).
+    FaultInjected { fault: Fault },
     /// A named check with a deadline started. `scope` groups checks: `readiness` for the
     /// readiness gate, the scenario's name for a scenario's steps (the report attributes
     /// a check to a scenario by this name).
@@ -98,11 +99,15 @@ pub enum EventKind {
         check: String,
         observed: String,
     },
+    /// The check's condition held. `measured` is set when the check measures a delay from a
+    /// named start (e.g. NotReady after a power loss), not just from its own start.
     CheckPassed {
         scope: String,
         check: String,
         #[serde(with = "secs")]
         took: Duration,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        measured: Option<Measured>,
     },
     /// The check gave up. `observed` is the last state it saw (what a timeout is about);
     /// `evidence` lists files written to explain it (journal excerpts, `kubectl describe`).
@@ -114,6 +119,8 @@ pub enum EventKind {
         evidence: Vec<PathBuf>,
         #[serde(with = "secs")]
         took: Duration,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        measured: Option<Measured>,
     },
     /// A scenario attempt began. `attempt` counts from 1; a retry of a failed scenario
     /// is the same name with the next attempt number.
@@ -154,6 +161,29 @@ pub enum EventKind {
         #[serde(with = "secs")]
         took: Duration,
     },
+}
+
+/// A delay a check measured from a named moment (`since`, e.g. `power-loss`) to the moment
+/// its condition held (or it gave up), against the budget the check allowed from that moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    pub since: String,
+    #[serde(with = "secs")]
+    pub delay: Duration,
+    #[serde(with = "secs")]
+    pub budget: Duration,
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1}s after {} (budget {:.0}s)",
+            self.delay.as_secs_f64(),
+            self.since,
+            self.budget.as_secs_f64()
+        )
+    }
 }
 
 /// The phases of a run, in the order they normally come.
@@ -413,6 +443,11 @@ mod tests {
                     "machines/grey-area/journal-kube-apiserver.txt",
                 )],
                 took: Duration::from_millis(120_001),
+                measured: Some(Measured {
+                    since: "power-loss".into(),
+                    delay: Duration::from_millis(121_500),
+                    budget: Duration::from_secs(180),
+                }),
             },
         };
         let line = serde_json::to_string(&event).expect("serialize");

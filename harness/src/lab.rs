@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::events::{EventKind, Events};
+use crate::fault::Fault;
 use crate::net::{Hub, HubError};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotStore};
 use crate::vm::{Accel, Machine, MachineBuilder, VmError};
@@ -110,6 +111,9 @@ pub enum LabError {
     Snapshot(#[from] SnapshotError),
     #[error("lab state dir: {0}")]
     StateDir(std::io::Error),
+    /// A fault that makes no sense on this lab, or not in the state it is in now.
+    #[error("fault `{fault}` refused: {reason}")]
+    FaultRefused { fault: String, reason: String },
     #[error("lab {lab}: prepare step `{command}` failed ({status}); log {log}:\n{tail}")]
     Prepare {
         lab: String,
@@ -635,9 +639,14 @@ impl LabBuilder {
             }
         }
         let state = tempfile::Builder::new()
-            .prefix("labtest-")
+            .prefix(STATE_DIR_PREFIX)
             .tempdir()
             .map_err(LabError::StateDir)?;
+        std::fs::write(
+            state.path().join(OWNER_FILE),
+            owner_stamp(std::process::id()),
+        )
+        .map_err(LabError::StateDir)?;
         let hub_dir = state.path().join("hub");
         std::fs::create_dir_all(&hub_dir).map_err(LabError::StateDir)?;
         let hub = Hub::start(&hub_dir, &self.spec.machine_names()).await?;
@@ -773,8 +782,10 @@ impl Lab {
         self.machine(b)?;
         self.hub.partition(a, b)?;
         self.events.emit(EventKind::FaultInjected {
-            machine: format!("{a}<->{b}"),
-            fault: "partition".into(),
+            fault: Fault::Partition {
+                a: a.to_string(),
+                b: b.to_string(),
+            },
         });
         Ok(())
     }
@@ -784,8 +795,10 @@ impl Lab {
         self.machine(b)?;
         self.hub.heal(a, b)?;
         self.events.emit(EventKind::FaultInjected {
-            machine: format!("{a}<->{b}"),
-            fault: "heal".into(),
+            fault: Fault::Heal {
+                a: a.to_string(),
+                b: b.to_string(),
+            },
         });
         Ok(())
     }
@@ -796,8 +809,9 @@ impl Lab {
         self.machine(machine)?;
         self.hub.isolate(machine)?;
         self.events.emit(EventKind::FaultInjected {
-            machine: machine.to_string(),
-            fault: "isolate".into(),
+            fault: Fault::Isolate {
+                machine: machine.to_string(),
+            },
         });
         Ok(())
     }
@@ -806,14 +820,183 @@ impl Lab {
         self.machine(machine)?;
         self.hub.rejoin(machine)?;
         self.events.emit(EventKind::FaultInjected {
-            machine: machine.to_string(),
-            fault: "rejoin".into(),
+            fault: Fault::Rejoin {
+                machine: machine.to_string(),
+            },
         });
         Ok(())
     }
 
     pub fn partitions(&self) -> Vec<(String, String)> {
         self.hub.partitions()
+    }
+
+    /// Puts `fault` on the lab (or ends one): where a machine gets crashed, frozen, cut off or
+    /// has a unit stopped, for the CLI, scenario files and the built-in scenarios alike. Returns
+    /// what was done, in one line.
+    ///
+    /// A fault that makes no sense is refused before anything happens: an unknown machine, a
+    /// pair that is one machine ([`Fault::check`]), and a fault the machine's state rules out -
+    /// freezing or crashing a machine that is off, thawing one that is not frozen, starting one
+    /// that runs, healing a pair that is not cut, rejoining a machine that is not isolated.
+    ///
+    /// # Errors
+    /// [`LabError::FaultRefused`] saying why, or the VM or hub error of the injection itself.
+    pub async fn inject(&self, fault: &Fault) -> Result<String, LabError> {
+        let refuse = |reason: String| LabError::FaultRefused {
+            fault: fault.to_string(),
+            reason,
+        };
+        fault.check(&self.spec.machine_names()).map_err(&refuse)?;
+        let vm = |e: VmError| LabError::Vm(Box::new(e));
+        let machine = self.machine(fault.machines()[0])?;
+        let running = machine.is_running();
+        let frozen = running && machine.qmp_status().await.ok().as_deref() == Some("paused");
+        let name = machine.name();
+        let needs_running = !matches!(
+            fault,
+            Fault::Start { .. }
+                | Fault::Partition { .. }
+                | Fault::Heal { .. }
+                | Fault::Isolate { .. }
+                | Fault::Rejoin { .. }
+        );
+        if needs_running && !running {
+            return Err(refuse(format!(
+                "{name} is off (crashed or shut down): power it on first (`labtest start {name}`)"
+            )));
+        }
+        let needs_thawed = matches!(
+            fault,
+            Fault::Freeze { .. }
+                | Fault::Shutdown { .. }
+                | Fault::Reboot { .. }
+                | Fault::StopUnit { .. }
+                | Fault::StartUnit { .. }
+        );
+        if needs_thawed && frozen {
+            return Err(refuse(format!(
+                "{name} is frozen: thaw it first (`labtest thaw {name}`)"
+            )));
+        }
+        let cut = |a: &str, b: &str| {
+            self.partitions()
+                .iter()
+                .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+        };
+        Ok(match fault {
+            Fault::Crash { .. } => {
+                machine.crash().await.map_err(vm)?;
+                format!("{name}: crashed (power loss)")
+            }
+            Fault::Freeze { .. } => {
+                machine.freeze().await.map_err(vm)?;
+                format!("{name}: frozen")
+            }
+            Fault::Thaw { .. } => {
+                if !frozen {
+                    return Err(refuse(format!("{name} is not frozen: nothing to thaw")));
+                }
+                machine.thaw().await.map_err(vm)?;
+                format!("{name}: thawed")
+            }
+            Fault::Shutdown { timeout, .. } => {
+                machine.shutdown(*timeout).await.map_err(vm)?;
+                format!("{name}: shut down")
+            }
+            Fault::Start { timeout, .. } => {
+                if running {
+                    return Err(refuse(format!("{name} is already running")));
+                }
+                let boot = tokio::time::timeout(*timeout, machine.start())
+                    .await
+                    .map_err(|_| {
+                        refuse(format!(
+                            "{name} did not answer on its guest channel within {:.0}s of starting; console log {}",
+                            timeout.as_secs_f64(),
+                            machine.console_log().display()
+                        ))
+                    })?
+                    .map_err(vm)?;
+                format!(
+                    "{name}: started, its guest answered after {:.1}s (boot id {})",
+                    boot.took.as_secs_f64(),
+                    boot.boot_id
+                )
+            }
+            Fault::Reboot { timeout, .. } => {
+                let boot = machine.reboot(*timeout).await.map_err(vm)?;
+                format!(
+                    "{name}: rebooted in {:.1}s (boot id {})",
+                    boot.took.as_secs_f64(),
+                    boot.boot_id
+                )
+            }
+            Fault::LinkDown { .. } => {
+                machine.set_link(false).await.map_err(vm)?;
+                format!("{name}: lab link down")
+            }
+            Fault::LinkUp { .. } => {
+                machine.set_link(true).await.map_err(vm)?;
+                format!("{name}: lab link up")
+            }
+            Fault::Partition { a, b } => {
+                if cut(a, b) {
+                    return Err(refuse(format!("{a} and {b} are already cut off")));
+                }
+                self.partition(a, b)?;
+                format!("{a} and {b} are cut off from each other")
+            }
+            Fault::Heal { a, b } => {
+                if !cut(a, b) {
+                    return Err(refuse(format!(
+                        "{a} and {b} are not partitioned: nothing to heal"
+                    )));
+                }
+                self.heal(a, b)?;
+                format!("{a} and {b} can talk again")
+            }
+            Fault::Isolate { .. } => {
+                self.isolate(name)?;
+                format!("{name}: isolated from every other machine")
+            }
+            Fault::Rejoin { .. } => {
+                if !self
+                    .partitions()
+                    .iter()
+                    .any(|(a, b)| a == name || b == name)
+                {
+                    return Err(refuse(format!(
+                        "{name} is not cut off from any machine: nothing to rejoin"
+                    )));
+                }
+                self.rejoin(name)?;
+                format!("{name}: back on the lab network")
+            }
+            Fault::StopUnit { unit, .. } | Fault::StartUnit { unit, .. } => {
+                let verb = if matches!(fault, Fault::StopUnit { .. }) {
+                    "stop"
+                } else {
+                    "start"
+                };
+                let command = format!(
+                    "systemctl {verb} {}",
+                    crate::vm::channel::ansi_c_quote(unit)
+                );
+                let out = machine
+                    .exec(&command, Duration::from_secs(60))
+                    .await
+                    .map_err(vm)?;
+                if out.status != 0 {
+                    return Err(refuse(format!(
+                        "expected `{command}` on {name} to exit 0, saw {}: {}",
+                        out.status,
+                        out.stderr_str().trim()
+                    )));
+                }
+                format!("{name}: {verb}ped {unit}")
+            }
+        })
     }
 
     /// Saves the whole lab as snapshot `name` in `store`: every machine paused together, each
@@ -912,8 +1095,86 @@ impl Drop for Lab {
     }
 }
 
+/// A running lab's state dir (disk overlays, hub sockets, console logs until teardown) lives
+/// in the temp dir under this prefix, with an [`OWNER_FILE`] naming the process that owns it.
+pub const STATE_DIR_PREFIX: &str = "labtest-";
+const OWNER_FILE: &str = "owner";
+
+/// `<pid> <start time>`: the start time (field 22 of /proc/PID/stat) tells a live owner from a
+/// later process that got the same pid.
+fn owner_stamp(pid: u32) -> String {
+    format!("{pid} {}", process_start(pid).unwrap_or_default())
+}
+
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing paren.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Removes the state dirs of labs whose owning process is gone (killed by SIGKILL, so its
+/// teardown never ran; its QEMUs died with it). Returns what it removed. Dirs without an owner
+/// file, or whose owner lives, are left alone.
+pub fn remove_orphaned_state_dirs() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(STATE_DIR_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(stamp) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let owner_alive = stamp
+            .split_once(' ')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| owner_stamp(pid) == stamp);
+        if !owner_alive && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_state_dirs_of_dead_owners_are_removed() {
+        let dead = tempfile::Builder::new()
+            .prefix(STATE_DIR_PREFIX)
+            .tempdir()
+            .expect("temp dir");
+        let live = tempfile::Builder::new()
+            .prefix(STATE_DIR_PREFIX)
+            .tempdir()
+            .expect("temp dir");
+        let unowned = tempfile::Builder::new()
+            .prefix(STATE_DIR_PREFIX)
+            .tempdir()
+            .expect("temp dir");
+        // Our pid with another start time: the pid was reused, its owner is gone.
+        std::fs::write(
+            dead.path().join(OWNER_FILE),
+            format!("{} 1", std::process::id()),
+        )
+        .expect("write");
+        std::fs::write(
+            live.path().join(OWNER_FILE),
+            owner_stamp(std::process::id()),
+        )
+        .expect("write");
+        let removed = remove_orphaned_state_dirs();
+        assert!(removed.contains(&dead.path().to_path_buf()), "{removed:?}");
+        assert!(!dead.path().exists());
+        assert!(live.path().exists());
+        assert!(unowned.path().exists());
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -1,5 +1,7 @@
 //! labtest's library. Layers, lowest first; a module only uses the ones above it in this list:
 //!
+//! * [`fault`] - the one fault vocabulary (crash, freeze, partition...), as values; injected by
+//!   [`lab::Lab::inject`].
 //! * [`events`] - the one vocabulary every layer reports through.
 //! * [`wait`] - deadlines, poll intervals and conditions, shared by every wait.
 //! * [`vm`] - one QEMU machine: its run script, QMP, the guest channel, faults.
@@ -13,6 +15,7 @@
 //! * [`ready`] - the top: a lab built, booted or restored, joined and through the readiness gate,
 //!   as the CLI, the scenarios and users' own tests get it ([`ready::ReadyLab`]).
 pub mod events;
+pub mod fault;
 pub mod kube;
 pub mod lab;
 pub mod net;

@@ -73,6 +73,8 @@ pub enum ReadyError {
         lock: PathBuf,
         waited: Duration,
     },
+    #[error("expected {what} within {timeout:?}; it was still going")]
+    StepTimeout { what: String, timeout: Duration },
 }
 
 impl From<LabError> for ReadyError {
@@ -85,6 +87,32 @@ impl From<VmError> for ReadyError {
     fn from(e: VmError) -> Self {
         ReadyError::Vm(Box::new(e))
     }
+}
+
+/// A bring-up step before the readiness gate, reported as a check of the gate's scope so the
+/// live view and the reports show it; `within` is the step's own deadline, which it enforces
+/// itself (the slack only guards against a step that does not).
+async fn bring_up_step<T, E: std::fmt::Display + Into<ReadyError>>(
+    events: &Events,
+    what: &str,
+    within: Duration,
+    body: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ReadyError> {
+    gate::once(
+        events,
+        gate::SCOPE,
+        what,
+        within + Duration::from_secs(30),
+        body,
+    )
+    .await
+    .map_err(|e| match e {
+        Some(e) => e.into(),
+        None => ReadyError::StepTimeout {
+            what: what.to_string(),
+            timeout: within,
+        },
+    })
 }
 
 /// `$LABTEST_CACHE`, else `$XDG_CACHE_HOME/labtest`, else `~/.cache/labtest`: where builds,
@@ -247,10 +275,9 @@ pub fn snapshot_target(
         &spec.machine_names(),
         built.accel.qemu_opts(),
     )?;
-    Ok(SnapshotTarget {
-        store: snapshot_store(),
-        key,
-    })
+    let store = snapshot_store();
+    store.mark_current(&spec.name, &key);
+    Ok(SnapshotTarget { store, key })
 }
 
 /// A Ready lab: restored from the lab's Ready snapshot when one matches the lab's inputs, else
@@ -442,22 +469,44 @@ async fn make_ready(
             CONTROL_PLANE_FILES,
             Duration::from_secs(3),
         );
-        master.wait_until_succeeds(token, &token_ready).await?;
+        bring_up_step(
+            events,
+            &token_ready.what.clone(),
+            CONTROL_PLANE_FILES,
+            async {
+                master
+                    .wait_until_succeeds(token, &token_ready)
+                    .await
+                    .map_err(Box::new)
+            },
+        )
+        .await?;
         let nodes: Vec<&Machine> = lab
             .machines()
             .iter()
             .filter(|m| m.name() != k8s.master)
             .map(|m| m.as_ref())
             .collect();
-        join_nodes(master, &nodes, token, join, JOIN_DEADLINE).await?;
+        bring_up_step(
+            events,
+            "nodes join",
+            JOIN_DEADLINE,
+            join_nodes(master, &nodes, token, join, JOIN_DEADLINE),
+        )
+        .await?;
     }
-    let access = KubeAccess::from_master(
-        master,
-        &k8s.admin_kubeconfig,
-        k8s.apiserver_port,
-        k8s.tls_server_name.as_deref(),
-        &evidence.join("kubeconfig"),
+    let access = bring_up_step(
+        events,
+        "admin kubeconfig and the files it names",
         CONTROL_PLANE_FILES,
+        KubeAccess::from_master(
+            master,
+            &k8s.admin_kubeconfig,
+            k8s.apiserver_port,
+            k8s.tls_server_name.as_deref(),
+            &evidence.join("kubeconfig"),
+            CONTROL_PLANE_FILES,
+        ),
     )
     .await?;
     let node_names: Vec<String> = spec

@@ -32,6 +32,8 @@ use crate::vm::state::{file_size, SavedState};
 /// never restored.
 pub const FORMAT: &str = "labtest-snapshot-1";
 const META: &str = "snapshot.json";
+/// Beside a lab's snapshots: the key its inputs made last.
+const CURRENT_KEY: &str = ".current-key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -288,6 +290,37 @@ impl SnapshotStore {
         }
         std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, "removing", e))?;
         Ok(true)
+    }
+
+    /// Notes `key` as the one `lab`'s inputs make now, so `labtest cache prune` knows which
+    /// snapshots of the lab can still be restored. Best effort: a failure only means prune
+    /// keeps more.
+    pub fn mark_current(&self, lab: &str, key: &SnapshotKey) {
+        let dir = self.root.join(lab);
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = std::fs::write(dir.join(CURRENT_KEY), &key.hash);
+        }
+    }
+
+    /// The key [`SnapshotStore::mark_current`] noted last for `lab`, if any.
+    pub fn current_key(&self, lab: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(lab).join(CURRENT_KEY))
+            .ok()
+            .map(|k| k.trim().to_string())
+    }
+
+    /// What killed saves left in the store: `.part-*` and `.old-*` dirs of processes that are
+    /// gone.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        read_dirs(&self.root)
+            .iter()
+            .flat_map(|lab| read_dirs(lab))
+            .filter(|dir| {
+                dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    (n.starts_with(".part-") || n.starts_with(".old-")) && !owned_by_live_process(n)
+                })
+            })
+            .collect()
     }
 
     /// A fresh temporary directory for a snapshot of `lab` being written; earlier ones left by

@@ -33,6 +33,26 @@ pub struct Wait {
     pub what: String,
     pub timeout: Duration,
     pub interval: Duration,
+    /// The named moment the wait's delay is measured from, when it is not the wait's own start
+    /// (see [`Wait::since`]).
+    pub since: Option<Since>,
+}
+
+/// A named moment a delay is measured from: `power-loss`, `recovery`, `rebuild`.
+#[derive(Debug, Clone)]
+pub struct Since {
+    pub label: String,
+    pub at: Instant,
+}
+
+impl Since {
+    /// The moment is now.
+    pub fn now(label: impl Into<String>) -> Self {
+        Self {
+            label: label.into(),
+            at: Instant::now(),
+        }
+    }
 }
 
 impl Wait {
@@ -41,7 +61,15 @@ impl Wait {
             what: what.into(),
             timeout,
             interval,
+            since: None,
         }
+    }
+
+    /// Reports the delay from `since` (not from the wait's start) when the wait ends, against
+    /// the budget from that moment to the wait's deadline.
+    pub fn since(mut self, since: Since) -> Self {
+        self.since = Some(since);
+        self
     }
 }
 

@@ -9,7 +9,7 @@ use harness::events::{EventKind, Events, Outcome, Stream};
 use harness::kube::{gate, Summary};
 use harness::lab::{KubernetesSpec, Lab};
 use harness::report::ArtifactsDir;
-use harness::wait::{Condition, Poll, Wait};
+use harness::wait::{Condition, Poll, Since, Wait};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Resource;
@@ -151,11 +151,21 @@ impl<'a> Ctx<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Poll<T>>,
     {
-        let wait = Wait::new(what, timeout, interval);
-        gate::run_check(self.events, &self.scope, &wait, probe)
+        self.run_wait(&Wait::new(what, timeout, interval), probe)
+            .await
+    }
+
+    /// Runs `wait` as a named check: its events carry the delay it measured when the wait has
+    /// a named start ([`Wait::since`]).
+    pub async fn run_wait<T, F, Fut>(&self, wait: &Wait, probe: F) -> Result<T, ScenarioError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Poll<T>>,
+    {
+        gate::run_check(self.events, &self.scope, wait, probe)
             .await
             .map_err(|e| ScenarioError::Failed {
-                check: what.to_string(),
+                check: wait.what.clone(),
                 reason: e.to_string(),
             })
     }
@@ -175,20 +185,45 @@ impl<'a> Ctx<'a> {
         K::DynamicType: Default,
         C: Condition<K>,
     {
-        self.wait_every(api, name, condition, what, timeout, Duration::from_secs(2))
-            .await
+        self.wait_for(
+            api,
+            name,
+            condition,
+            &Wait::new(what, timeout, Duration::from_secs(2)),
+        )
+        .await
     }
 
-    /// [`Ctx::wait`] at a chosen poll interval. Each new state of the object shows as progress;
-    /// a 401 or 403 ends the wait at once, since waiting cannot fix credentials.
-    pub async fn wait_every<K, C>(
+    /// [`Ctx::wait`] that measures its delay from a named moment (a fault, a recovery) and
+    /// reports it against the budget from that moment; returns that delay.
+    pub async fn wait_since<K, C>(
         &self,
         api: &Api<K>,
         name: &str,
         condition: C,
         what: &str,
         timeout: Duration,
-        interval: Duration,
+        since: &Since,
+    ) -> Result<Duration, ScenarioError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Summary,
+        K::DynamicType: Default,
+        C: Condition<K>,
+    {
+        let wait = Wait::new(what, timeout, Duration::from_secs(2)).since(since.clone());
+        self.wait_for(api, name, condition, &wait).await?;
+        Ok(since.at.elapsed())
+    }
+
+    /// Waits for `condition` on object `name` as `wait` says. Each new state of the object
+    /// shows as progress; a 401 or 403 ends the wait at once, since waiting cannot fix
+    /// credentials. Returns how long it took.
+    pub async fn wait_for<K, C>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        condition: C,
+        wait: &Wait,
     ) -> Result<Duration, ScenarioError>
     where
         K: Resource + Clone + DeserializeOwned + Debug + Summary,
@@ -198,7 +233,7 @@ impl<'a> Ctx<'a> {
         let start = Instant::now();
         let kind = K::kind(&K::DynamicType::default()).to_string();
         let (kind, condition) = (&kind, &condition);
-        self.check(what, timeout, interval, || async move {
+        self.run_wait(wait, || async move {
             match api.get_opt(name).await {
                 Ok(found) if condition.matches(found.as_ref()) => Poll::Ready(()),
                 Ok(Some(object)) => Poll::Pending(format!("{kind} {name}: {}", object.summary())),

@@ -127,69 +127,8 @@ pub enum ManifestSource {
     Inline(String),
 }
 
-/// Faults, named as in the harness (`vm::Machine` and `lab::Lab`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fault {
-    /// Power loss (QMP `quit`).
-    Crash {
-        machine: String,
-    },
-    /// Pause the CPUs (QMP `stop`).
-    Freeze {
-        machine: String,
-    },
-    /// Resume after `freeze` (QMP `cont`).
-    Thaw {
-        machine: String,
-    },
-    /// Graceful power-off, waiting up to `timeout` for QEMU to exit.
-    Shutdown {
-        machine: String,
-        timeout: Duration,
-    },
-    /// Boot a machine that was crashed or shut down, waiting up to `timeout` for its channel.
-    Start {
-        machine: String,
-        timeout: Duration,
-    },
-    /// Reboot through systemd, waiting up to `timeout` for the new boot to answer.
-    Reboot {
-        machine: String,
-        timeout: Duration,
-    },
-    /// The lab NIC loses carrier (QMP `set_link ... up=false`): the guest sees it.
-    LinkDown {
-        machine: String,
-    },
-    LinkUp {
-        machine: String,
-    },
-    /// The hub drops traffic between two machines, both ways.
-    Partition {
-        a: String,
-        b: String,
-    },
-    Heal {
-        a: String,
-        b: String,
-    },
-    /// The hub drops all of a machine's traffic; its link stays up, as with a dead switch port.
-    Isolate {
-        machine: String,
-    },
-    Rejoin {
-        machine: String,
-    },
-    /// `systemctl stop UNIT` in the guest.
-    StopUnit {
-        machine: String,
-        unit: String,
-    },
-    StartUnit {
-        machine: String,
-        unit: String,
-    },
-}
+/// Faults are the harness's one vocabulary: a file names them as `Lab::inject` takes them.
+pub use harness::fault::Fault;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaitStep {
@@ -642,27 +581,6 @@ impl fmt::Display for Action {
     }
 }
 
-impl fmt::Display for Fault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Fault::Crash { machine } => write!(f, "crash {machine}"),
-            Fault::Freeze { machine } => write!(f, "freeze {machine}"),
-            Fault::Thaw { machine } => write!(f, "thaw {machine}"),
-            Fault::Shutdown { machine, .. } => write!(f, "shutdown {machine}"),
-            Fault::Start { machine, .. } => write!(f, "start {machine}"),
-            Fault::Reboot { machine, .. } => write!(f, "reboot {machine}"),
-            Fault::LinkDown { machine } => write!(f, "link-down {machine}"),
-            Fault::LinkUp { machine } => write!(f, "link-up {machine}"),
-            Fault::Partition { a, b } => write!(f, "partition {a} {b}"),
-            Fault::Heal { a, b } => write!(f, "heal {a} {b}"),
-            Fault::Isolate { machine } => write!(f, "isolate {machine}"),
-            Fault::Rejoin { machine } => write!(f, "rejoin {machine}"),
-            Fault::StopUnit { machine, unit } => write!(f, "stop-unit {unit} on {machine}"),
-            Fault::StartUnit { machine, unit } => write!(f, "start-unit {unit} on {machine}"),
-        }
-    }
-}
-
 impl fmt::Display for WaitFor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -949,22 +867,7 @@ const KINDS: [&str; 8] = [
     "apply", "manifest", "fault", "wait", "rebuild", "rollback", "expect", "sleep",
 ];
 
-const FAULTS: [&str; 14] = [
-    "crash",
-    "freeze",
-    "thaw",
-    "shutdown",
-    "start",
-    "reboot",
-    "link-down",
-    "link-up",
-    "partition",
-    "heal",
-    "isolate",
-    "rejoin",
-    "stop-unit",
-    "start-unit",
-];
+const FAULTS: [&str; 14] = harness::fault::FAULT_NAMES;
 
 const WAITS: [&str; 14] = [
     "node-ready",
@@ -1406,49 +1309,55 @@ fn parse_step(
             source: ManifestSource::Inline(kind_value),
             namespace: r.opt_string("namespace")?,
         }),
-        "fault" => Action::Fault(match kind_value.as_str() {
-            "partition" | "heal" => {
-                let (a, b) = r.pair()?;
-                if kind_value == "partition" {
-                    Fault::Partition { a, b }
-                } else {
-                    Fault::Heal { a, b }
+        "fault" => {
+            let fault = match kind_value.as_str() {
+                "partition" | "heal" => {
+                    let (a, b) = r.pair()?;
+                    if kind_value == "partition" {
+                        Fault::Partition { a, b }
+                    } else {
+                        Fault::Heal { a, b }
+                    }
                 }
-            }
-            "stop-unit" | "start-unit" => {
-                let machine = r.string("machine", machine_example)?;
-                let unit = r.string("unit", r#"unit = "kubelet.service""#)?;
-                if kind_value == "stop-unit" {
-                    Fault::StopUnit { machine, unit }
-                } else {
-                    Fault::StartUnit { machine, unit }
+                "stop-unit" | "start-unit" => {
+                    let machine = r.string("machine", machine_example)?;
+                    let unit = r.string("unit", r#"unit = "kubelet.service""#)?;
+                    if kind_value == "stop-unit" {
+                        Fault::StopUnit { machine, unit }
+                    } else {
+                        Fault::StartUnit { machine, unit }
+                    }
                 }
-            }
-            other => {
-                let machine = r.string("machine", machine_example)?;
-                match other {
-                    "crash" => Fault::Crash { machine },
-                    "freeze" => Fault::Freeze { machine },
-                    "thaw" => Fault::Thaw { machine },
-                    "shutdown" => Fault::Shutdown {
-                        machine,
-                        timeout: r.duration_or("timeout", SHUTDOWN_TIMEOUT)?,
-                    },
-                    "start" => Fault::Start {
-                        machine,
-                        timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
-                    },
-                    "reboot" => Fault::Reboot {
-                        machine,
-                        timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
-                    },
-                    "link-down" => Fault::LinkDown { machine },
-                    "link-up" => Fault::LinkUp { machine },
-                    "isolate" => Fault::Isolate { machine },
-                    _ => Fault::Rejoin { machine },
+                other => {
+                    let machine = r.string("machine", machine_example)?;
+                    match other {
+                        "crash" => Fault::Crash { machine },
+                        "freeze" => Fault::Freeze { machine },
+                        "thaw" => Fault::Thaw { machine },
+                        "shutdown" => Fault::Shutdown {
+                            machine,
+                            timeout: r.duration_or("timeout", SHUTDOWN_TIMEOUT)?,
+                        },
+                        "start" => Fault::Start {
+                            machine,
+                            timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
+                        },
+                        "reboot" => Fault::Reboot {
+                            machine,
+                            timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
+                        },
+                        "link-down" => Fault::LinkDown { machine },
+                        "link-up" => Fault::LinkUp { machine },
+                        "isolate" => Fault::Isolate { machine },
+                        _ => Fault::Rejoin { machine },
+                    }
                 }
-            }
-        }),
+            };
+            fault
+                .check_arguments()
+                .map_err(|reason| r.err(kind_line, "fault", reason))?;
+            Action::Fault(fault)
+        }
         "wait" => {
             let condition = match kind_value.as_str() {
                 "node-ready" => WaitFor::NodeReady {

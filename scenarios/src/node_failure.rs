@@ -6,12 +6,13 @@
 //! Budgets follow the Kubernetes e2e TaintBasedEvictions test (NotReady within 3 min, taint within
 //! 30 s of it, Ready within 1 min of recovery, untainted within 30 s), scaled where the lab differs:
 //! a crashed guest must boot again (minutes under TCG), and TCG slows every Go binary ~10x.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use harness::fault::Fault;
 use harness::kube::conditions::{
     deployment_available, node_has_taint, node_not_ready, node_ready, node_without_taint,
 };
-use harness::wait::Poll;
+use harness::wait::{Poll, Since, Wait};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
@@ -23,26 +24,37 @@ const NAMESPACE: &str = "labtest-node-failure";
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const TOLERATION_SECONDS: i64 = 10;
 
+/// The three faults this scenario puts on a worker, by the names its checks carry.
 #[derive(Clone, Copy, Debug)]
-enum Fault {
+enum Trial {
     PowerLoss,
     Partition,
     Freeze,
 }
 
-impl Fault {
+impl Trial {
     fn name(self) -> &'static str {
         match self {
-            Fault::PowerLoss => "power-loss",
-            Fault::Partition => "partition",
-            Fault::Freeze => "freeze",
+            Trial::PowerLoss => "power-loss",
+            Trial::Partition => "partition",
+            Trial::Freeze => "freeze",
+        }
+    }
+
+    /// The harness fault: a partition of the worker from every peer is an isolation.
+    fn fault(self, worker: &str) -> Fault {
+        let machine = worker.to_string();
+        match self {
+            Trial::PowerLoss => Fault::Crash { machine },
+            Trial::Partition => Fault::Isolate { machine },
+            Trial::Freeze => Fault::Freeze { machine },
         }
     }
 
     /// Recovery budget: a power loss needs a whole boot.
     fn recovery(self) -> Duration {
         match self {
-            Fault::PowerLoss => Duration::from_secs(600),
+            Trial::PowerLoss => Duration::from_secs(600),
             _ => Duration::from_secs(240),
         }
     }
@@ -54,8 +66,8 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
 
 async fn body(ctx: &Ctx<'_>, ns: String) -> Result<(), ScenarioError> {
     let worker = ctx.worker()?;
-    for fault in [Fault::PowerLoss, Fault::Partition, Fault::Freeze] {
-        one_fault(ctx, &ns, &worker, fault).await?;
+    for trial in [Trial::PowerLoss, Trial::Partition, Trial::Freeze] {
+        one_fault(ctx, &ns, &worker, trial).await?;
     }
     Ok(())
 }
@@ -64,10 +76,10 @@ async fn one_fault(
     ctx: &Ctx<'_>,
     ns: &str,
     worker: &str,
-    fault: Fault,
+    trial: Trial,
 ) -> Result<(), ScenarioError> {
     let image = ctx.k8s()?.workload_image.clone();
-    let app = format!("victim-{}", fault.name());
+    let app = format!("victim-{}", trial.name());
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -111,7 +123,7 @@ async fn one_fault(
         &deployments,
         &app,
         deployment_available(1),
-        &format!("{}: the victim pod runs", fault.name()),
+        &format!("{}: the victim pod runs", trial.name()),
         Duration::from_secs(300),
     )
     .await?;
@@ -123,74 +135,58 @@ async fn one_fault(
         )));
     }
 
-    let machine = ctx
+    let fault = trial.fault(worker);
+    let undo = fault
+        .undo()
+        .ok_or_else(|| ScenarioError::Error(format!("fault {fault} has no undo")))?;
+    let injected = Since::now(trial.name());
+    let done = ctx
         .lab
-        .machine(worker)
-        .map_err(|e| ScenarioError::error("finding the worker", e))?;
-    let start = Instant::now();
-    match fault {
-        Fault::PowerLoss => machine.crash().await,
-        Fault::Partition => {
-            return_on_lab_error(ctx.lab.isolate(worker))?;
-            Ok(())
-        }
-        Fault::Freeze => machine.freeze().await,
-    }
-    .map_err(|e| ScenarioError::error(&format!("injecting {}", fault.name()), e))?;
-    ctx.note(
-        fault.name(),
-        format!("{} injected on {worker}", fault.name()),
-    );
+        .inject(&fault)
+        .await
+        .map_err(|e| ScenarioError::error(&format!("injecting {}", trial.name()), e))?;
+    ctx.note(trial.name(), done);
 
-    let result = observe_failure(ctx, &nodes, &pods, worker, &selector, fault, start).await;
+    let result = observe_failure(ctx, &nodes, &pods, worker, &selector, trial, &injected).await;
     // Recover whatever the observation said, so the next fault and scenario get a whole lab.
-    let recovered = match fault {
-        Fault::PowerLoss => machine.start().await.map(|_| ()),
-        Fault::Partition => {
-            return_on_lab_error(ctx.lab.rejoin(worker))?;
-            Ok(())
-        }
-        Fault::Freeze => machine.thaw().await,
-    };
-    let recovery_start = Instant::now();
+    let recovered = ctx.lab.inject(&undo).await;
+    let recovery = Since::now(format!("{} recovery", trial.name()));
     result?;
-    recovered.map_err(|e| ScenarioError::error(&format!("recovering from {}", fault.name()), e))?;
+    let done = recovered
+        .map_err(|e| ScenarioError::error(&format!("recovering from {}", trial.name()), e))?;
+    ctx.note(trial.name(), done);
     let took = ctx
-        .wait(
+        .wait_since(
             &nodes,
             worker,
             node_ready,
-            &format!("{}: {worker} Ready again", fault.name()),
-            fault.recovery(),
+            &format!("{}: {worker} Ready again", trial.name()),
+            trial.recovery(),
+            &recovery,
         )
         .await?;
     ctx.note(
-        fault.name(),
+        trial.name(),
         format!("Ready {:.1}s after recovery", took.as_secs_f64()),
     );
-    ctx.wait(
-        &nodes,
-        worker,
-        node_without_taint(UNREACHABLE),
-        &format!("{}: {worker} untainted", fault.name()),
-        Duration::from_secs(90),
-    )
-    .await?;
+    let took = ctx
+        .wait_since(
+            &nodes,
+            worker,
+            node_without_taint(UNREACHABLE),
+            &format!("{}: {worker} untainted", trial.name()),
+            Duration::from_secs(90),
+            &recovery,
+        )
+        .await?;
     ctx.note(
-        fault.name(),
-        format!(
-            "untainted {:.1}s after recovery",
-            recovery_start.elapsed().as_secs_f64()
-        ),
+        trial.name(),
+        format!("untainted {:.1}s after recovery", took.as_secs_f64()),
     );
     let _ = deployments
         .delete(&app, &kube::api::DeleteParams::background())
         .await;
     Ok(())
-}
-
-fn return_on_lab_error(result: Result<(), harness::lab::LabError>) -> Result<(), ScenarioError> {
-    result.map_err(|e| ScenarioError::error("changing the lab network", e))
 }
 
 async fn observe_failure(
@@ -199,63 +195,65 @@ async fn observe_failure(
     pods: &Api<Pod>,
     worker: &str,
     selector: &str,
-    fault: Fault,
-    start: Instant,
+    trial: Trial,
+    injected: &Since,
 ) -> Result<(), ScenarioError> {
-    ctx.wait(
-        nodes,
-        worker,
-        node_not_ready,
-        &format!("{}: {worker} NotReady", fault.name()),
-        Duration::from_secs(180),
-    )
-    .await?;
-    ctx.note(
-        fault.name(),
-        format!(
-            "NotReady {:.1}s after the fault",
-            start.elapsed().as_secs_f64()
-        ),
-    );
-    ctx.wait(
-        nodes,
-        worker,
-        node_has_taint(UNREACHABLE, "NoExecute"),
-        &format!("{}: {worker} tainted {UNREACHABLE}:NoExecute", fault.name()),
-        Duration::from_secs(90),
-    )
-    .await?;
-    ctx.note(
-        fault.name(),
-        format!(
-            "unreachable:NoExecute {:.1}s after the fault",
-            start.elapsed().as_secs_f64()
-        ),
-    );
-    let survivor = ctx
-        .check(
-            &format!(
-                "{}: the evicted pod is replaced on a surviving node",
-                fault.name()
-            ),
-            Duration::from_secs(300),
-            Duration::from_secs(2),
-            || async {
-                match running_pods(pods, selector).await {
-                    Ok(running) => match running.iter().find(|(_, node)| node != worker) {
-                        Some((pod, node)) => Poll::Ready(format!("{pod} on {node}")),
-                        None => Poll::Pending(format!("running: {running:?}")),
-                    },
-                    Err(e) => Poll::Pending(e.to_string()),
-                }
-            },
+    let took = ctx
+        .wait_since(
+            nodes,
+            worker,
+            node_not_ready,
+            &format!("{}: {worker} NotReady", trial.name()),
+            Duration::from_secs(180),
+            injected,
         )
         .await?;
     ctx.note(
-        fault.name(),
+        trial.name(),
+        format!("NotReady {:.1}s after the fault", took.as_secs_f64()),
+    );
+    let took = ctx
+        .wait_since(
+            nodes,
+            worker,
+            node_has_taint(UNREACHABLE, "NoExecute"),
+            &format!("{}: {worker} tainted {UNREACHABLE}:NoExecute", trial.name()),
+            Duration::from_secs(90),
+            injected,
+        )
+        .await?;
+    ctx.note(
+        trial.name(),
+        format!(
+            "unreachable:NoExecute {:.1}s after the fault",
+            took.as_secs_f64()
+        ),
+    );
+    let replaced = Wait::new(
+        format!(
+            "{}: the evicted pod is replaced on a surviving node",
+            trial.name()
+        ),
+        Duration::from_secs(300),
+        Duration::from_secs(2),
+    )
+    .since(injected.clone());
+    let survivor = ctx
+        .run_wait(&replaced, || async {
+            match running_pods(pods, selector).await {
+                Ok(running) => match running.iter().find(|(_, node)| node != worker) {
+                    Some((pod, node)) => Poll::Ready(format!("{pod} on {node}")),
+                    None => Poll::Pending(format!("running: {running:?}")),
+                },
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        })
+        .await?;
+    ctx.note(
+        trial.name(),
         format!(
             "replacement {survivor} running {:.1}s after the fault",
-            start.elapsed().as_secs_f64()
+            injected.at.elapsed().as_secs_f64()
         ),
     );
     Ok(())

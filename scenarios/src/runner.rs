@@ -35,19 +35,19 @@
 //! namespace) of its own.
 use std::fmt::Debug;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::events::EventKind;
 use harness::kube::conditions::{
     daemonset_ready, deployment_available, deployment_rolled_out, node_has_taint, node_not_ready,
     node_ready, node_without_taint, pod_on_node, pod_phase, pod_running,
 };
+use harness::kube::gate;
 use harness::kube::Summary;
 use harness::lab::{build_attr, lab_nix};
 use harness::nix::generation::sh_quote;
 use harness::nix::SystemProfile;
 use harness::vm::Machine;
-use harness::wait::{Condition, Poll};
+use harness::wait::{Condition, Poll, Since, Wait};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -80,12 +80,17 @@ pub async fn run_file(file: &ScenarioFile, ctx: &Ctx<'_>) -> Result<(), Scenario
     if let Some(description) = &file.description {
         ctx.note(&file.name, description.clone());
     }
+    // Waits after a fault measure their delay from it, as the built-in node-failure does.
+    let mut last_fault: Option<Since> = None;
     for step in &file.steps {
         let label = step_label(step);
         if let Some(note) = &step.note {
             ctx.note(&label, note.clone());
         }
-        run_step(ctx, file, step, &label)
+        if let Action::Fault(fault) = &step.action {
+            last_fault = Some(Since::now(fault.to_string()));
+        }
+        run_step(ctx, file, step, &label, last_fault.as_ref())
             .await
             .map_err(|e| in_step(&label, e))?;
     }
@@ -153,6 +158,7 @@ async fn run_step(
     file: &ScenarioFile,
     step: &Step,
     label: &str,
+    since: Option<&Since>,
 ) -> Result<(), ScenarioError> {
     match &step.action {
         Action::Apply(apply) => {
@@ -160,8 +166,8 @@ async fn run_step(
             ctx.note(label, applied.join("\n"));
             Ok(())
         }
-        Action::Fault(fault) => once(ctx, label, fault_timeout(fault), inject(ctx, fault)).await,
-        Action::Wait(wait) => wait_step(ctx, wait, label).await,
+        Action::Fault(fault) => once(ctx, label, fault.budget(), inject(ctx, fault)).await,
+        Action::Wait(wait) => wait_step(ctx, wait, label, since).await,
         Action::Rebuild(rebuild) => {
             let text = once(ctx, label, rebuild.timeout, rebuild_step(ctx, rebuild)).await?;
             ctx.note(label, text);
@@ -203,39 +209,14 @@ async fn once<T>(
     timeout: Duration,
     body: impl Future<Output = Result<T, ScenarioError>>,
 ) -> Result<T, ScenarioError> {
-    ctx.events.emit(EventKind::CheckStarted {
-        scope: ctx.scope.clone(),
-        check: label.to_string(),
-        timeout,
-    });
-    let start = Instant::now();
-    let result = match tokio::time::timeout(timeout, body).await {
-        Ok(result) => result,
-        Err(_) => Err(ScenarioError::Failed {
-            check: label.to_string(),
-            reason: format!("did not finish within {:.0}s", timeout.as_secs_f64()),
-        }),
-    };
-    let took = start.elapsed();
-    match &result {
-        Ok(_) => ctx.events.emit(EventKind::CheckPassed {
-            scope: ctx.scope.clone(),
-            check: label.to_string(),
-            took,
-        }),
-        Err(e) => ctx.events.emit(EventKind::CheckFailed {
-            scope: ctx.scope.clone(),
-            check: label.to_string(),
-            reason: match e {
-                ScenarioError::Failed { reason, .. } => reason.clone(),
-                ScenarioError::Error(message) => message.clone(),
-            },
-            observed: None,
-            evidence: Vec::new(),
-            took,
-        }),
-    }
-    result
+    gate::once(ctx.events, &ctx.scope, label, timeout, body)
+        .await
+        .map_err(|e| {
+            e.unwrap_or_else(|| ScenarioError::Failed {
+                check: label.to_string(),
+                reason: format!("did not finish within {:.0}s", timeout.as_secs_f64()),
+            })
+        })
 }
 
 fn machine<'c>(ctx: &'c Ctx<'_>, name: &str) -> Result<&'c Machine, ScenarioError> {
@@ -487,78 +468,20 @@ async fn apply_manifests(ctx: &Ctx<'_>, apply: &Apply) -> Result<Vec<String>, Sc
 
 // ---- faults, rebuild, rollback ----
 
-fn fault_timeout(fault: &Fault) -> Duration {
-    match fault {
-        // Their own deadline, plus room for the QMP and channel calls around it.
-        Fault::Shutdown { timeout, .. }
-        | Fault::Start { timeout, .. }
-        | Fault::Reboot { timeout, .. } => *timeout + Duration::from_secs(30),
-        _ => STEP_TIMEOUT,
-    }
-}
-
+/// Puts the fault on the lab through the harness's one dispatcher. A fault the lab's state
+/// refuses (a start whose guest never answers, a unit that would not stop) is the lab
+/// misbehaving; anything else is the harness failing to act.
 async fn inject(ctx: &Ctx<'_>, fault: &Fault) -> Result<(), ScenarioError> {
-    let vm = |e: harness::vm::VmError| ScenarioError::error(&format!("fault {fault}"), e);
-    let net = |e: harness::lab::LabError| ScenarioError::error(&format!("fault {fault}"), e);
-    match fault {
-        Fault::Crash { machine: m } => machine(ctx, m)?.crash().await.map_err(vm),
-        Fault::Freeze { machine: m } => machine(ctx, m)?.freeze().await.map_err(vm),
-        Fault::Thaw { machine: m } => machine(ctx, m)?.thaw().await.map_err(vm),
-        Fault::Shutdown {
-            machine: m,
-            timeout,
-        } => machine(ctx, m)?.shutdown(*timeout).await.map_err(vm),
-        Fault::Start {
-            machine: m,
-            timeout,
-        } => match tokio::time::timeout(*timeout, machine(ctx, m)?.start()).await {
-            Ok(booted) => booted.map(|_| ()).map_err(vm),
-            Err(_) => Err(ScenarioError::Failed {
-                check: format!("fault {fault}"),
-                reason: format!(
-                    "{m} did not answer on its guest channel within {:.0}s of starting",
-                    timeout.as_secs_f64()
-                ),
-            }),
-        },
-        Fault::Reboot {
-            machine: m,
-            timeout,
-        } => machine(ctx, m)?
-            .reboot(*timeout)
-            .await
-            .map(|_| ())
-            .map_err(vm),
-        Fault::LinkDown { machine: m } => machine(ctx, m)?.set_link(false).await.map_err(vm),
-        Fault::LinkUp { machine: m } => machine(ctx, m)?.set_link(true).await.map_err(vm),
-        Fault::Partition { a, b } => ctx.lab.partition(a, b).map_err(net),
-        Fault::Heal { a, b } => ctx.lab.heal(a, b).map_err(net),
-        Fault::Isolate { machine: m } => ctx.lab.isolate(m).map_err(net),
-        Fault::Rejoin { machine: m } => ctx.lab.rejoin(m).map_err(net),
-        Fault::StopUnit { machine: m, unit } | Fault::StartUnit { machine: m, unit } => {
-            let verb = if matches!(fault, Fault::StopUnit { .. }) {
-                "stop"
-            } else {
-                "start"
-            };
-            let command = format!("systemctl {verb} {}", sh_quote(unit));
-            let out = machine(ctx, m)?
-                .exec(&command, STEP_TIMEOUT)
-                .await
-                .map_err(vm)?;
-            if out.status == 0 {
-                Ok(())
-            } else {
-                Err(ScenarioError::Failed {
-                    check: format!("fault {fault}"),
-                    reason: format!(
-                        "expected `{command}` on {m} to exit 0, saw {}: {}",
-                        out.status,
-                        out.stderr_str().trim()
-                    ),
-                })
-            }
+    match ctx.lab.inject(fault).await {
+        Ok(done) => {
+            ctx.note(&format!("fault {fault}"), done);
+            Ok(())
         }
+        Err(harness::lab::LabError::FaultRefused { reason, .. }) => Err(ScenarioError::Failed {
+            check: format!("fault {fault}"),
+            reason,
+        }),
+        Err(e) => Err(ScenarioError::error(&format!("fault {fault}"), e)),
     }
 }
 
@@ -637,14 +560,22 @@ fn activation_tail(stderr: &str) -> String {
 
 // ---- waits ----
 
-async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), ScenarioError> {
+/// Runs a wait step as a check named `label`; with `since` (the file's last fault), it also
+/// reports the delay from that fault.
+async fn wait_step(
+    ctx: &Ctx<'_>,
+    step: &WaitStep,
+    label: &str,
+    since: Option<&Since>,
+) -> Result<(), ScenarioError> {
+    let mut wait = Wait::new(label, step.timeout, step.interval);
+    wait.since = since.cloned();
+    let wait = &wait;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    match &wait.condition {
-        WaitFor::NodeReady { node } => {
-            wait_object(ctx, &nodes, node, node_ready, wait, label).await
-        }
+    match &step.condition {
+        WaitFor::NodeReady { node } => wait_object(ctx, &nodes, node, node_ready, wait).await,
         WaitFor::NodeNotReady { node } => {
-            wait_object(ctx, &nodes, node, node_not_ready, wait, label).await
+            wait_object(ctx, &nodes, node, node_not_ready, wait).await
         }
         WaitFor::NodeHasLabel {
             node,
@@ -654,20 +585,20 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
             node,
             label: wanted,
         } => {
-            let want = matches!(wait.condition, WaitFor::NodeHasLabel { .. });
+            let want = matches!(step.condition, WaitFor::NodeHasLabel { .. });
             let cond = |n: Option<&Node>| {
                 n.is_some_and(|n| label_matches(wanted, node_label(n, &wanted.key)) == want)
             };
-            wait_object(ctx, &nodes, node, cond, wait, label).await
+            wait_object(ctx, &nodes, node, cond, wait).await
         }
         WaitFor::NodeTainted { node, taint } => match taint.effect {
             Some(effect) => {
                 let cond = node_has_taint(&taint.key, effect.as_str());
-                wait_object(ctx, &nodes, node, cond, wait, label).await
+                wait_object(ctx, &nodes, node, cond, wait).await
             }
             None => {
                 let cond = any_effect(&taint.key);
-                wait_object(ctx, &nodes, node, cond, wait, label).await
+                wait_object(ctx, &nodes, node, cond, wait).await
             }
         },
         WaitFor::NodeUntainted { node, taint } => match taint.effect {
@@ -675,11 +606,11 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
                 // The node must exist: a deleted node is not an untainted one.
                 let exists = |n: Option<&Node>| n.is_some();
                 let cond = exists.and(node_has_taint(&taint.key, effect.as_str()).not());
-                wait_object(ctx, &nodes, node, cond, wait, label).await
+                wait_object(ctx, &nodes, node, cond, wait).await
             }
             None => {
                 let cond = node_without_taint(&taint.key);
-                wait_object(ctx, &nodes, node, cond, wait, label).await
+                wait_object(ctx, &nodes, node, cond, wait).await
             }
         },
         WaitFor::DeploymentAvailable {
@@ -695,21 +626,21 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
                     .unwrap_or_else(|| d.and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(1));
                 deployment_available(wanted)(d)
             };
-            wait_object(ctx, &api, deployment, cond, wait, label).await
+            wait_object(ctx, &api, deployment, cond, wait).await
         }
         WaitFor::DeploymentRolledOut {
             namespace,
             deployment,
         } => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-            wait_object(ctx, &api, deployment, deployment_rolled_out, wait, label).await
+            wait_object(ctx, &api, deployment, deployment_rolled_out, wait).await
         }
         WaitFor::DaemonSetReady {
             namespace,
             daemonset,
         } => {
             let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
-            wait_object(ctx, &api, daemonset, daemonset_ready, wait, label).await
+            wait_object(ctx, &api, daemonset, daemonset_ready, wait).await
         }
         WaitFor::PodRunning {
             namespace,
@@ -721,7 +652,7 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
             let cond = move |p: &Pod| {
                 pod_running(Some(p)) && on_node.as_ref().is_none_or(|on| on(Some(p)))
             };
-            wait_pods(ctx, namespace, pods, *count, cond, wait, label).await
+            wait_pods(ctx, namespace, pods, *count, cond, wait).await
         }
         WaitFor::PodPending {
             namespace,
@@ -730,20 +661,16 @@ async fn wait_step(ctx: &Ctx<'_>, wait: &WaitStep, label: &str) -> Result<(), Sc
         } => {
             let pending = pod_phase("Pending");
             let cond = move |p: &Pod| pending(Some(p));
-            wait_pods(ctx, namespace, pods, *count, cond, wait, label).await
+            wait_pods(ctx, namespace, pods, *count, cond, wait).await
         }
-        WaitFor::UnitActive { machine: m, unit } => {
-            wait_unit(ctx, m, unit, "active", wait, label).await
-        }
-        WaitFor::UnitFailed { machine: m, unit } => {
-            wait_unit(ctx, m, unit, "failed", wait, label).await
-        }
+        WaitFor::UnitActive { machine: m, unit } => wait_unit(ctx, m, unit, "active", wait).await,
+        WaitFor::UnitFailed { machine: m, unit } => wait_unit(ctx, m, unit, "failed", wait).await,
         WaitFor::CommandSucceeds {
             machine: m,
             command,
         } => {
             let guest = machine(ctx, m)?;
-            ctx.check(label, wait.timeout, wait.interval, || async {
+            ctx.run_wait(wait, || async {
                 match guest.exec(command, EXEC_TIMEOUT).await {
                     Ok(out) if out.status == 0 => Poll::Ready(()),
                     Ok(out) => Poll::Pending(format!(
@@ -779,17 +706,14 @@ async fn wait_object<K, C>(
     api: &Api<K>,
     name: &str,
     condition: C,
-    wait: &WaitStep,
-    label: &str,
+    wait: &Wait,
 ) -> Result<(), ScenarioError>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Summary,
     K::DynamicType: Default,
     C: Condition<K>,
 {
-    ctx.wait_every(api, name, condition, label, wait.timeout, wait.interval)
-        .await
-        .map(|_| ())
+    ctx.wait_for(api, name, condition, wait).await.map(|_| ())
 }
 
 /// Lists the selected pods until at least `count` of them (not terminating) satisfy `cond`.
@@ -799,13 +723,12 @@ async fn wait_pods(
     pods: &PodSelector,
     count: u32,
     cond: impl Fn(&Pod) -> bool,
-    wait: &WaitStep,
-    label: &str,
+    wait: &Wait,
 ) -> Result<(), ScenarioError> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let params = list_params(pods);
     let (api, params, cond) = (&api, &params, &cond);
-    ctx.check(label, wait.timeout, wait.interval, || async move {
+    ctx.run_wait(wait, || async move {
         let list = match api.list(params).await {
             Ok(list) => list.items,
             Err(e) => return Poll::Pending(format!("listing pods {pods}: {e}")),
@@ -860,13 +783,12 @@ async fn wait_unit(
     machine_name: &str,
     unit: &str,
     wanted: &str,
-    wait: &WaitStep,
-    label: &str,
+    wait: &Wait,
 ) -> Result<(), ScenarioError> {
     let guest = machine(ctx, machine_name)?;
     let command = format!("systemctl show -p ActiveState --value {}", sh_quote(unit));
     let command = &command;
-    ctx.check(label, wait.timeout, wait.interval, || async move {
+    ctx.run_wait(wait, || async move {
         match guest.exec(command, EXEC_TIMEOUT).await {
             Ok(out) if out.stdout_str().trim() == wanted => Poll::Ready(()),
             Ok(out) => Poll::Pending(format!("{unit} is {}", out.stdout_str().trim())),

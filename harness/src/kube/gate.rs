@@ -38,7 +38,7 @@ use serde_json::json;
 use super::access::{apiserver_version, readyz, ServerVersion};
 use super::conditions::{pod_bound, pod_running, Summary};
 use super::{brief, status_code};
-use crate::events::{EventKind, Events};
+use crate::events::{EventKind, Events, Measured};
 use crate::wait::{poll_until, Poll, Wait, WaitError};
 
 /// The event scope of the gate's checks.
@@ -409,6 +409,7 @@ impl ReadinessGate {
                         observed: failed.last_observed,
                         evidence: files.clone(),
                         took,
+                        measured: None,
                     });
                     return Err(Box::new(GateError {
                         check: name.into(),
@@ -731,11 +732,69 @@ where
                 scope: scope.into(),
                 check: wait.what.clone(),
                 took,
+                measured: measured(wait, start),
             });
             Ok((value, took))
         }
         Err(e) => Err((e, took)),
     }
+}
+
+/// Runs `body` once (no polling) as a named check bounded by `timeout`: `CheckStarted`, then
+/// `CheckPassed` or `CheckFailed` with the error's text. For steps that act rather than wait (a
+/// join, a fault, a rebuild), so the reports and the live view show them like every wait.
+///
+/// # Errors
+/// `Some(error)` when the body failed, `None` when it overran `timeout` (it is dropped).
+pub async fn once<T, E: std::fmt::Display>(
+    events: &Events,
+    scope: &str,
+    what: &str,
+    timeout: Duration,
+    body: impl Future<Output = Result<T, E>>,
+) -> Result<T, Option<E>> {
+    events.emit(EventKind::CheckStarted {
+        scope: scope.into(),
+        check: what.into(),
+        timeout,
+    });
+    let start = Instant::now();
+    let result = match tokio::time::timeout(timeout, body).await {
+        Ok(result) => result.map_err(Some),
+        Err(_) => Err(None),
+    };
+    let took = start.elapsed();
+    match &result {
+        Ok(_) => events.emit(EventKind::CheckPassed {
+            scope: scope.into(),
+            check: what.into(),
+            took,
+            measured: None,
+        }),
+        Err(e) => events.emit(EventKind::CheckFailed {
+            scope: scope.into(),
+            check: what.into(),
+            reason: match e {
+                Some(e) => e.to_string(),
+                None => format!("did not finish within {:.0}s", timeout.as_secs_f64()),
+            },
+            observed: None,
+            evidence: Vec::new(),
+            took,
+            measured: None,
+        }),
+    }
+    result
+}
+
+/// The delay `wait` measures from its named start, if it has one; `started` is when the check
+/// itself began, so the budget is the time from the named start to the check's deadline.
+pub fn measured(wait: &Wait, started: Instant) -> Option<Measured> {
+    wait.since.as_ref().map(|since| Measured {
+        since: since.label.clone(),
+        delay: since.at.elapsed(),
+        budget: started.saturating_duration_since(since.at) + wait.timeout,
+    })
 }
 
 /// [`observe`] that also emits `CheckFailed` (without evidence) - for scenario steps.
@@ -763,6 +822,9 @@ where
                 observed: failed.last_observed,
                 evidence: Vec::new(),
                 took,
+                measured: Instant::now()
+                    .checked_sub(took)
+                    .and_then(|started| measured(wait, started)),
             });
             Err(error)
         }

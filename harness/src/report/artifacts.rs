@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use super::summary::Summary;
-use super::{json, junit, ReportError, ARTIFACTS_FOLDER};
+use super::{history, html, json, junit, ReportError, ARTIFACTS_FOLDER};
 use crate::events::{Event, EventKind, Events};
 
 /// A run's artifacts folder. Cheap to clone; share it with every layer that saves evidence.
@@ -34,6 +34,7 @@ use crate::events::{Event, EventKind, Events};
 pub struct ArtifactsDir {
     root: PathBuf,
     events: Events,
+    history: Option<PathBuf>,
 }
 
 impl ArtifactsDir {
@@ -53,7 +54,15 @@ impl ArtifactsDir {
         Ok(Self {
             root,
             events: events.clone(),
+            history: None,
         })
+    }
+
+    /// Compares the run with earlier ones in `report/index.html` and adds it to them: `path`
+    /// is the history file ([`super::history`]) shared by the runs of every lab.
+    pub fn with_history(mut self, path: impl Into<PathBuf>) -> Self {
+        self.history = Some(path.into());
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -120,11 +129,17 @@ impl ArtifactsDir {
         Ok(path)
     }
 
-    /// Writes `report/{junit.xml,events.jsonl,summary.json,summary.txt}` from the run's
-    /// events and returns the summary they were made from. Call it last: events emitted
-    /// afterwards are not in the files.
+    /// Writes `report/{junit.xml,events.jsonl,summary.json,summary.txt,index.html}` from the
+    /// run's events and returns the summary they were made from; with a history file, the
+    /// run is added to it after the page compared it with the earlier runs. Call it last:
+    /// events emitted afterwards are not in the files.
     pub fn write_reports(&self, events: &[Event]) -> Result<Summary, ReportError> {
         let summary = Summary::from_events(events);
+        let earlier = self
+            .history
+            .as_deref()
+            .map(|path| history::load(path, &summary.lab, 20))
+            .unwrap_or_default();
         let files = [
             ("junit.xml", junit::to_string(&summary)?, "JUnit XML"),
             ("events.jsonl", json::events_jsonl(events)?, "event log"),
@@ -134,9 +149,25 @@ impl ArtifactsDir {
                 "summary (JSON)",
             ),
             ("summary.txt", summary.render_text(), "summary"),
+            (
+                "index.html",
+                html::render(events, &summary, &earlier),
+                "run report (HTML)",
+            ),
         ];
         for (name, text, what) in files {
             self.write_text(Path::new("report").join(name), &text, what)?;
+        }
+        if let Some(path) = &self.history {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            // The run's own reports are written; a history that cannot grow costs only the
+            // comparison next time.
+            if let Err(e) = history::append(path, &history::RunRecord::from_summary(&summary, now))
+            {
+                tracing::warn!("run history not updated: {e}");
+            }
         }
         Ok(summary)
     }
@@ -258,10 +289,27 @@ mod tests {
         report/events.jsonl (event log)
         report/summary.json (summary (JSON))
         report/summary.txt (summary)
+        report/index.html (run report (HTML))
         ");
         let events = fs::read_to_string(dir.root().join("report/events.jsonl")).expect("read");
         let back = json::read_events_jsonl(events.as_bytes()).expect("parse");
         assert_eq!(back, fixture::mixed_run());
+    }
+
+    #[test]
+    fn each_run_joins_the_history_its_page_compares_with() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("history.jsonl");
+        for run in ["run-1", "run-2"] {
+            let dir = ArtifactsDir::create(tmp.path().join(run), &Events::discard())
+                .expect("create")
+                .with_history(&file);
+            dir.write_reports(&fixture::mixed_run()).expect("reports");
+        }
+        let runs = history::load(&file, ".", 20);
+        assert_eq!(runs.len(), 2);
+        let page = fs::read_to_string(tmp.path().join("run-2/report/index.html")).expect("page");
+        assert!(page.contains("<!doctype html>"));
     }
 
     #[test]

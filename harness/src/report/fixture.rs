@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::events::{Event, EventKind, Outcome, Phase, Stream};
+use crate::events::{Event, EventKind, Measured, Outcome, Phase, Stream};
+use crate::fault::Fault;
 
 const SCENARIOS: [&str; 3] = ["pod-scheduling", "node-failure", "rebuild-rollback"];
 
@@ -90,6 +91,40 @@ impl Run {
                 scope: scope.into(),
                 check: check.into(),
                 took: Duration::from_millis(took),
+                measured: None,
+            },
+        )
+    }
+
+    /// A check that passes `took` ms after it starts, measuring its delay from `since`, which
+    /// happened at `ms`.
+    fn check_measured(
+        &mut self,
+        ms: u64,
+        scope: &str,
+        check: &str,
+        took: u64,
+        since: &str,
+    ) -> &mut Self {
+        self.at(
+            ms,
+            EventKind::CheckStarted {
+                scope: scope.into(),
+                check: check.into(),
+                timeout: Duration::from_secs(180),
+            },
+        );
+        self.at(
+            ms + took,
+            EventKind::CheckPassed {
+                scope: scope.into(),
+                check: check.into(),
+                took: Duration::from_millis(took),
+                measured: Some(Measured {
+                    since: since.into(),
+                    delay: Duration::from_millis(took),
+                    budget: Duration::from_secs(180),
+                }),
             },
         )
     }
@@ -106,6 +141,7 @@ impl Run {
                     "/tmp/labtest/run-1/kube/{scope}.txt"
                 ))],
                 took: Duration::from_secs(30),
+                measured: None,
             },
         )
     }
@@ -201,11 +237,12 @@ pub fn mixed_run() -> Vec<Event> {
         .at(
             73_000,
             EventKind::FaultInjected {
-                machine: "limiting-factor".into(),
-                fault: "link down".into(),
+                fault: Fault::LinkDown {
+                    machine: "limiting-factor".into(),
+                },
             },
         )
-        .check_passes(73_000, "node-failure", "node NotReady", 41_000)
+        .check_measured(73_000, "node-failure", "node NotReady", 41_000, "link-down")
         .output(
             114_000,
             "node-failure",
@@ -451,14 +488,16 @@ pub fn every_kind() -> Vec<Event> {
                 scope: "readiness".into(),
                 check: "apiserver /readyz".into(),
                 took: Duration::from_secs(8),
+                measured: None,
             },
         )
         .scenario(30_000, "node-failure", 1)
         .at(
             31_000,
             EventKind::FaultInjected {
-                machine: "limiting-factor".into(),
-                fault: "crash".into(),
+                fault: Fault::Crash {
+                    machine: "limiting-factor".into(),
+                },
             },
         )
         .at(
@@ -490,6 +529,11 @@ pub fn every_kind() -> Vec<Event> {
                 observed: None,
                 evidence: vec![],
                 took: Duration::from_millis(250),
+                measured: Some(Measured {
+                    since: "power-loss".into(),
+                    delay: Duration::from_millis(39_250),
+                    budget: Duration::from_secs(90),
+                }),
             },
         )
         .finished(

@@ -1,5 +1,8 @@
 //! JUnit XML: one testsuite per run, one testcase per scenario (named as on the command
-//! line), with the durations the events measured - never 0.
+//! line), with the durations the events measured - never 0. Then one testsuite per scenario
+//! (and `readiness` for the gate) with one testcase per check of the attempt that decided it:
+//! its real duration, its deadline and measured delay as properties, and for a failure the
+//! last observed state and the evidence paths.
 //!
 //! A failed scenario lists every check that failed, not only the first, and carries the
 //! output of the steps that failed. Earlier failed attempts become reruns; a scenario that
@@ -12,7 +15,7 @@ use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
 
-use super::summary::{Attempt, FailedCheck, ScenarioResult, Summary};
+use super::summary::{Attempt, CheckRecord, FailedCheck, ScenarioResult, Summary};
 use super::{fmt_duration, ReportError};
 use crate::events::{Outcome, Phase, Stream};
 
@@ -100,10 +103,7 @@ fn report(summary: &Summary) -> Report {
         case.set_time(last.took);
         if let Some(restored) = &last.restored {
             case.add_property(("restored-from-snapshot", restored.snapshot.as_str()));
-            case.add_property((
-                "restore-seconds",
-                format!("{:.3}", restored.took.as_secs_f64()).as_str(),
-            ));
+            case.add_property(("restore-seconds", secs(restored.took).as_str()));
         }
         if last.outcome != Some(Outcome::Passed) {
             let (out, err) = failing_output(last);
@@ -120,7 +120,66 @@ fn report(summary: &Summary) -> Report {
     let mut report = Report::new("labtest");
     report.set_time(summary.duration);
     report.add_test_suite(suite);
+    if !summary.lab_checks.is_empty() {
+        report.add_test_suite(check_suite(
+            "readiness",
+            &summary.lab_checks,
+            &summary.lab_failures,
+        ));
+    }
+    for scenario in &summary.scenarios {
+        if let Some(last) = scenario.attempts.last() {
+            if !last.checks.is_empty() {
+                report.add_test_suite(check_suite(
+                    &scenario.name,
+                    &last.checks,
+                    &last.failed_checks,
+                ));
+            }
+        }
+    }
     report
+}
+
+/// A testsuite named `scope` with a testcase per check; `failures` give the failed ones'
+/// reasons, last observed states and evidence.
+fn check_suite(scope: &str, checks: &[CheckRecord], failures: &[FailedCheck]) -> TestSuite {
+    let mut suite = TestSuite::new(scope);
+    suite.set_time(checks.iter().map(|c| c.took).sum());
+    for check in checks {
+        let status = if check.passed {
+            TestCaseStatus::success()
+        } else {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            match failures.iter().find(|f| f.check == check.check) {
+                Some(failure) => {
+                    status.set_message(failure.reason.as_str());
+                    status.set_description(describe_checks(std::slice::from_ref(failure)));
+                }
+                None => {
+                    status.set_message("failed");
+                }
+            }
+            status
+        };
+        let mut case = TestCase::new(check.check.as_str(), status);
+        case.set_classname(scope);
+        case.set_time(check.took);
+        if !check.timeout.is_zero() {
+            case.add_property(("timeout-seconds", secs(check.timeout).as_str()));
+        }
+        if let Some(m) = &check.measured {
+            case.add_property(("measured-since", m.since.as_str()));
+            case.add_property(("measured-seconds", secs(m.delay).as_str()));
+            case.add_property(("budget-seconds", secs(m.budget).as_str()));
+        }
+        suite.add_test_case(case);
+    }
+    suite
+}
+
+fn secs(d: std::time::Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
 }
 
 fn rerun(attempt: &Attempt, numbered: bool) -> TestRerun {

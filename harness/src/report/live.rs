@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::render_plain_line;
+use super::{fmt_duration, render_plain_line};
 use crate::events::{Event, EventKind, Events};
 
 /// How often plain mode prints build progress at most (run time, not wall clock, so the
@@ -164,7 +164,7 @@ struct Bars {
     multi: MultiProgress,
     status: ProgressBar,
     phase: String,
-    waiting: Option<String>,
+    waiting: Option<Waiting>,
     build: Option<ProgressBar>,
     boot: Option<(ProgressBar, BTreeSet<String>)>,
 }
@@ -258,15 +258,22 @@ impl Bars {
                     }
                 }
             }
-            EventKind::CheckStarted { scope, check, .. } => {
-                self.waiting = Some(format!("{scope}: {check}"));
-            }
-            EventKind::CheckProgress {
+            EventKind::CheckStarted {
                 scope,
                 check,
-                observed,
+                timeout,
             } => {
-                self.waiting = Some(format!("{scope}: {check}: {observed}"));
+                self.waiting = Some(Waiting {
+                    check: format!("{scope}: {check}"),
+                    timeout: *timeout,
+                    started: event.elapsed,
+                    observed: None,
+                });
+            }
+            EventKind::CheckProgress { observed, .. } => {
+                if let Some(waiting) = &mut self.waiting {
+                    waiting.observed = Some(observed.clone());
+                }
             }
             EventKind::CheckPassed { .. } | EventKind::CheckFailed { .. } => self.waiting = None,
             EventKind::ScenarioStarted { scenario, attempt } => {
@@ -278,12 +285,8 @@ impl Bars {
             }
             _ => {}
         }
-        let mut message = self.phase.clone();
-        if let Some(waiting) = &self.waiting {
-            message.push_str(" | ");
-            message.push_str(waiting);
-        }
-        self.status.set_message(message);
+        self.status
+            .set_message(status_message(&self.phase, self.waiting.as_ref()));
     }
 
     fn finish(&mut self) {
@@ -295,6 +298,36 @@ impl Bars {
         }
         self.status.finish_and_clear();
     }
+}
+
+/// The check the status line shows: what runs, its budget, when it began, what it last saw.
+struct Waiting {
+    check: String,
+    timeout: Duration,
+    started: Duration,
+    observed: Option<String>,
+}
+
+/// The terminal's status line: the phase, then the running check with its budget and start
+/// (the spinner beside it counts the run's time) and the state it last observed.
+fn status_message(phase: &str, waiting: Option<&Waiting>) -> String {
+    let Some(w) = waiting else {
+        return phase.to_string();
+    };
+    let mut message = format!(
+        "{phase} | {} (budget {}, since [{}])",
+        w.check,
+        fmt_duration(w.timeout),
+        fmt_duration(w.started)
+    );
+    match &w.observed {
+        Some(observed) => {
+            message.push_str(": ");
+            message.push_str(observed);
+        }
+        None => message.push_str(": nothing observed yet"),
+    }
+    message
 }
 
 fn waiting_for(booting: &BTreeSet<String>) -> String {
@@ -378,6 +411,21 @@ mod tests {
         [  15.0s] readiness: all nodes Ready: not yet: 1/3 Ready
         [  17.0s] readiness: all nodes Ready: not yet: 3/3 Ready
         ");
+    }
+
+    #[test]
+    fn the_status_line_names_the_running_check_its_budget_and_what_it_saw() {
+        let mut bars = Bars::new(ProgressDrawTarget::hidden());
+        let mut lines = Vec::new();
+        for event in fixture::every_kind().iter().chain(&fixture::mixed_run()) {
+            bars.handle(event);
+            let line = status_message(&bars.phase, bars.waiting.as_ref());
+            if lines.last() != Some(&line) {
+                lines.push(line);
+            }
+        }
+        bars.finish();
+        insta::assert_snapshot!(lines.join("\n"));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! * [`Summary`] - the run folded into one model; [`Summary::render_text`] is the final table.
 //! * [`junit`] - JUnit XML with real durations, every failed check, flaky retries.
 //! * [`json`] - `events.jsonl` (the whole stream, re-renderable) and `summary.json`.
+//! * [`html`] - `report/index.html`: one self-contained page with the summary, a timeline of
+//!   machines, faults and checks, measured delays, evidence links and the run history.
+//! * [`history`] - one JSON line per run, so a report can compare a run with the last ones.
 //! * [`ArtifactsDir`] - the folder a run leaves behind, with all of the above in `report/`.
 //!
 //! # Usage
@@ -30,6 +33,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod artifacts;
+pub mod history;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod live;

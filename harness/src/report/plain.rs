@@ -54,7 +54,7 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
             format!("{machine}: up after {}", fmt_duration(*boot_time))
         }
         EventKind::MachineExited { machine, status } => format!("{machine}: exited ({status})"),
-        EventKind::FaultInjected { machine, fault } => format!("{machine}: fault: {fault}"),
+        EventKind::FaultInjected { fault } => format!("fault: {fault}"),
         EventKind::CheckStarted {
             scope,
             check,
@@ -68,8 +68,17 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
             check,
             observed,
         } => format!("{scope}: {check}: not yet: {observed}"),
-        EventKind::CheckPassed { scope, check, took } => {
-            format!("{scope}: {check}: ok after {}", fmt_duration(*took))
+        EventKind::CheckPassed {
+            scope,
+            check,
+            took,
+            measured,
+        } => {
+            let mut line = format!("{scope}: {check}: ok after {}", fmt_duration(*took));
+            if let Some(measured) = measured {
+                let _ = write!(line, "; {measured}");
+            }
+            line
         }
         EventKind::CheckFailed {
             scope,
@@ -78,11 +87,15 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
             observed,
             evidence,
             took,
+            measured,
         } => {
             let mut line = format!(
                 "{scope}: {check}: FAILED after {}: {reason}",
                 fmt_duration(*took)
             );
+            if let Some(measured) = measured {
+                let _ = write!(line, "; {measured}");
+            }
             if let Some(observed) = observed {
                 let _ = write!(line, "\n    last seen: {observed}");
             }

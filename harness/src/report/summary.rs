@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{fmt_duration, ARTIFACTS_FOLDER};
-use crate::events::{secs, Event, EventKind, Outcome, Phase, Stream};
+use crate::events::{secs, Event, EventKind, Measured, Outcome, Phase, Stream};
 
 /// A whole run, built by [`Summary::from_events`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,6 +25,8 @@ pub struct Summary {
     pub machines: Vec<MachineSummary>,
     /// Failed checks that belong to no scenario: the readiness gate, mostly.
     pub lab_failures: Vec<FailedCheck>,
+    /// Every check that belongs to no scenario (the readiness gate), passed or failed.
+    pub lab_checks: Vec<CheckRecord>,
     pub scenarios: Vec<ScenarioSummary>,
     pub warnings: Vec<String>,
     /// The artifacts folder, when one was created.
@@ -137,6 +139,8 @@ pub struct Attempt {
     pub message: Option<String>,
     /// Every check that failed, in order: not only the first.
     pub failed_checks: Vec<FailedCheck>,
+    /// Every check that ended in this attempt, passed or failed, in the order they ended.
+    pub checks: Vec<CheckRecord>,
     #[serde(skip)]
     pub output: Vec<StepOutput>,
     /// The lab this attempt ran on came from a snapshot (not a boot of its own).
@@ -169,6 +173,48 @@ pub struct FailedCheck {
     pub evidence: Vec<PathBuf>,
     #[serde(with = "secs")]
     pub took: Duration,
+}
+
+/// One check as it ended: how long it ran against its deadline and, when it measures a delay
+/// from a named moment (a fault, a recovery), that delay against its budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckRecord {
+    pub check: String,
+    pub passed: bool,
+    /// When it started, since the run started.
+    #[serde(with = "secs")]
+    pub started: Duration,
+    #[serde(with = "secs")]
+    pub took: Duration,
+    /// Its deadline; zero when its start was not seen.
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    pub measured: Option<Measured>,
+}
+
+impl CheckRecord {
+    /// `41.0s of 3m00s`, then the measured delay: one line per check in the summary.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{} {}: {}",
+            if self.passed { "ok    " } else { "FAILED" },
+            self.check,
+            fmt_duration(self.took)
+        );
+        if !self.timeout.is_zero() {
+            let _ = write!(line, " of {}", fmt_duration(self.timeout));
+        }
+        if let Some(m) = &self.measured {
+            let _ = write!(
+                line,
+                "; {} after {} (budget {})",
+                fmt_duration(m.delay),
+                m.since,
+                fmt_duration(m.budget)
+            );
+        }
+        line
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -255,6 +301,24 @@ impl Summary {
                 w2 = widths[2],
             );
             let _ = writeln!(out, "{}", line.trim_end());
+        }
+
+        // Every check of the attempt that decided each scenario, with what it measured.
+        let mut checks = String::new();
+        for scenario in &self.scenarios {
+            let Some(last) = scenario.attempts.last() else {
+                continue;
+            };
+            if last.checks.is_empty() {
+                continue;
+            }
+            let _ = writeln!(checks, "  {}:", scenario.name);
+            for check in &last.checks {
+                let _ = writeln!(checks, "    {}", check.line());
+            }
+        }
+        if !checks.is_empty() {
+            let _ = write!(out, "\nchecks:\n{checks}");
         }
 
         // Every failure, not only the first: the table says where to look, this says what
@@ -409,6 +473,9 @@ struct Fold {
     phases: Vec<PhaseTime>,
     machines: Vec<MachineSummary>,
     lab_failures: Vec<FailedCheck>,
+    lab_checks: Vec<CheckRecord>,
+    // (scope, check) -> (started at, timeout) of checks that have not ended yet.
+    running_checks: BTreeMap<(String, String), (Duration, Duration)>,
     scenarios: Vec<(String, Vec<Attempt>)>,
     // Scenario name -> (index into `scenarios`, start time of its open attempt).
     open: BTreeMap<String, (usize, Duration)>,
@@ -442,15 +509,28 @@ impl Fold {
                 m.first_boot.get_or_insert(*boot_time);
             }
             EventKind::MachineExited { .. } => {}
-            EventKind::FaultInjected { machine, fault } => {
-                // A pair (`a<->b`) is not a machine: it stays in the event log only.
-                if let Some(m) = self.machines.iter_mut().find(|m| &m.name == machine) {
-                    m.faults.push(fault.clone());
+            EventKind::FaultInjected { fault } => {
+                for name in fault.machines() {
+                    if let Some(m) = self.machines.iter_mut().find(|m| m.name == name) {
+                        m.faults.push(fault.name().to_string());
+                    }
                 }
             }
-            EventKind::CheckStarted { .. }
-            | EventKind::CheckProgress { .. }
-            | EventKind::CheckPassed { .. } => {}
+            EventKind::CheckStarted {
+                scope,
+                check,
+                timeout,
+            } => {
+                self.running_checks
+                    .insert((scope.clone(), check.clone()), (at, *timeout));
+            }
+            EventKind::CheckProgress { .. } => {}
+            EventKind::CheckPassed {
+                scope,
+                check,
+                took,
+                measured,
+            } => self.check_ended(scope, check, true, at, *took, measured),
             EventKind::CheckFailed {
                 scope,
                 check,
@@ -458,7 +538,9 @@ impl Fold {
                 observed,
                 evidence,
                 took,
+                measured,
             } => {
+                self.check_ended(scope, check, false, at, *took, measured);
                 let failure = FailedCheck {
                     scope: scope.clone(),
                     check: check.clone(),
@@ -486,6 +568,7 @@ impl Fold {
                     took: Duration::ZERO,
                     message: None,
                     failed_checks: Vec::new(),
+                    checks: Vec::new(),
                     output: Vec::new(),
                     restored: self.restored.take(),
                 });
@@ -541,6 +624,33 @@ impl Fold {
                     took: *took,
                 });
             }
+        }
+    }
+
+    fn check_ended(
+        &mut self,
+        scope: &str,
+        check: &str,
+        passed: bool,
+        at: Duration,
+        took: Duration,
+        measured: &Option<Measured>,
+    ) {
+        let (started, timeout) = self
+            .running_checks
+            .remove(&(scope.to_string(), check.to_string()))
+            .unwrap_or((at.saturating_sub(took), Duration::ZERO));
+        let record = CheckRecord {
+            check: check.to_string(),
+            passed,
+            started,
+            took,
+            timeout,
+            measured: measured.clone(),
+        };
+        match self.open_attempt(scope) {
+            Some(attempt) => attempt.checks.push(record),
+            None => self.lab_checks.push(record),
         }
     }
 
@@ -624,6 +734,7 @@ impl Fold {
             phases: self.phases,
             machines: self.machines,
             lab_failures: self.lab_failures,
+            lab_checks: self.lab_checks,
             scenarios,
             warnings: self.warnings,
             artifacts: self.artifacts,

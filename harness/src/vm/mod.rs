@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::events::{EventKind, Events};
+use crate::fault::Fault;
 use crate::wait::{poll_until, tail_chars, Poll, Wait, WaitError};
 pub use accel::Accel;
 use channel::Channel;
@@ -540,14 +541,19 @@ impl Machine {
         // A frozen guest would answer nothing until the deadline: say so at once.
         if self.qmp_status().await.ok().as_deref() == Some("paused") {
             return Err(self.state_error(&format!(
-                "is frozen (its CPUs are paused), so it cannot run `{}`: thaw it first",
-                tail_chars(command, 200)
+                "is frozen (its CPUs are paused), so it cannot run `{}`: thaw it with `labtest thaw {}` (Machine::thaw)",
+                tail_chars(command, 200),
+                self.config.name
             )));
         }
         let mut guard = self.links.shell.lock().await;
-        let shell = guard
-            .as_mut()
-            .ok_or_else(|| self.state_error("is not running (start it first)"))?;
+        let shell = guard.as_mut().ok_or_else(|| {
+            self.state_error(&format!(
+                "is off (crashed or shut down), so it cannot run `{}`: start it with `labtest start {}` (Machine::start)",
+                tail_chars(command, 200),
+                self.config.name
+            ))
+        })?;
         match shell.exec(command, timeout).await {
             Ok(out) => Ok(out),
             Err(err @ ChannelError::Timeout { .. }) => {
@@ -777,17 +783,16 @@ impl Machine {
             })
     }
 
-    fn fault(&self, fault: &str) {
+    fn fault(&self, fault: impl FnOnce(String) -> Fault) {
         self.events.emit(EventKind::FaultInjected {
-            machine: self.config.name.clone(),
-            fault: fault.to_string(),
+            fault: fault(self.config.name.clone()),
         });
     }
 
     /// Power loss: QEMU quits at once, nothing in the guest gets to run. [`Machine::start`]
     /// boots it again from the same disk.
     pub async fn crash(&self) -> Result<(), VmError> {
-        self.fault("crash");
+        self.fault(|machine| Fault::Crash { machine });
         // QEMU may exit before answering `quit`: a closed connection is the expected outcome.
         let _ = self.qmp("quit", None).await;
         self.reap(Duration::from_secs(10)).await
@@ -795,18 +800,24 @@ impl Machine {
 
     /// Pauses the guest's CPUs (QMP `stop`): it answers nothing until [`Machine::thaw`].
     pub async fn freeze(&self) -> Result<(), VmError> {
-        self.fault("freeze");
+        self.fault(|machine| Fault::Freeze { machine });
         self.qmp("stop", None).await.map(|_| ())
     }
 
     pub async fn thaw(&self) -> Result<(), VmError> {
-        self.fault("thaw");
+        self.fault(|machine| Fault::Thaw { machine });
         self.qmp("cont", None).await.map(|_| ())
     }
 
     /// Sets the lab NIC's carrier (QMP `set_link lab`): down cuts the machine from every peer.
     pub async fn set_link(&self, up: bool) -> Result<(), VmError> {
-        self.fault(if up { "link up" } else { "link down" });
+        self.fault(|machine| {
+            if up {
+                Fault::LinkUp { machine }
+            } else {
+                Fault::LinkDown { machine }
+            }
+        });
         self.qmp("set_link", Some(json!({ "name": LAB_NETDEV, "up": up })))
             .await
             .map(|_| ())
@@ -829,7 +840,7 @@ impl Machine {
     /// Graceful power-off through systemd (as the NixOS test driver's `shutdown()` does), then
     /// waits for QEMU to exit. Not the ACPI button: a guest without logind ignores it.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), VmError> {
-        self.fault("shutdown");
+        self.fault(|machine| Fault::Shutdown { machine, timeout });
         {
             let mut guard = self.links.ctl.lock().await;
             let ctl = guard
@@ -849,7 +860,7 @@ impl Machine {
     /// Reboots the guest through systemd and waits for the channel to answer from the new boot
     /// (a changed boot id), reconnecting by itself.
     pub async fn reboot(&self, timeout: Duration) -> Result<BootInfo, VmError> {
-        self.fault("reboot");
+        self.fault(|machine| Fault::Reboot { machine, timeout });
         let started = Instant::now();
         let old = self.boot_id();
         {
