@@ -53,6 +53,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
+use crate::vocabulary;
+
 /// A parsed, fully checked scenario file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScenarioFile {
@@ -863,85 +865,6 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(total)
 }
 
-const KINDS: [&str; 8] = [
-    "apply", "manifest", "fault", "wait", "rebuild", "rollback", "expect", "sleep",
-];
-
-const FAULTS: [&str; 14] = harness::fault::FAULT_NAMES;
-
-const WAITS: [&str; 14] = [
-    "node-ready",
-    "node-not-ready",
-    "node-tainted",
-    "node-untainted",
-    "node-has-label",
-    "node-lacks-label",
-    "deployment-available",
-    "deployment-rolled-out",
-    "daemonset-ready",
-    "pod-running",
-    "pod-pending",
-    "unit-active",
-    "unit-failed",
-    "command-succeeds",
-];
-
-const EXPECTS: [&str; 5] = [
-    "pods-on-surviving-nodes",
-    "replicas-available",
-    "node-has-label",
-    "node-lacks-label",
-    "command-output",
-];
-
-/// The keys a step of a kind (and kind value) takes besides the kind key and `note`.
-fn fields_of(kind: &str, value: &str) -> &'static [&'static str] {
-    match (kind, value) {
-        ("apply" | "manifest", _) => &["namespace"],
-        ("fault", "shutdown" | "start" | "reboot") => &["machine", "timeout"],
-        ("fault", "partition" | "heal") => &["machines"],
-        ("fault", "stop-unit" | "start-unit") => &["machine", "unit"],
-        ("fault", _) => &["machine"],
-        ("wait", "node-ready" | "node-not-ready") => &["node", "timeout", "interval"],
-        ("wait", "node-has-label" | "node-lacks-label") => {
-            &["node", "label", "timeout", "interval"]
-        }
-        ("wait", "node-tainted" | "node-untainted") => {
-            &["node", "key", "effect", "timeout", "interval"]
-        }
-        ("wait", "deployment-available") => {
-            &["deployment", "namespace", "replicas", "timeout", "interval"]
-        }
-        ("wait", "deployment-rolled-out") => &["deployment", "namespace", "timeout", "interval"],
-        ("wait", "daemonset-ready") => &["daemonset", "namespace", "timeout", "interval"],
-        ("wait", "pod-running") => &[
-            "pod",
-            "selector",
-            "namespace",
-            "node",
-            "count",
-            "timeout",
-            "interval",
-        ],
-        ("wait", "pod-pending") => &[
-            "pod",
-            "selector",
-            "namespace",
-            "count",
-            "timeout",
-            "interval",
-        ],
-        ("wait", "unit-active" | "unit-failed") => &["machine", "unit", "timeout", "interval"],
-        ("wait", _) => &["machine", "command", "timeout", "interval"],
-        ("rebuild" | "rollback", _) => &["timeout"],
-        ("expect", "pods-on-surviving-nodes") => &["deployment", "namespace", "failed_nodes"],
-        ("expect", "replicas-available") => &["deployment", "namespace", "count"],
-        ("expect", "node-has-label" | "node-lacks-label") => &["node", "label"],
-        ("expect", _) => &["machine", "command", "contains"],
-        _ => &[],
-    }
-}
-
 /// Reads the fields of one step, checking types and recording lines.
 struct StepReader<'s, 'a> {
     src: &'s Source<'a>,
@@ -1181,7 +1104,8 @@ fn parse_step(
     }
     let step_field = format!("step[{number}]");
 
-    let present: Vec<&str> = KINDS
+    let kinds = vocabulary::kinds();
+    let present: Vec<&str> = kinds
         .iter()
         .copied()
         .filter(|k| fields.contains_key(*k))
@@ -1192,7 +1116,7 @@ fn parse_step(
             // A misspelt kind key is the likely cause: point at it.
             let hint = fields
                 .iter()
-                .map(|(key, (line, _))| (did_you_mean(key, &KINDS), *line))
+                .map(|(key, (line, _))| (did_you_mean(key, &kinds), *line))
                 .find(|(hint, _)| !hint.is_empty());
             let (hint, line) = hint.unwrap_or_default();
             return Err(src.error(
@@ -1200,7 +1124,7 @@ fn parse_step(
                 step_field,
                 format!(
                     "this step does nothing: it needs exactly one of {}{hint}",
-                    KINDS.join(", ")
+                    kinds.join(", ")
                 ),
             ));
         }
@@ -1225,24 +1149,19 @@ fn parse_step(
         .ok_or_else(|| src.error(step_line, format!("step[{number}].{kind}"), "missing"))?;
     let kind_field = format!("step[{number}].{kind}");
     let kind_value = expect_string(src, kind_line, &kind_field, kind_value)?;
-    let vocabulary: &[&str] = match kind {
-        "fault" => &FAULTS,
-        "wait" => &WAITS,
-        "expect" => &EXPECTS,
-        _ => &[],
-    };
-    if !vocabulary.is_empty() && !vocabulary.contains(&kind_value.as_str()) {
+    let values = vocabulary::values(kind);
+    if !values.is_empty() && !values.contains(&kind_value.as_str()) {
         return Err(src.error(
             kind_line,
             kind_field,
             format!(
                 "expected one of {}, saw {kind_value:?}{}",
-                vocabulary.join(" | "),
-                did_you_mean(&kind_value, vocabulary)
+                values.join(" | "),
+                did_you_mean(&kind_value, &values)
             ),
         ));
     }
-    let kind_text = if vocabulary.is_empty() {
+    let kind_text = if values.is_empty() {
         kind.to_string()
     } else {
         format!("{kind} = \"{kind_value}\"")
@@ -1250,7 +1169,7 @@ fn parse_step(
 
     // Keys that do not belong are reported before keys that are missing: a misspelt
     // `timout` should be named as such, not reported as a missing `timeout`.
-    let allowed = fields_of(kind, &kind_value);
+    let allowed = vocabulary::keys(kind, &kind_value);
     for (key, (line, _)) in &fields {
         if key == "note" || allowed.contains(&key.as_str()) {
             continue;

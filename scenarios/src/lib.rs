@@ -7,6 +7,7 @@ pub mod pod_scheduling;
 pub mod rebuild_rollback;
 pub mod runner;
 pub mod switches;
+pub mod vocabulary;
 
 pub use ctx::{Ctx, ScenarioError};
 

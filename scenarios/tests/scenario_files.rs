@@ -602,6 +602,7 @@ namespace = "default"
 note = "n"
 [[step]]
 manifest = "kind: Pod"
+namespace = "default"
 [[step]]
 fault = "crash"
 machine = "grey-area"
@@ -653,7 +654,6 @@ unit = "kubelet.service"
 wait = "node-ready"
 node = "grey-area"
 timeout = "1m"
-interval = "1s"
 [[step]]
 wait = "node-not-ready"
 node = "grey-area"
@@ -763,6 +763,44 @@ sleep = "1m30s"
 "#;
     let file = parse(text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(file.steps.len(), 38);
+    // Every row of the vocabulary is written above with every key it takes.
+    let mut missing = Vec::new();
+    for row in scenarios::vocabulary::VOCABULARY {
+        let values: Vec<String> = if row.values.is_empty() {
+            vec![format!("{} = ", row.kind)]
+        } else {
+            row.values
+                .iter()
+                .map(|v| format!("{} = \"{v}\"", row.kind))
+                .collect()
+        };
+        for value in values {
+            let step = text
+                .split("[[step]]")
+                .find(|step| step.trim_start().starts_with(&value))
+                .unwrap_or_else(|| panic!("no step `{value}` in the all-kinds file"));
+            for key in row.keys {
+                // Every wait takes `interval`; the steps above leave it out where they pin
+                // its default.
+                if *key == "interval" {
+                    continue;
+                }
+                // `pod` and `selector` are two ways to say which pods: one per step.
+                let either = ["pod", "selector"];
+                if either.contains(key)
+                    && either
+                        .iter()
+                        .any(|k| step.lines().any(|l| l.starts_with(&format!("{k} ="))))
+                {
+                    continue;
+                }
+                if !step.lines().any(|l| l.starts_with(&format!("{key} ="))) {
+                    missing.push(format!("step `{value}` lacks its key `{key}`"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
     file.validate_against(&names(&MACHINES), &names(&GENERATIONS))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(file.steps[0].note.as_deref(), Some("n"));

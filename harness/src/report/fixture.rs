@@ -77,23 +77,7 @@ impl Run {
     }
 
     fn check_passes(&mut self, ms: u64, scope: &str, check: &str, took: u64) -> &mut Self {
-        self.at(
-            ms,
-            EventKind::CheckStarted {
-                scope: scope.into(),
-                check: check.into(),
-                timeout: Duration::from_secs(120),
-            },
-        );
-        self.at(
-            ms + took,
-            EventKind::CheckPassed {
-                scope: scope.into(),
-                check: check.into(),
-                took: Duration::from_millis(took),
-                measured: None,
-            },
-        )
+        self.check_passed(ms, scope, check, took, 120, None)
     }
 
     /// A check that passes `took` ms after it starts, measuring its delay from `since`, which
@@ -106,12 +90,29 @@ impl Run {
         took: u64,
         since: &str,
     ) -> &mut Self {
+        let measured = Measured {
+            since: since.into(),
+            delay: Duration::from_millis(took),
+            budget: Duration::from_secs(180),
+        };
+        self.check_passed(ms, scope, check, took, 180, Some(measured))
+    }
+
+    fn check_passed(
+        &mut self,
+        ms: u64,
+        scope: &str,
+        check: &str,
+        took: u64,
+        timeout_secs: u64,
+        measured: Option<Measured>,
+    ) -> &mut Self {
         self.at(
             ms,
             EventKind::CheckStarted {
                 scope: scope.into(),
                 check: check.into(),
-                timeout: Duration::from_secs(180),
+                timeout: Duration::from_secs(timeout_secs),
             },
         );
         self.at(
@@ -120,11 +121,7 @@ impl Run {
                 scope: scope.into(),
                 check: check.into(),
                 took: Duration::from_millis(took),
-                measured: Some(Measured {
-                    since: since.into(),
-                    delay: Duration::from_millis(took),
-                    budget: Duration::from_secs(180),
-                }),
+                measured,
             },
         )
     }

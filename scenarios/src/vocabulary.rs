@@ -1,0 +1,276 @@
+//! The scenario-file step vocabulary as one table: every kind key, the values it takes and the
+//! other keys each accepts. The parser reads its kinds, values and keys from here, the README's
+//! table of steps is rendered from it ([`markdown_table`], a test keeps them equal), and the
+//! tests write one step per row. A new step kind is a row here plus its parse and run arms.
+
+/// One row: a kind key with the values that share the same keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    pub kind: &'static str,
+    /// The values of the kind key this row covers; empty when the value is free (a path, a
+    /// generation, a duration), and then `example` shows the step's kind key with one.
+    pub values: &'static [&'static str],
+    pub example: &'static str,
+    /// Keys the step accepts besides the kind key and `note`.
+    pub keys: &'static [&'static str],
+    /// The README's words on the keys.
+    pub doc: &'static str,
+}
+
+const WAIT_KEYS: [&str; 2] = ["timeout", "interval"];
+
+pub const VOCABULARY: &[Row] = &[
+    Row {
+        kind: "apply",
+        values: &[],
+        example: "apply = \"manifests/x.yaml\"",
+        keys: &["namespace"],
+        doc: "path relative to this file, must exist; optional `namespace`",
+    },
+    Row {
+        kind: "manifest",
+        values: &[],
+        example: "manifest = \"\"\"...\"\"\"",
+        keys: &["namespace"],
+        doc: "inline YAML; optional `namespace`",
+    },
+    Row {
+        kind: "fault",
+        values: &[
+            "crash",
+            "freeze",
+            "thaw",
+            "link-down",
+            "link-up",
+            "isolate",
+            "rejoin",
+        ],
+        example: "",
+        keys: &["machine"],
+        doc: "`machine`",
+    },
+    Row {
+        kind: "fault",
+        values: &["shutdown", "start", "reboot"],
+        example: "",
+        keys: &["machine", "timeout"],
+        doc: "`machine`, optional `timeout` (60s / 3m / 3m)",
+    },
+    Row {
+        kind: "fault",
+        values: &["partition", "heal"],
+        example: "",
+        keys: &["machines"],
+        doc: "`machines = [\"a\", \"b\"]` (two different machines)",
+    },
+    Row {
+        kind: "fault",
+        values: &["stop-unit", "start-unit"],
+        example: "",
+        keys: &["machine", "unit"],
+        doc: "`machine`, `unit` (one unit name, e.g. `kubelet.service`)",
+    },
+    Row {
+        kind: "wait",
+        values: &["node-ready", "node-not-ready"],
+        example: "",
+        keys: &["node", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`node`",
+    },
+    Row {
+        kind: "wait",
+        values: &["node-has-label", "node-lacks-label"],
+        example: "",
+        keys: &["node", "label", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`node`, `label = \"key=value\"` or `\"key\"` (after a `rebuild`: the switch returns before the new labels reach the Node, on NixOS as in the fixture, so wait for them rather than `expect` them)",
+    },
+    Row {
+        kind: "wait",
+        values: &["node-tainted", "node-untainted"],
+        example: "",
+        keys: &["node", "key", "effect", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`node`, `key`, optional `effect` (NoSchedule, PreferNoSchedule, NoExecute; any if absent)",
+    },
+    Row {
+        kind: "wait",
+        values: &["deployment-available"],
+        example: "",
+        keys: &["deployment", "namespace", "replicas", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`deployment`, `namespace`, optional `replicas` (default: its spec.replicas)",
+    },
+    Row {
+        kind: "wait",
+        values: &["deployment-rolled-out"],
+        example: "",
+        keys: &["deployment", "namespace", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`deployment`, `namespace` (every replica on the latest spec and available, no old pod left: `kubectl rollout status`)",
+    },
+    Row {
+        kind: "wait",
+        values: &["daemonset-ready"],
+        example: "",
+        keys: &["daemonset", "namespace", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`daemonset`, `namespace`",
+    },
+    Row {
+        kind: "wait",
+        values: &["pod-running"],
+        example: "",
+        keys: &[
+            "pod",
+            "selector",
+            "namespace",
+            "node",
+            "count",
+            WAIT_KEYS[0],
+            WAIT_KEYS[1],
+        ],
+        doc: "`pod` or `selector`, `namespace`, optional `node`, optional `count` (default 1)",
+    },
+    Row {
+        kind: "wait",
+        values: &["pod-pending"],
+        example: "",
+        keys: &["pod", "selector", "namespace", "count", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`pod` or `selector`, `namespace`, optional `count` (default 1)",
+    },
+    Row {
+        kind: "wait",
+        values: &["unit-active", "unit-failed"],
+        example: "",
+        keys: &["machine", "unit", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`machine`, `unit`",
+    },
+    Row {
+        kind: "wait",
+        values: &["command-succeeds"],
+        example: "",
+        keys: &["machine", "command", WAIT_KEYS[0], WAIT_KEYS[1]],
+        doc: "`machine`, `command` (shell, in the guest)",
+    },
+    Row {
+        kind: "rebuild",
+        values: &[],
+        example: "rebuild = \"generation\"",
+        keys: &["timeout"],
+        doc: "a `[[generation]]` name of the lab spec; optional `timeout` (10m)",
+    },
+    Row {
+        kind: "rollback",
+        values: &[],
+        example: "rollback = \"machine\"",
+        keys: &["timeout"],
+        doc: "back to the generation the machine ran before this file's last `rebuild` of it (by number: `nix-env --rollback`'s next-lower generation is another one once a run has switched back and forth); optional `timeout` (5m). When the file ends, passed or not, every machine it rebuilt goes back to the generation it started on",
+    },
+    Row {
+        kind: "expect",
+        values: &["pods-on-surviving-nodes"],
+        example: "",
+        keys: &["deployment", "namespace", "failed_nodes"],
+        doc: "`deployment`, `namespace`, `failed_nodes = [\"...\"]`",
+    },
+    Row {
+        kind: "expect",
+        values: &["replicas-available"],
+        example: "",
+        keys: &["deployment", "namespace", "count"],
+        doc: "`deployment`, `namespace`, `count` (exactly that many available)",
+    },
+    Row {
+        kind: "expect",
+        values: &["node-has-label", "node-lacks-label"],
+        example: "",
+        keys: &["node", "label"],
+        doc: "`node`, `label = \"key=value\"` or `\"key\"`",
+    },
+    Row {
+        kind: "expect",
+        values: &["command-output"],
+        example: "",
+        keys: &["machine", "command", "contains"],
+        doc: "`machine`, `command`, `contains` (exit 0 and stdout contains it)",
+    },
+    Row {
+        kind: "sleep",
+        values: &[],
+        example: "sleep = \"10s\"",
+        keys: &[],
+        doc: "nothing else",
+    },
+];
+
+/// The kind keys, in the table's order.
+pub fn kinds() -> Vec<&'static str> {
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for row in VOCABULARY {
+        if !kinds.contains(&row.kind) {
+            kinds.push(row.kind);
+        }
+    }
+    kinds
+}
+
+/// The values `kind` takes; empty when its value is free.
+pub fn values(kind: &str) -> Vec<&'static str> {
+    VOCABULARY
+        .iter()
+        .filter(|row| row.kind == kind)
+        .flat_map(|row| row.values.iter().copied())
+        .collect()
+}
+
+/// The keys a step of `kind = "value"` takes besides the kind key and `note`.
+pub fn keys(kind: &str, value: &str) -> &'static [&'static str] {
+    VOCABULARY
+        .iter()
+        .find(|row| row.kind == kind && (row.values.is_empty() || row.values.contains(&value)))
+        .map_or(&[], |row| row.keys)
+}
+
+/// The README's table of steps.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| kind | keys |\n|---|---|\n");
+    for row in VOCABULARY {
+        let kind = match row.values.split_first() {
+            None => format!("`{}`", row.example),
+            Some((first, rest)) => {
+                let mut shown = vec![format!("`{} = \"{first}\"`", row.kind)];
+                shown.extend(rest.iter().map(|v| format!("`\"{v}\"`")));
+                shown.join(", ")
+            }
+        };
+        out.push_str(&format!("| {kind} | {} |\n", row.doc));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harness::fault::FAULT_NAMES;
+
+    #[test]
+    fn the_table_is_the_fault_vocabulary_and_has_no_duplicates() {
+        let mut table = values("fault");
+        let mut harness = FAULT_NAMES.to_vec();
+        table.sort_unstable();
+        harness.sort_unstable();
+        assert_eq!(table, harness);
+        for kind in kinds() {
+            let values = values(kind);
+            for (i, v) in values.iter().enumerate() {
+                assert!(!values[i + 1..].contains(v), "{kind} = {v} twice");
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_table_is_rendered_from_the_vocabulary() {
+        let readme = include_str!("../files/README.md");
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "scenarios/files/README.md's table of steps differs from the vocabulary; put this in it:\n{table}"
+        );
+    }
+}
