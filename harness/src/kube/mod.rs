@@ -43,6 +43,7 @@ pub mod access;
 pub mod conditions;
 pub mod gate;
 pub mod join;
+pub mod manifest;
 
 use std::path::PathBuf;
 
