@@ -336,7 +336,7 @@ fn running(lab_dir: &Path) -> Result<Session> {
 /// Removes what dead servers and runs left: the session's socket and info, and lab state dirs
 /// (disk overlays, hub sockets) whose owner is gone.
 fn clean_leftovers(session: &Session) {
-    for line in session.clear_if_stale() {
+    if let Some(line) = session.clear_if_stale() {
         eprintln!("labtest: {line}");
     }
     for dir in harness::lab::remove_orphaned_state_dirs() {
@@ -415,7 +415,6 @@ async fn up(
             session.log().display()
         );
     }
-    session.clear_stale();
     std::fs::create_dir_all(&session.dir)?;
     let log = std::fs::File::create(session.log())?;
     let exe = std::env::current_exe()?;

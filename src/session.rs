@@ -118,33 +118,17 @@ impl Session {
     }
 
     /// When no server holds the lock but one left its socket or info behind (it was killed),
-    /// removes them and the lab state dir the info names. Returns a line for each thing removed.
-    pub fn clear_if_stale(&self) -> Vec<String> {
+    /// removes them (its lab state dir goes with the owner sweep,
+    /// `harness::lab::remove_orphaned_state_dirs`). Returns a line saying so, if it did.
+    pub fn clear_if_stale(&self) -> Option<String> {
         if self.is_up() || !(self.socket().exists() || self.info_path().exists()) {
-            return Vec::new();
-        }
-        let mut done = Vec::new();
-        if let Some(info) = self.info() {
-            let state = &info.state_dir;
-            let ours = state.parent() == Some(std::env::temp_dir().as_path())
-                && state.file_name().is_some_and(|n| {
-                    n.to_string_lossy()
-                        .starts_with(harness::lab::STATE_DIR_PREFIX)
-                });
-            if ours && std::fs::remove_dir_all(state).is_ok() {
-                done.push(format!(
-                    "removed {} (its server, pid {}, is gone)",
-                    state.display(),
-                    info.pid
-                ));
-            }
+            return None;
         }
         self.clear_stale();
-        done.push(format!(
+        Some(format!(
             "cleared the stale session of a dead server in {}",
             self.dir.display()
-        ));
-        done
+        ))
     }
 
     /// Removes what a dead server left behind.

@@ -1097,7 +1097,7 @@ impl Drop for Lab {
 
 /// A running lab's state dir (disk overlays, hub sockets, console logs until teardown) lives
 /// in the temp dir under this prefix, with an [`OWNER_FILE`] naming the process that owns it.
-pub const STATE_DIR_PREFIX: &str = "labtest-";
+const STATE_DIR_PREFIX: &str = "labtest-";
 const OWNER_FILE: &str = "owner";
 
 /// `<pid> <start time>`: the start time (field 22 of /proc/PID/stat) tells a live owner from a
@@ -1106,11 +1106,17 @@ fn owner_stamp(pid: u32) -> String {
     format!("{pid} {}", process_start(pid).unwrap_or_default())
 }
 
+/// The start time of a live process; `None` for one that is gone or a zombie (killed, not yet
+/// reaped: a SIGKILLed server whose parent is gone may stay one for as long as nothing reaps).
 fn process_start(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing paren.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19).map(str::to_string)
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if matches!(state, "Z" | "X") {
+        return None;
+    }
+    fields.nth(18).map(str::to_string)
 }
 
 /// Removes the state dirs of labs whose owning process is gone (killed by SIGKILL, so its
@@ -1168,9 +1174,22 @@ mod tests {
             owner_stamp(std::process::id()),
         )
         .expect("write");
+        // A killed owner nobody has reaped yet is a zombie: gone all the same.
+        let zombie = tempfile::Builder::new()
+            .prefix(STATE_DIR_PREFIX)
+            .tempdir()
+            .expect("temp dir");
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.1")
+            .spawn()
+            .expect("sleep");
+        std::fs::write(zombie.path().join(OWNER_FILE), owner_stamp(child.id())).expect("write");
+        std::thread::sleep(Duration::from_millis(500));
         let removed = remove_orphaned_state_dirs();
+        let _ = child.wait();
         assert!(removed.contains(&dead.path().to_path_buf()), "{removed:?}");
         assert!(!dead.path().exists());
+        assert!(!zombie.path().exists(), "a zombie owner counted as alive");
         assert!(live.path().exists());
         assert!(unowned.path().exists());
     }
