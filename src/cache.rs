@@ -27,12 +27,14 @@ pub fn command(lab_dir: &Path, action: CacheCommand) -> Result<ExitCode> {
     let root = ready::cache_dir();
     let snapshots = ready::snapshot_store();
     let entries = entries(&root, &snapshots, &referenced_builds(lab_dir));
-    let mut freed = 0;
-    let mut total = 0;
+    let (mut freed, mut total, mut old) = (0, 0, 0);
     println!("cache {}", root.display());
     for entry in &entries {
         let bytes = disk_usage(&entry.path);
         total += bytes;
+        if !entry.current {
+            old += bytes;
+        }
         let state = if entry.current { "current" } else { "old" };
         match action {
             CacheCommand::List => println!(
@@ -52,11 +54,6 @@ pub fn command(lab_dir: &Path, action: CacheCommand) -> Result<ExitCode> {
             CacheCommand::Prune => {}
         }
     }
-    let old: u64 = entries
-        .iter()
-        .filter(|e| !e.current)
-        .map(|e| disk_usage(&e.path))
-        .sum();
     match action {
         CacheCommand::List => {
             println!(

@@ -172,7 +172,7 @@ pub async fn run(
     let view = live::spawn(&events, live::Mode::detect());
     let artifacts = ArtifactsDir::create(&report_dir, &events)
         .with_context(|| format!("creating the report dir {}", report_dir.display()))?
-        .with_history(ready::cache_dir().join("history.jsonl"));
+        .with_history(ready::history_file());
     events.emit(EventKind::RunStarted {
         lab: spec.name.clone(),
         scenarios: names.clone(),
@@ -394,7 +394,7 @@ pub async fn run_on_served(
     let events = Events::new();
     let recorder = events.record();
     let artifacts = ArtifactsDir::create(report_dir, &events)
-        .map(|a| a.with_history(ready::cache_dir().join("history.jsonl")))
+        .map(|a| a.with_history(ready::history_file()))
         .with_context(|| format!("creating the report dir {}", report_dir.display()))?;
     events.emit(EventKind::RunStarted {
         lab: lab.spec().name.clone(),

@@ -174,18 +174,6 @@ pub struct Measured {
     pub budget: Duration,
 }
 
-impl std::fmt::Display for Measured {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:.1}s after {} (budget {:.0}s)",
-            self.delay.as_secs_f64(),
-            self.since,
-            self.budget.as_secs_f64()
-        )
-    }
-}
-
 /// The phases of a run, in the order they normally come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

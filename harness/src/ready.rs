@@ -89,6 +89,11 @@ impl From<VmError> for ReadyError {
     }
 }
 
+/// `<cache>/history.jsonl`: a line per run, what a run's report compares it with.
+pub fn history_file() -> PathBuf {
+    cache_dir().join("history.jsonl")
+}
+
 /// A bring-up step before the readiness gate, reported as a check of the gate's scope so the
 /// live view and the reports show it; `within` is the step's own deadline, which it enforces
 /// itself (the slack only guards against a step that does not).
@@ -469,17 +474,12 @@ async fn make_ready(
             CONTROL_PLANE_FILES,
             Duration::from_secs(3),
         );
-        bring_up_step(
-            events,
-            &token_ready.what.clone(),
-            CONTROL_PLANE_FILES,
-            async {
-                master
-                    .wait_until_succeeds(token, &token_ready)
-                    .await
-                    .map_err(Box::new)
-            },
-        )
+        bring_up_step(events, &token_ready.what, CONTROL_PLANE_FILES, async {
+            master
+                .wait_until_succeeds(token, &token_ready)
+                .await
+                .map_err(Box::new)
+        })
         .await?;
         let nodes: Vec<&Machine> = lab
             .machines()

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::history::RunRecord;
 use super::summary::{CheckRecord, FailedCheck, RunResult, ScenarioResult, Summary};
-use super::{fmt_duration, ARTIFACTS_FOLDER};
+use super::{fmt_duration, fmt_measured, ARTIFACTS_FOLDER};
 use crate::events::{secs, Event, EventKind, Measured, Outcome};
 use crate::fault::Fault;
 
@@ -846,13 +846,7 @@ fn check_tooltip(c: &CheckMark) -> String {
         let _ = write!(tip, "\nlast seen: {observed}");
     }
     if let Some(m) = &c.measured {
-        let _ = write!(
-            tip,
-            "\n{} after {} (budget {})",
-            fmt_duration(m.delay),
-            m.since,
-            fmt_duration(m.budget)
-        );
+        let _ = write!(tip, "\n{}", fmt_measured(m));
     }
     tip
 }

@@ -76,6 +76,16 @@ pub enum ReportError {
 }
 
 /// Durations as people read them in a log: `0.4s`, `12.3s`, `3m05s`, `1h02m`.
+/// `41.0s after power-loss (budget 3m00s)`: how every rendering shows a measured delay.
+pub fn fmt_measured(m: &crate::events::Measured) -> String {
+    format!(
+        "{} after {} (budget {})",
+        fmt_duration(m.delay),
+        m.since,
+        fmt_duration(m.budget)
+    )
+}
+
 pub fn fmt_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs < 60 {

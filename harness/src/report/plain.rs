@@ -1,7 +1,7 @@
 //! One line per event, for CI logs and for the permanent lines above the live bars.
 use std::fmt::Write as _;
 
-use super::fmt_duration;
+use super::{fmt_duration, fmt_measured};
 use crate::events::{Event, EventKind, Outcome};
 
 /// The log line for `event`, or `None` for events that belong elsewhere (step output goes
@@ -76,7 +76,7 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
         } => {
             let mut line = format!("{scope}: {check}: ok after {}", fmt_duration(*took));
             if let Some(measured) = measured {
-                let _ = write!(line, "; {measured}");
+                let _ = write!(line, "; {}", fmt_measured(measured));
             }
             line
         }
@@ -94,7 +94,7 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
                 fmt_duration(*took)
             );
             if let Some(measured) = measured {
-                let _ = write!(line, "; {measured}");
+                let _ = write!(line, "; {}", fmt_measured(measured));
             }
             if let Some(observed) = observed {
                 let _ = write!(line, "\n    last seen: {observed}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{fmt_duration, ARTIFACTS_FOLDER};
+use super::{fmt_duration, fmt_measured, ARTIFACTS_FOLDER};
 use crate::events::{secs, Event, EventKind, Measured, Outcome, Phase, Stream};
 
 /// A whole run, built by [`Summary::from_events`].
@@ -205,13 +205,7 @@ impl CheckRecord {
             let _ = write!(line, " of {}", fmt_duration(self.timeout));
         }
         if let Some(m) = &self.measured {
-            let _ = write!(
-                line,
-                "; {} after {} (budget {})",
-                fmt_duration(m.delay),
-                m.since,
-                fmt_duration(m.budget)
-            );
+            let _ = write!(line, "; {}", fmt_measured(m));
         }
         line
     }
