@@ -24,7 +24,9 @@ in
     # The master runs etcd + the control plane + pods; the nodes only kubelet and pods
     # (nixos/tests/kubernetes/base.nix uses 1536 for every machine).
     memorySize = if isMaster then 3072 else 1536;
-    cores = 1;
+    # The master's control plane is the one busy guest once the lab is up; under TCG one vCPU
+    # of it was the fixture lab's bottleneck (fixtures/lab/flake.nix), so it gets two.
+    cores = if isMaster then 2 else 1;
     # nixos/modules/virtualisation/disk-size-option.nix; only used when the qcow2 is created,
     # which with the harness is every run (it hands each VM a fresh NIX_DISK_IMAGE).
     diskSize = 4096;
