@@ -18,6 +18,7 @@ use harness::lab::LabSpec;
 use harness::ready;
 use harness::report::live;
 use harness::vm::accel::AccelChoice;
+use tokio::signal::unix::{signal, SignalKind};
 
 use control::Request;
 use harness::fault::Fault;
@@ -438,6 +439,10 @@ async fn up(
     let mut child = child.spawn().context("starting the lab's server")?;
     let start = Instant::now();
     let mut shown = 0;
+    // The server runs in its own process group, so Ctrl-C on `up` reaches only this client:
+    // without passing it on, the lab would go on booting and stay up unasked.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     loop {
         let text = std::fs::read_to_string(session.log()).unwrap_or_default();
         print!("{}", &text[shown.min(text.len())..]);
@@ -454,15 +459,45 @@ async fn up(
             );
         }
         if start.elapsed() > timeout {
-            let _ = child.kill();
+            stop_server(&mut child).await;
             bail!(
                 "the lab was not up within {}s; its log is {}",
                 timeout.as_secs(),
                 session.log().display()
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (signal, code) = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            _ = term.recv() => ("SIGTERM", 143),
+            _ = int.recv() => ("SIGINT", 130),
+        };
+        eprintln!(
+            "labtest: {signal}: stopping the lab's server (pid {})",
+            child.id()
+        );
+        stop_server(&mut child).await;
+        eprintln!(
+            "labtest: the lab is down; its log is {}",
+            session.log().display()
+        );
+        return Ok(ExitCode::from(code));
     }
+}
+
+/// SIGTERM lets the server tear the lab down and keep its evidence; SIGKILL only if that takes
+/// longer than the 15 s a CI runner gives between the two.
+async fn stop_server(child: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Snapshot names become directory names and `up --from` arguments: keep them plain, and keep

@@ -172,7 +172,6 @@ fn a_bad_lab_spec_is_refused_before_anything_builds_or_boots() {
 /// was interrupted) and JUnit, and leaves no QEMU behind.
 #[test]
 fn an_interrupted_run_keeps_its_reports_and_leaves_no_qemu() {
-    use std::io::BufRead;
     for (signal, code, name) in [
         (nix::sys::signal::Signal::SIGTERM, 143, "SIGTERM"),
         (nix::sys::signal::Signal::SIGINT, 130, "SIGINT"),
@@ -180,7 +179,8 @@ fn an_interrupted_run_keeps_its_reports_and_leaves_no_qemu() {
         let before = qemus();
         let report = tempfile::tempdir().expect("temp dir");
         let junit = report.path().join("junit.xml");
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("labtest"))
+        let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("labtest"));
+        command
             .env("LABTEST_ACCEL", "tcg")
             .arg("--lab")
             .arg(vm_lab())
@@ -188,49 +188,9 @@ fn an_interrupted_run_keeps_its_reports_and_leaves_no_qemu() {
             .arg("--report-dir")
             .arg(report.path())
             .arg("--junit")
-            .arg(&junit)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("labtest run starts");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        // Interrupt it in the middle of the boot.
-        let mut seen = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !seen.iter().any(|l: &String| l.contains(": starting")) {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("no machine started within 300 s:\n{}", seen.join("\n"));
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_secs(3));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
-            .expect("signal labtest");
-        let sent = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for labtest") {
-                break status;
-            }
-            if sent.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                panic!("labtest run did not stop within 15 s of {name}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        seen.extend(rx.try_iter());
-        assert_eq!(status.code(), Some(code), "{name}:\n{}", seen.join("\n"));
+            .arg(&junit);
+        let (status, seen) = interrupt_during_boot(command, signal);
+        assert_eq!(status.code(), Some(code), "{name}:\n{seen}");
         let summary = std::fs::read_to_string(report.path().join("report/summary.txt"))
             .unwrap_or_else(|e| panic!("{name}: no summary.txt ({e})"));
         assert!(
@@ -240,6 +200,80 @@ fn an_interrupted_run_keeps_its_reports_and_leaves_no_qemu() {
         assert!(junit.exists(), "{name}: no JUnit file");
         no_new_qemu_within(&before, 10, "the interrupted run");
     }
+}
+
+/// The server `up` starts is in its own process group, out of reach of a terminal's Ctrl-C:
+/// the client must pass the interrupt on, or the lab boots on and stays up unasked.
+#[test]
+fn an_interrupted_up_takes_its_server_and_machines_down() {
+    let before = qemus();
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("labtest"));
+    command
+        .env("LABTEST_ACCEL", "tcg")
+        .arg("--lab")
+        .arg(vm_lab())
+        .args(["up", "--no-snapshot"]);
+    let (status, seen) = interrupt_during_boot(command, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(status.code(), Some(130), "{seen}");
+    no_new_qemu_within(&before, 10, "the interrupted `up`");
+    labtest()
+        .arg("--lab")
+        .arg(vm_lab())
+        .arg("status")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no lab is up"));
+}
+
+/// Starts `command`, sends `signal` 3 s after its first machine starts booting and returns how
+/// it ended (within 15 s of the signal, or the test fails) with everything it printed.
+fn interrupt_during_boot(
+    mut command: std::process::Command,
+    signal: nix::sys::signal::Signal,
+) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("labtest starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !seen.iter().any(|l: &String| l.contains(": starting")) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no machine started within 300 s:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+        .expect("signal labtest");
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for labtest") {
+            break status;
+        }
+        if sent.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("labtest did not stop within 20 s of {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    seen.extend(rx.try_iter());
+    (status, seen.join("\n"))
 }
 
 /// Every QEMU process on the machine, by command line.
