@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use harness::events::Events;
+use harness::events::{EventKind, Events};
 use harness::lab::{Lab, LabBuilder};
 use harness::vm::{MachineBuilder, VmError};
 use harness::wait::Wait;
@@ -22,17 +22,19 @@ async fn ping(lab: &Lab, from: &str, to: &str) -> bool {
     out.status == 0
 }
 
-async fn start_lab() -> Lab {
+async fn start_lab(events: &Events) -> Lab {
     LabBuilder::new(support::vm_spec(), support::run_dir())
         .boot_timeout(Duration::from_secs(240))
-        .start(&Events::discard())
+        .start(events)
         .await
         .expect("the fixture lab boots")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_machines_run_commands_and_share_a_partitionable_network() {
-    let lab = start_lab().await;
+    let events = Events::new();
+    let recorder = events.record();
+    let lab = start_lab(&events).await;
     let ga = lab.machine("grey-area").unwrap();
 
     // Exit codes, stdout, stderr.
@@ -161,6 +163,37 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
     ga.wait_for_console_text("labtest-shell: labtest.shell ready", &wait("console", 5))
         .await
         .unwrap();
+    // Each of those waits was reported as a check of the machine's scope, failures with why.
+    let checks: Vec<(String, String, String)> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::CheckPassed { scope, check, .. } => Some((scope, check, "passed".into())),
+            EventKind::CheckFailed {
+                scope,
+                check,
+                reason,
+                ..
+            } => Some((scope, check, reason)),
+            _ => None,
+        })
+        .collect();
+    let outcome = |check: &str| {
+        checks
+            .iter()
+            .filter(|(scope, c, _)| scope == "grey-area" && c == check)
+            .map(|(_, _, outcome)| outcome.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcome("journald"), ["passed"], "{checks:?}");
+    assert_eq!(outcome("console"), ["passed"], "{checks:?}");
+    assert!(
+        outcome("a failing unit")
+            .first()
+            .is_some_and(|reason| reason.contains("labtest-fails.service failed")),
+        "{checks:?}"
+    );
+    assert_eq!(outcome("port 7777").len(), 2, "{checks:?}");
 
     // Freeze: a command on a frozen machine is refused at once, saying why; thaw, and
     // everything answers again.

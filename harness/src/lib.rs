@@ -4,6 +4,8 @@
 //!   [`lab::Lab::inject`].
 //! * [`events`] - the one vocabulary every layer reports through.
 //! * [`wait`] - deadlines, poll intervals and conditions, shared by every wait.
+//! * [`check`] - the one check runner: a wait reported as events (started, progress, passed or
+//!   failed with what it last saw and the delay it measured).
 //! * [`vm`] - one QEMU machine: its run script, QMP, the guest channel, faults.
 //! * [`net`] - the lab's private L2 hub (partitions per pair) and host port picks.
 //! * [`nix`] - `nix build` with progress, out-links, new system generations.
@@ -14,6 +16,7 @@
 //! * [`report`] - the live view, summary, JUnit, JSON and the artifacts folder, all fed by events.
 //! * [`ready`] - the top: a lab built, booted or restored, joined and through the readiness gate,
 //!   as the CLI, the scenarios and users' own tests get it ([`ready::ReadyLab`]).
+pub mod check;
 pub mod events;
 pub mod fault;
 pub mod kube;

@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::Node;
 
 use crate::events::{EventKind, Events, Phase};
 use crate::kube::{
-    gate, join_nodes, wait_for, GateBudgets, GateError, KubeAccess, KubeError, ReadinessGate,
+    conditions::look, gate, join_nodes, GateBudgets, GateError, KubeAccess, KubeError,
+    ReadinessGate,
 };
 use crate::lab::{self, Lab, LabBuilder, LabError, LabSpec};
 use crate::report::{live, ArtifactsDir, ReportError};
@@ -25,6 +26,8 @@ use crate::wait::{Condition, Wait};
 
 /// The snapshot every run, `up` and [`ReadyLab`] restores: the lab right after the gate passed.
 pub const READY_SNAPSHOT: &str = "ready";
+/// The check scope of the waits a user's test runs through [`ReadyLab`].
+pub const TEST_SCOPE: &str = "test";
 
 /// How long a lab's build may take (a cold fixture lab builds a guest and Kubernetes).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -103,7 +106,7 @@ async fn bring_up_step<T, E: std::fmt::Display + Into<ReadyError>>(
     within: Duration,
     body: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, ReadyError> {
-    gate::once(
+    crate::check::once(
         events,
         gate::SCOPE,
         what,
@@ -474,13 +477,11 @@ async fn make_ready(
             CONTROL_PLANE_FILES,
             Duration::from_secs(3),
         );
-        bring_up_step(events, &token_ready.what, CONTROL_PLANE_FILES, async {
-            master
-                .wait_until_succeeds(token, &token_ready)
-                .await
-                .map_err(Box::new)
-        })
-        .await?;
+        // A machine's wait reports itself as a check (scope: the machine).
+        master
+            .wait_until_succeeds(token, &token_ready)
+            .await
+            .map_err(Box::new)?;
         let nodes: Vec<&Machine> = lab
             .machines()
             .iter()
@@ -820,7 +821,7 @@ impl ReadyLab {
     }
 
     /// Waits until `condition` holds for node `name` (polled every second), and returns how
-    /// long it took.
+    /// long it took. Reported as a check of scope [`TEST_SCOPE`] (the live view, the reports).
     ///
     /// # Errors
     /// [`KubeError`] at `timeout`, with the node's last observed state.
@@ -836,7 +837,11 @@ impl ReadyLab {
         let nodes: ::kube::Api<Node> = ::kube::Api::all(self.client()?.clone());
         let wait = Wait::new(format!("node {name}"), timeout, Duration::from_secs(1));
         let started = Instant::now();
-        wait_for(&nodes, name, condition, &wait).await?;
+        crate::check::run(&self.events, TEST_SCOPE, &wait, || {
+            look(&nodes, name, &condition)
+        })
+        .await
+        .map_err(KubeError::from)?;
         Ok(started.elapsed())
     }
 }

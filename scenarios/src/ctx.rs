@@ -5,8 +5,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use harness::check;
 use harness::events::{EventKind, Events, Outcome, Stream};
-use harness::kube::{gate, Summary};
+use harness::kube::conditions::look;
+use harness::kube::Summary;
 use harness::lab::{KubernetesSpec, Lab};
 use harness::report::ArtifactsDir;
 use harness::wait::{Condition, Poll, Since, Wait};
@@ -162,7 +164,7 @@ impl<'a> Ctx<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Poll<T>>,
     {
-        gate::run_check(self.events, &self.scope, wait, probe)
+        check::run(self.events, &self.scope, wait, probe)
             .await
             .map_err(|e| ScenarioError::Failed {
                 check: wait.what.clone(),
@@ -231,20 +233,7 @@ impl<'a> Ctx<'a> {
         C: Condition<K>,
     {
         let start = Instant::now();
-        let kind = K::kind(&K::DynamicType::default()).to_string();
-        let (kind, condition) = (&kind, &condition);
-        self.run_wait(wait, || async move {
-            match api.get_opt(name).await {
-                Ok(found) if condition.matches(found.as_ref()) => Poll::Ready(()),
-                Ok(Some(object)) => Poll::Pending(format!("{kind} {name}: {}", object.summary())),
-                Ok(None) => Poll::Pending(format!("{kind} {name} does not exist")),
-                Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
-                    Poll::Failed(format!("reading {kind} {name}: {}", status.message))
-                }
-                Err(e) => Poll::Pending(format!("reading {kind} {name}: {e}")),
-            }
-        })
-        .await?;
+        self.run_wait(wait, || look(api, name, &condition)).await?;
         Ok(start.elapsed())
     }
 

@@ -37,11 +37,11 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
+use harness::check;
 use harness::kube::conditions::{
     daemonset_ready, deployment_available, deployment_rolled_out, node_has_taint, node_not_ready,
     node_ready, node_without_taint, pod_on_node, pod_phase, pod_running,
 };
-use harness::kube::gate;
 use harness::kube::manifest::{self, parse_manifests};
 use harness::kube::Summary;
 use harness::lab::{build_attr, lab_nix};
@@ -208,7 +208,7 @@ async fn once<T>(
     timeout: Duration,
     body: impl Future<Output = Result<T, ScenarioError>>,
 ) -> Result<T, ScenarioError> {
-    gate::once(ctx.events, &ctx.scope, label, timeout, body)
+    check::once(ctx.events, &ctx.scope, label, timeout, body)
         .await
         .map_err(|e| {
             e.unwrap_or_else(|| ScenarioError::Failed {

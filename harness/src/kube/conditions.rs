@@ -49,7 +49,7 @@ pub trait Summary {
 /// Returns the object as last seen, or `None` when the condition held for its absence (a
 /// deletion). Transient API errors (the apiserver restarting, a timeout) count as "not yet" and
 /// show in the last observed state; 401 and 403 end the wait at once since waiting cannot fix
-/// credentials.
+/// credentials. To have the wait reported as a check, run [`look`] with [`crate::check::run`].
 ///
 /// # Errors
 /// [`KubeError::Wait`] with the object's last [`Summary`] (or the last error).
@@ -64,31 +64,30 @@ where
     K::DynamicType: Default,
     C: Condition<K>,
 {
-    let kind = K::kind(&K::DynamicType::default()).to_string();
     let condition = &condition;
-    let kind = &kind;
-    poll_until(wait, || async move {
-        match api.get_opt(name).await {
-            Ok(found) => {
-                if condition.matches(found.as_ref()) {
-                    Poll::Ready(found)
-                } else {
-                    match found {
-                        Some(object) => {
-                            Poll::Pending(format!("{kind} {name}: {}", object.summary()))
-                        }
-                        None => Poll::Pending(format!("{kind} {name} does not exist")),
-                    }
-                }
-            }
-            Err(e) if matches!(status_code(&e), Some(401 | 403)) => {
-                Poll::Failed(format!("reading {kind} {name}: {}", brief(&e)))
-            }
-            Err(e) => Poll::Pending(format!("reading {kind} {name}: {}", brief(&e))),
+    poll_until(wait, || look(api, name, condition))
+        .await
+        .map_err(KubeError::from)
+}
+
+/// One look at the object `name` for a wait on `condition`: the object (or `None` for an
+/// absence the condition wanted) when it holds, else its [`Summary`] or the API error.
+pub async fn look<K, C>(api: &Api<K>, name: &str, condition: &C) -> Poll<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Summary,
+    K::DynamicType: Default,
+    C: Condition<K>,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    match api.get_opt(name).await {
+        Ok(found) if condition.matches(found.as_ref()) => Poll::Ready(found),
+        Ok(Some(object)) => Poll::Pending(format!("{kind} {name}: {}", object.summary())),
+        Ok(None) => Poll::Pending(format!("{kind} {name} does not exist")),
+        Err(e) if matches!(status_code(&e), Some(401 | 403)) => {
+            Poll::Failed(format!("reading {kind} {name}: {}", brief(&e)))
         }
-    })
-    .await
-    .map_err(KubeError::from)
+        Err(e) => Poll::Pending(format!("reading {kind} {name}: {}", brief(&e))),
+    }
 }
 
 fn node_condition<'a>(

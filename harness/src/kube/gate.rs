@@ -38,8 +38,9 @@ use serde_json::json;
 use super::access::{apiserver_version, readyz, ServerVersion};
 use super::conditions::{pod_bound, pod_running, Summary};
 use super::{brief, status_code};
-use crate::events::{EventKind, Events, Measured};
-use crate::wait::{poll_until, Poll, Wait, WaitError};
+use crate::check::{observe, Failure};
+use crate::events::Events;
+use crate::wait::{Poll, Wait, WaitError};
 
 /// The event scope of the gate's checks.
 pub const SCOPE: &str = "readiness";
@@ -399,18 +400,14 @@ impl ReadinessGate {
             };
             match result {
                 Ok(took) => checks.push((name.to_string(), took)),
-                Err((source, took)) => {
-                    let failed = failed_check(name, &source);
-                    let files = evidence(failed.clone()).await;
-                    events.emit(EventKind::CheckFailed {
-                        scope: SCOPE.into(),
+                Err(failure) => {
+                    let files = evidence(FailedCheck {
                         check: name.into(),
-                        reason: failed.reason,
-                        observed: failed.last_observed,
-                        evidence: files.clone(),
-                        took,
-                        measured: None,
-                    });
+                        reason: failure.reason(),
+                        last_observed: failure.last_observed(),
+                    })
+                    .await;
+                    let source = failure.report(events, SCOPE, name, files.clone());
                     return Err(Box::new(GateError {
                         check: name.into(),
                         source,
@@ -554,24 +551,21 @@ impl ReadinessGate {
     }
 
     /// Creates the probe pod, waits for it, and deletes it whatever happened.
-    async fn schedulable(
-        &self,
-        client: &Client,
-        events: &Events,
-    ) -> Result<Duration, (WaitError, Duration)> {
+    async fn schedulable(&self, client: &Client, events: &Events) -> Result<Duration, Failure> {
         let api = Api::<Pod>::namespaced(client.clone(), &self.namespace);
         let name = probe_name();
         let pod: Pod = match serde_json::from_value(probe_pod(&name, &self.workload_image)) {
             Ok(pod) => pod,
             Err(e) => {
-                return Err((
-                    WaitError::Failed {
+                return Err(Failure {
+                    error: WaitError::Failed {
                         what: CHECK_SCHEDULABLE.into(),
                         elapsed: Duration::ZERO,
                         reason: format!("the probe pod does not serialize: {e}"),
                     },
-                    Duration::ZERO,
-                ))
+                    took: Duration::ZERO,
+                    measured: None,
+                })
             }
         };
         let wait = self.budgets.schedulable.wait(CHECK_SCHEDULABLE);
@@ -663,174 +657,6 @@ fn probe_pod(name: &str, image: &str) -> serde_json::Value {
     })
 }
 
-fn failed_check(name: &str, error: &WaitError) -> FailedCheck {
-    match error {
-        WaitError::Timeout {
-            elapsed,
-            last_observed,
-            ..
-        } => FailedCheck {
-            check: name.into(),
-            reason: format!("timed out after {:.1}s", elapsed.as_secs_f64()),
-            last_observed: Some(last_observed.clone()),
-        },
-        WaitError::Failed { reason, .. } => FailedCheck {
-            check: name.into(),
-            reason: reason.clone(),
-            last_observed: None,
-        },
-    }
-}
-
-/// Runs one named check: `CheckStarted`, a `CheckProgress` whenever the observed state changes,
-/// and `CheckPassed` on success. A failure is returned, not emitted, so that the caller can
-/// attach evidence to the `CheckFailed` event (see [`run_check`] for the plain form).
-///
-/// # Errors
-/// The wait's [`WaitError`] and how long the check ran.
-pub async fn observe<T, F, Fut>(
-    events: &Events,
-    scope: &str,
-    wait: &Wait,
-    mut probe: F,
-) -> Result<(T, Duration), (WaitError, Duration)>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Poll<T>>,
-{
-    events.emit(EventKind::CheckStarted {
-        scope: scope.into(),
-        check: wait.what.clone(),
-        timeout: wait.timeout,
-    });
-    let start = Instant::now();
-    let last = Mutex::new(None::<String>);
-    let result = poll_until(wait, || {
-        let next = probe();
-        let last = &last;
-        async move {
-            let poll = next.await;
-            if let Poll::Pending(seen) = &poll {
-                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-                if last.as_deref() != Some(seen.as_str()) {
-                    *last = Some(seen.clone());
-                    events.emit(EventKind::CheckProgress {
-                        scope: scope.into(),
-                        check: wait.what.clone(),
-                        observed: seen.clone(),
-                    });
-                }
-            }
-            poll
-        }
-    })
-    .await;
-    let took = start.elapsed();
-    match result {
-        Ok(value) => {
-            events.emit(EventKind::CheckPassed {
-                scope: scope.into(),
-                check: wait.what.clone(),
-                took,
-                measured: measured(wait, start),
-            });
-            Ok((value, took))
-        }
-        Err(e) => Err((e, took)),
-    }
-}
-
-/// Runs `body` once (no polling) as a named check bounded by `timeout`: `CheckStarted`, then
-/// `CheckPassed` or `CheckFailed` with the error's text. For steps that act rather than wait (a
-/// join, a fault, a rebuild), so the reports and the live view show them like every wait.
-///
-/// # Errors
-/// `Some(error)` when the body failed, `None` when it overran `timeout` (it is dropped).
-pub async fn once<T, E: std::fmt::Display>(
-    events: &Events,
-    scope: &str,
-    what: &str,
-    timeout: Duration,
-    body: impl Future<Output = Result<T, E>>,
-) -> Result<T, Option<E>> {
-    events.emit(EventKind::CheckStarted {
-        scope: scope.into(),
-        check: what.into(),
-        timeout,
-    });
-    let start = Instant::now();
-    let result = match tokio::time::timeout(timeout, body).await {
-        Ok(result) => result.map_err(Some),
-        Err(_) => Err(None),
-    };
-    let took = start.elapsed();
-    match &result {
-        Ok(_) => events.emit(EventKind::CheckPassed {
-            scope: scope.into(),
-            check: what.into(),
-            took,
-            measured: None,
-        }),
-        Err(e) => events.emit(EventKind::CheckFailed {
-            scope: scope.into(),
-            check: what.into(),
-            reason: match e {
-                Some(e) => e.to_string(),
-                None => format!("did not finish within {:.0}s", timeout.as_secs_f64()),
-            },
-            observed: None,
-            evidence: Vec::new(),
-            took,
-            measured: None,
-        }),
-    }
-    result
-}
-
-/// The delay `wait` measures from its named start, if it has one; `started` is when the check
-/// itself began, so the budget is the time from the named start to the check's deadline.
-pub fn measured(wait: &Wait, started: Instant) -> Option<Measured> {
-    wait.since.as_ref().map(|since| Measured {
-        since: since.label.clone(),
-        delay: since.at.elapsed(),
-        budget: started.saturating_duration_since(since.at) + wait.timeout,
-    })
-}
-
-/// [`observe`] that also emits `CheckFailed` (without evidence) - for scenario steps.
-///
-/// # Errors
-/// The wait's [`WaitError`].
-pub async fn run_check<T, F, Fut>(
-    events: &Events,
-    scope: &str,
-    wait: &Wait,
-    probe: F,
-) -> Result<T, WaitError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Poll<T>>,
-{
-    match observe(events, scope, wait, probe).await {
-        Ok((value, _)) => Ok(value),
-        Err((error, took)) => {
-            let failed = failed_check(&wait.what, &error);
-            events.emit(EventKind::CheckFailed {
-                scope: scope.into(),
-                check: wait.what.clone(),
-                reason: failed.reason,
-                observed: failed.last_observed,
-                evidence: Vec::new(),
-                took,
-                measured: Instant::now()
-                    .checked_sub(took)
-                    .and_then(|started| measured(wait, started)),
-            });
-            Err(error)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -857,38 +683,6 @@ mod tests {
         let b = GateBudgets::host().scaled(1.5);
         assert_eq!(b.apiserver.timeout, Duration::from_secs(45));
         assert_eq!(b.apiserver.interval, Duration::from_millis(200));
-    }
-
-    #[tokio::test]
-    async fn a_check_reports_progress_only_on_change_then_passes() {
-        let events = Events::new();
-        let recorder = events.record();
-        let mut n = 0;
-        let wait = Wait::new("thing", Duration::from_secs(2), Duration::from_millis(1));
-        let result = run_check(&events, "s", &wait, || {
-            n += 1;
-            let seen = n;
-            async move {
-                match seen {
-                    1 | 2 => Poll::Pending("warming".to_string()),
-                    3 => Poll::Pending("almost".to_string()),
-                    _ => Poll::Ready(seen),
-                }
-            }
-        })
-        .await;
-        assert_eq!(result, Ok(4));
-        let kinds: Vec<String> = recorder
-            .events()
-            .into_iter()
-            .map(|e| match e.kind {
-                EventKind::CheckStarted { .. } => "started".into(),
-                EventKind::CheckProgress { observed, .. } => observed,
-                EventKind::CheckPassed { .. } => "passed".into(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(kinds, ["started", "warming", "almost", "passed"]);
     }
 
     #[test]

@@ -125,7 +125,13 @@ fn time_to_ready(summary: &Summary) -> Option<Duration> {
     if summary.result == RunResult::Aborted || !summary.lab_failures.is_empty() {
         return None;
     }
-    if let Some(end) = summary.lab_checks.iter().map(|c| c.started + c.took).max() {
+    if let Some(end) = summary
+        .lab_checks
+        .iter()
+        .filter(|c| c.scope == crate::kube::gate::SCOPE)
+        .map(|c| c.started + c.took)
+        .max()
+    {
         return Some(end);
     }
     let phases: Vec<_> = summary

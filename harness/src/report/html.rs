@@ -862,13 +862,11 @@ fn tick_step(end: f64) -> f64 {
         .unwrap_or((end / 10.0).ceil())
 }
 
-/// Every check with a measured delay, where it ran: the lab's gate, then each scenario.
+/// Every check with a measured delay, where it ran: the lab's (the gate, machines' waits),
+/// then each scenario's.
 fn measured_checks(s: &Summary) -> Vec<(String, &CheckRecord)> {
-    let mut rows: Vec<(String, &CheckRecord)> = s
-        .lab_checks
-        .iter()
-        .map(|c| ("readiness".to_string(), c))
-        .collect();
+    let mut rows: Vec<(String, &CheckRecord)> =
+        s.lab_checks.iter().map(|c| (c.scope.clone(), c)).collect();
     for sc in &s.scenarios {
         for a in &sc.attempts {
             let name = if sc.attempts.len() > 1 {

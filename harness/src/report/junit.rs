@@ -1,6 +1,7 @@
 //! JUnit XML: one testsuite per run, one testcase per scenario (named as on the command
 //! line), with the durations the events measured - never 0. Then one testsuite per scenario
-//! (and `readiness` for the gate) with one testcase per check of the attempt that decided it:
+//! with one testcase per check of the attempt that decided it, and one per scope of the checks
+//! outside scenarios (`readiness` for the gate, a machine for its waits, `test`):
 //! its real duration, its deadline and measured delay as properties, and for a failure the
 //! last observed state and the evidence paths.
 //!
@@ -120,12 +121,20 @@ fn report(summary: &Summary) -> Report {
     let mut report = Report::new("labtest");
     report.set_time(summary.duration);
     report.add_test_suite(suite);
-    if !summary.lab_checks.is_empty() {
-        report.add_test_suite(check_suite(
-            "readiness",
-            &summary.lab_checks,
-            &summary.lab_failures,
-        ));
+    let mut scopes: Vec<&str> = Vec::new();
+    for check in &summary.lab_checks {
+        if !scopes.contains(&check.scope.as_str()) {
+            scopes.push(&check.scope);
+        }
+    }
+    for scope in scopes {
+        let checks: Vec<CheckRecord> = summary
+            .lab_checks
+            .iter()
+            .filter(|c| c.scope == scope)
+            .cloned()
+            .collect();
+        report.add_test_suite(check_suite(scope, &checks, &summary.lab_failures));
     }
     for scenario in &summary.scenarios {
         if let Some(last) = scenario.attempts.last() {
@@ -142,16 +151,19 @@ fn report(summary: &Summary) -> Report {
 }
 
 /// A testsuite named `scope` with a testcase per check; `failures` give the failed ones'
-/// reasons, last observed states and evidence.
+/// reasons, last observed states and evidence. Both lists grow from the same events, so the
+/// n-th failed check of a scope is the n-th failure of that scope, even when a check of the
+/// same name ran twice.
 fn check_suite(scope: &str, checks: &[CheckRecord], failures: &[FailedCheck]) -> TestSuite {
     let mut suite = TestSuite::new(scope);
     suite.set_time(checks.iter().map(|c| c.took).sum());
+    let mut failures = failures.iter().filter(|f| f.scope == scope);
     for check in checks {
         let status = if check.passed {
             TestCaseStatus::success()
         } else {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-            match failures.iter().find(|f| f.check == check.check) {
+            match failures.next() {
                 Some(failure) => {
                     status.set_message(failure.reason.as_str());
                     status.set_description(describe_checks(std::slice::from_ref(failure)));
@@ -298,6 +310,62 @@ mod tests {
     fn junit_error_run() {
         let xml = to_string(&Summary::from_events(&fixture::error_run())).expect("junit");
         insta::assert_snapshot!(xml);
+    }
+
+    /// A machine's waits get their own testsuite, and a check that failed twice under one name
+    /// gets each failure's own reason.
+    #[test]
+    fn lab_checks_are_grouped_by_scope_and_failures_matched_in_order() {
+        use crate::events::{Event, EventKind};
+        use std::time::Duration;
+        let at = |s: u64, kind| Event {
+            elapsed: Duration::from_secs(s),
+            kind,
+        };
+        let failed = |reason: &str| EventKind::CheckFailed {
+            scope: "grey-area".into(),
+            check: "unit etcd.service".into(),
+            reason: reason.into(),
+            observed: None,
+            evidence: Vec::new(),
+            took: Duration::from_secs(1),
+            measured: None,
+        };
+        let events = vec![
+            at(
+                0,
+                EventKind::RunStarted {
+                    lab: "lab".into(),
+                    scenarios: Vec::new(),
+                },
+            ),
+            at(
+                1,
+                EventKind::CheckPassed {
+                    scope: "readiness".into(),
+                    check: "apiserver /readyz".into(),
+                    took: Duration::from_secs(1),
+                    measured: None,
+                },
+            ),
+            at(2, failed("first: etcd.service failed")),
+            at(3, failed("second: QEMU exited")),
+            at(4, EventKind::RunFinished { aborted: None }),
+        ];
+        let xml = to_string(&Summary::from_events(&events)).expect("junit");
+        let suites: Vec<&str> = xml
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("<testsuite name=\""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert_eq!(suites, ["labtest lab", "readiness", "grey-area"], "{xml}");
+        let first = xml
+            .find(r#"<failure message="first: etcd.service failed">"#)
+            .expect(&xml);
+        let second = xml
+            .find(r#"<failure message="second: QEMU exited">"#)
+            .expect(&xml);
+        assert!(first < second, "{xml}");
     }
 
     #[test]

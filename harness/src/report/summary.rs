@@ -179,6 +179,8 @@ pub struct FailedCheck {
 /// from a named moment (a fault, a recovery), that delay against its budget.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckRecord {
+    /// Who ran it: `readiness`, a scenario, a machine (its waits), `test` (a user's test).
+    pub scope: String,
     pub check: String,
     pub passed: bool,
     /// When it started, since the run started.
@@ -635,6 +637,7 @@ impl Fold {
             .remove(&(scope.to_string(), check.to_string()))
             .unwrap_or((at.saturating_sub(took), Duration::ZERO));
         let record = CheckRecord {
+            scope: scope.to_string(),
             check: check.to_string(),
             passed,
             started,

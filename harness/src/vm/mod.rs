@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use crate::check;
 use crate::events::{EventKind, Events};
 use crate::fault::Fault;
 use crate::wait::{poll_until, tail_chars, Poll, Wait, WaitError};
@@ -664,10 +665,11 @@ impl Machine {
             .map_err(|e| self.state_error(&format!("copying {guest_path} out: bad base64: {e}")))
     }
 
-    /// Waits until `command` exits 0 in the guest; returns its stdout.
+    /// Waits until `command` exits 0 in the guest; returns its stdout. Like every wait of a
+    /// machine it is reported as a check of the machine's scope ([`crate::check`]).
     pub async fn wait_until_succeeds(&self, command: &str, wait: &Wait) -> Result<String, VmError> {
         let per_try = wait.timeout.min(Duration::from_secs(30));
-        poll_until(wait, || async move {
+        check::run(&self.events, self.name(), wait, || async move {
             if let Some(exit) = self.exit_status() {
                 return Poll::Failed(format!("QEMU exited: {exit}"));
             }
@@ -700,7 +702,7 @@ impl Machine {
             "systemctl show -p ActiveState --value {}",
             channel::ansi_c_quote(unit)
         );
-        poll_until(wait, || {
+        check::run(&self.events, self.name(), wait, || {
             let query = query.clone();
             async move {
                 if let Some(exit) = self.exit_status() {
@@ -744,7 +746,7 @@ impl Machine {
             "=== labtest: start #{} ",
             self.starts.load(std::sync::atomic::Ordering::Relaxed)
         );
-        poll_until(wait, || async {
+        check::run(&self.events, self.name(), wait, || async {
             let log = std::fs::read_to_string(self.console_log()).unwrap_or_default();
             let this_start = log.rfind(&marker).map_or(log.as_str(), |at| &log[at..]);
             if this_start.contains(text) {
