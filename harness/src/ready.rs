@@ -19,7 +19,7 @@ use crate::kube::{
 };
 use crate::lab::{self, Lab, LabBuilder, LabError, LabSpec};
 use crate::report::{live, ArtifactsDir, ReportError};
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotStore};
+use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotKey, SnapshotStore};
 use crate::vm::accel::{self, AccelChoice, AccelError};
 use crate::vm::{Accel, Machine, VmError};
 use crate::wait::{Condition, Wait};
@@ -38,6 +38,9 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(600);
 /// How long a process waits for another one that is making the same Ready snapshot: a cold
 /// build, a boot and the gate, on a slow runner.
 const SNAPSHOT_LOCK_WAIT: Duration = Duration::from_secs(75 * 60);
+/// A bring-up that failed after this long is not tried again with the same inputs for
+/// [`crate::snapshot::FAILED_BRING_UP_HOLD`] (see [`ready_lab`]).
+const HOLD_FAILED_BRING_UPS_AFTER: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadyError {
@@ -78,6 +81,16 @@ pub enum ReadyError {
     },
     #[error("expected {what} within {timeout:?}; it was still going")]
     StepTimeout { what: String, timeout: Duration },
+    #[error(
+        "expected lab {lab} to get Ready, but booting it with these same inputs failed {}s ago, so it is not booted again for {} min after that (set LABTEST_SNAPSHOT=fresh, or run `labtest up --fresh`, to try now). That boot's error: {error}",
+        ago.as_secs(),
+        crate::snapshot::FAILED_BRING_UP_HOLD / 60
+    )]
+    EarlierBringUpFailed {
+        lab: String,
+        ago: Duration,
+        error: String,
+    },
 }
 
 impl From<LabError> for ReadyError {
@@ -299,9 +312,15 @@ pub fn snapshot_target(
 /// that finds no snapshot waits (bounded, with a line every 30 s) for the first to save it, then
 /// restores it, so a test suite boots the lab once.
 ///
+/// A bring-up that fails after more than 5 minutes (the readiness gate timing out, typically)
+/// is noted in the store: for the next [`crate::snapshot::FAILED_BRING_UP_HOLD`] a bring-up
+/// with the same inputs fails at once with that error instead of spending as long again, so a
+/// test suite whose lab cannot get Ready fails in minutes with the first failure's evidence,
+/// not in one timeout per test. [`Snapshots::Fresh`] always boots.
+///
 /// # Errors
 /// A boot, join or gate failure, with its evidence; [`ReadyError::SnapshotLock`] when another
-/// process held the lock for [`SNAPSHOT_LOCK_WAIT`].
+/// process held the lock for [`SNAPSHOT_LOCK_WAIT`]; [`ReadyError::EarlierBringUpFailed`].
 pub async fn ready_lab(
     lab_dir: &Path,
     spec: &LabSpec,
@@ -357,8 +376,33 @@ pub async fn ready_lab(
     if broken {
         store.remove(&spec.name, READY_SNAPSHOT)?;
     }
-    let lab = boot(spec, built, evidence, None, events).await?;
-    let ready = make_ready(lab, spec, evidence, Origin::Booted, events).await?;
+    if snapshots == Snapshots::Restore {
+        if let Some(failed) = store.failed_bring_up(&spec.name, &key) {
+            return Err(ReadyError::EarlierBringUpFailed {
+                lab: spec.name.clone(),
+                ago: Duration::from_secs(snapshot::now_secs().saturating_sub(failed.at)),
+                error: failed.error,
+            });
+        }
+    }
+    let started = Instant::now();
+    let booted = async {
+        let lab = boot(spec, built, evidence, None, events).await?;
+        make_ready(lab, spec, evidence, Origin::Booted, events).await
+    };
+    let ready = match booted.await {
+        Ok(ready) => ready,
+        Err(e) => {
+            // A failure that comes fast (a join refused, a unit failed) costs little to see
+            // again; one that took the whole readiness budget would cost every later test as
+            // much.
+            if started.elapsed() >= HOLD_FAILED_BRING_UPS_AFTER {
+                store.note_failed_bring_up(&spec.name, &key, &e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    store.clear_failed_bring_up(&spec.name);
     // The lab is Ready either way: a snapshot that cannot be saved costs the next run a boot,
     // not this one its lab.
     if let Err(e) = ready

@@ -34,6 +34,11 @@ pub const FORMAT: &str = "labtest-snapshot-1";
 const META: &str = "snapshot.json";
 /// Beside a lab's snapshots: the key its inputs made last.
 const CURRENT_KEY: &str = ".current-key";
+const FAILED_BRING_UP: &str = ".ready-failed.json";
+/// How long a failed bring-up of a key stops the next ones: long enough to cover one test suite
+/// (every tier-4 test would otherwise spend its own half hour failing the same way), short
+/// enough that a later run tries again by itself.
+pub const FAILED_BRING_UP_HOLD: u64 = 30 * 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -309,6 +314,37 @@ impl SnapshotStore {
             .map(|k| k.trim().to_string())
     }
 
+    /// Notes that booting `lab` with inputs `key` did not get it Ready, and why: the next
+    /// bring-up of the same key within [`FAILED_BRING_UP_HOLD`] is refused with this note
+    /// ([`SnapshotStore::failed_bring_up`]). Best effort, like the snapshot it stands for.
+    pub fn note_failed_bring_up(&self, lab: &str, key: &SnapshotKey, error: &str) {
+        let dir = self.root.join(lab);
+        let note = FailedBringUp {
+            key: key.hash.clone(),
+            at: now_secs(),
+            error: error.to_string(),
+        };
+        if let (Ok(()), Ok(text)) = (
+            std::fs::create_dir_all(&dir),
+            serde_json::to_string_pretty(&note),
+        ) {
+            let _ = std::fs::write(dir.join(FAILED_BRING_UP), text);
+        }
+    }
+
+    /// The note of a bring-up of `key` that failed less than [`FAILED_BRING_UP_HOLD`] ago.
+    pub fn failed_bring_up(&self, lab: &str, key: &SnapshotKey) -> Option<FailedBringUp> {
+        let text = std::fs::read_to_string(self.root.join(lab).join(FAILED_BRING_UP)).ok()?;
+        let note: FailedBringUp = serde_json::from_str(&text).ok()?;
+        (note.key == key.hash && now_secs().saturating_sub(note.at) < FAILED_BRING_UP_HOLD)
+            .then_some(note)
+    }
+
+    /// Forgets a failed bring-up of `lab` (a later one got Ready, or a user asked afresh).
+    pub fn clear_failed_bring_up(&self, lab: &str) {
+        let _ = std::fs::remove_file(self.root.join(lab).join(FAILED_BRING_UP));
+    }
+
     /// What killed saves left in the store: `.part-*` and `.old-*` dirs of processes that are
     /// gone.
     pub fn leftovers(&self) -> Vec<PathBuf> {
@@ -373,6 +409,15 @@ impl SnapshotStore {
     }
 }
 
+/// A bring-up that did not get the lab Ready: the inputs' key, when (seconds since the epoch)
+/// and the error, which names its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedBringUp {
+    pub key: String,
+    pub at: u64,
+    pub error: String,
+}
+
 /// `.part-<name>-<pid>` of a process that still runs (a concurrent save of the same lab).
 fn owned_by_live_process(dir_name: &str) -> bool {
     dir_name
@@ -435,6 +480,34 @@ mod tests {
             hash: hex(&Sha256::digest(inputs.join("\n").as_bytes())),
             inputs,
         }
+    }
+
+    #[test]
+    fn a_failed_bring_up_holds_its_key_only_and_only_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let (k, other) = (key("one"), key("two"));
+        assert_eq!(store.failed_bring_up("t", &k), None);
+        store.note_failed_bring_up("t", &k, "nodes registered: timed out; evidence: /tmp/x");
+        let note = store.failed_bring_up("t", &k).expect("a note");
+        assert_eq!(note.error, "nodes registered: timed out; evidence: /tmp/x");
+        assert_eq!(
+            store.failed_bring_up("t", &other),
+            None,
+            "another key boots"
+        );
+        // An old note no longer holds.
+        let path = dir.path().join("t").join(FAILED_BRING_UP);
+        let old = FailedBringUp {
+            at: now_secs() - FAILED_BRING_UP_HOLD,
+            ..note
+        };
+        std::fs::write(&path, serde_json::to_string(&old).unwrap()).unwrap();
+        assert_eq!(store.failed_bring_up("t", &k), None);
+        store.note_failed_bring_up("t", &k, "again");
+        store.clear_failed_bring_up("t");
+        assert_eq!(store.failed_bring_up("t", &k), None);
+        assert!(!path.exists());
     }
 
     #[test]
