@@ -149,6 +149,11 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         err.to_string().contains("gave up"),
         "a failed unit ends the wait at once: {err}"
     );
+    let failed = ga.failed_units_evidence().await;
+    assert!(
+        failed.contains("=== labtest-fails.service") && failed.contains("status=1/FAILURE"),
+        "the failed units' evidence names the unit and its status: {failed}"
+    );
     let err = ga
         .wait_for_port(7777, &wait("port 7777", 2))
         .await

@@ -195,9 +195,10 @@ pub async fn no_evidence(_failed: FailedCheck) -> Vec<PathBuf> {
 
 /// An evidence hook for labs: `systemctl status` and the journal tail of each of `units` on each
 /// machine (units a machine lacks say so in their file), written to
-/// `<dir>/readiness-<check>-<machine>-<unit>.txt` under a header naming the failed check and its
-/// last observed state. Returns the files written; a file that cannot be written is left out
-/// rather than hiding the gate's own failure.
+/// `<dir>/readiness-<check>-<machine>-<unit>.txt`, and every failed unit of each machine
+/// (`...-<machine>-failed-units.txt`: the cause is often a unit nobody named), each under a
+/// header naming the failed check and its last observed state. Returns the files written; a
+/// file that cannot be written is left out rather than hiding the gate's own failure.
 ///
 /// # Usage
 /// ```no_run
@@ -242,13 +243,16 @@ pub async fn collect_unit_evidence(
     );
     let mut files = Vec::new();
     for machine in machines {
+        let mut texts = Vec::new();
         for unit in units {
-            let text = machine.unit_evidence(unit).await;
+            texts.push((slug(unit), machine.unit_evidence(unit).await));
+        }
+        texts.push(("failed-units".into(), machine.failed_units_evidence().await));
+        for (what, text) in texts {
             let path = dir.join(format!(
-                "readiness-{}-{}-{}.txt",
+                "readiness-{}-{}-{what}.txt",
                 slug(&failed.check),
                 machine.name(),
-                slug(unit)
             ));
             if std::fs::write(&path, format!("{header}{text}")).is_ok() {
                 files.push(path);

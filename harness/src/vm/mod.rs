@@ -740,6 +740,19 @@ impl Machine {
         }
     }
 
+    /// `systemctl --failed`, then the status and journal tail of each failed unit: what broke
+    /// in the guest when the failure is not in the unit a caller thought of.
+    pub async fn failed_units_evidence(&self) -> String {
+        let script = "systemctl --failed --no-pager 2>&1; \
+            for u in $(systemctl list-units --failed --plain --no-legend 2>/dev/null | awk '{print $1}'); do \
+            printf '\\n=== %s\\n' \"$u\"; systemctl status --no-pager \"$u\" 2>&1 | head -20; \
+            journalctl --no-pager -n 40 -u \"$u\" 2>&1; done";
+        match self.exec(script, Duration::from_secs(30)).await {
+            Ok(out) => out.stdout_str(),
+            Err(e) => format!("(could not list the failed units: {e})"),
+        }
+    }
+
     /// Waits until `text` appears in the console log (this start's part of it).
     pub async fn wait_for_console_text(&self, text: &str, wait: &Wait) -> Result<(), VmError> {
         let marker = format!(
