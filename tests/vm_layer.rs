@@ -149,10 +149,12 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         err.to_string().contains("gave up"),
         "a failed unit ends the wait at once: {err}"
     );
-    let failed = ga.failed_units_evidence().await;
+    let health = ga.health_evidence().await;
     assert!(
-        failed.contains("=== labtest-fails.service") && failed.contains("status=1/FAILURE"),
-        "the failed units' evidence names the unit and its status: {failed}"
+        health.contains("=== labtest-fails.service")
+            && health.contains("status=1/FAILURE")
+            && health.contains("=== load"),
+        "the health evidence names the failed unit, its status and the load: {health}"
     );
     let err = ga
         .wait_for_port(7777, &wait("port 7777", 2))

@@ -195,8 +195,9 @@ pub async fn no_evidence(_failed: FailedCheck) -> Vec<PathBuf> {
 
 /// An evidence hook for labs: `systemctl status` and the journal tail of each of `units` on each
 /// machine (units a machine lacks say so in their file), written to
-/// `<dir>/readiness-<check>-<machine>-<unit>.txt`, and every failed unit of each machine
-/// (`...-<machine>-failed-units.txt`: the cause is often a unit nobody named), each under a
+/// `<dir>/readiness-<check>-<machine>-<unit>.txt`, and each machine's failed units, load and
+/// last journal warnings (`...-<machine>-health.txt`: the cause is often a unit nobody named,
+/// or a guest too busy to answer), each under a
 /// header naming the failed check and its last observed state. Returns the files written; a
 /// file that cannot be written is left out rather than hiding the gate's own failure.
 ///
@@ -247,7 +248,7 @@ pub async fn collect_unit_evidence(
         for unit in units {
             texts.push((slug(unit), machine.unit_evidence(unit).await));
         }
-        texts.push(("failed-units".into(), machine.failed_units_evidence().await));
+        texts.push(("health".into(), machine.health_evidence().await));
         for (what, text) in texts {
             let path = dir.join(format!(
                 "readiness-{}-{}-{what}.txt",

@@ -740,16 +740,19 @@ impl Machine {
         }
     }
 
-    /// `systemctl --failed`, then the status and journal tail of each failed unit: what broke
-    /// in the guest when the failure is not in the unit a caller thought of.
-    pub async fn failed_units_evidence(&self) -> String {
+    /// `systemctl --failed` with the status and journal tail of each failed unit, the load and
+    /// the busiest processes, then the journal's last warnings: what broke or choked in the
+    /// guest when the cause is not in the unit a caller thought of.
+    pub async fn health_evidence(&self) -> String {
         let script = "systemctl --failed --no-pager 2>&1; \
             for u in $(systemctl list-units --failed --plain --no-legend 2>/dev/null | awk '{print $1}'); do \
             printf '\\n=== %s\\n' \"$u\"; systemctl status --no-pager \"$u\" 2>&1 | head -20; \
-            journalctl --no-pager -n 40 -u \"$u\" 2>&1; done";
-        match self.exec(script, Duration::from_secs(30)).await {
+            journalctl --no-pager -n 40 -u \"$u\" 2>&1; done; \
+            printf '\\n=== load\\n'; top -bn1 2>&1 | head -20; \
+            printf '\\n=== the last warnings\\n'; journalctl --no-pager -p warning -n 60 2>&1";
+        match self.exec(script, Duration::from_secs(60)).await {
             Ok(out) => out.stdout_str(),
-            Err(e) => format!("(could not list the failed units: {e})"),
+            Err(e) => format!("(could not read the machine's health: {e})"),
         }
     }
 
