@@ -1,5 +1,5 @@
 //! Tier 4: every built-in scenario and every scenario file in scenarios/files/ is a test of its
-//! own (`cargo nextest list` shows them; `cargo nextest run -E 'test(/node.failure/)'` runs the
+//! own (`cargo nextest list --profile lab` shows them; `cargo nextest run --profile lab -E 'test(/node.failure/)'` runs the
 //! node-failure ones alone), each run exactly as a user runs it -
 //! `labtest run --lab fixtures/lab --scenario NAME` - on a lab restored from the fixture lab's
 //! Ready snapshot and checked through the reports it writes. The first test that finds no
