@@ -468,8 +468,7 @@ async fn up(
         }
         let (signal, code) = tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-            _ = term.recv() => ("SIGTERM", 143),
-            _ = int.recv() => ("SIGINT", 130),
+            signal = run::first_signal(&mut term, &mut int) => signal,
         };
         eprintln!(
             "labtest: {signal}: stopping the lab's server (pid {})",

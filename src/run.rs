@@ -333,7 +333,7 @@ struct Running {
 }
 
 /// The first SIGTERM or SIGINT, with the exit status a shell reports for it (143 / 130).
-async fn first_signal(term: &mut Signal, int: &mut Signal) -> (&'static str, u8) {
+pub(crate) async fn first_signal(term: &mut Signal, int: &mut Signal) -> (&'static str, u8) {
     tokio::select! {
         _ = term.recv() => ("SIGTERM", 143),
         _ = int.recv() => ("SIGINT", 130),
