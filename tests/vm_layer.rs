@@ -415,3 +415,36 @@ async fn a_closure_missing_from_the_guest_store_is_copied_in_and_switched_to() {
     assert_eq!(gens.len(), 1, "{gens:?}");
     assert_eq!(gens[0].toplevel.as_deref(), Some(toplevel.as_str()));
 }
+
+/// A caller that stops waiting for a command (a deadline around it, Ctrl-C) must not leave it
+/// running, nor leave its reply for the next command to read as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_caller_gave_up_is_killed_and_its_reply_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine = MachineBuilder::new(
+        "grey-area",
+        support::run_dir().join("bin/run-grey-area-vm"),
+        dir.path().join("state"),
+    )
+    .boot_timeout(Duration::from_secs(240))
+    .start(&Events::discard())
+    .await
+    .expect("the fixture guest boots");
+    let given_up = tokio::time::timeout(
+        Duration::from_secs(2),
+        machine.exec("echo first; sleep 300; echo done", Duration::from_secs(600)),
+    )
+    .await;
+    assert!(
+        given_up.is_err(),
+        "expected the wait to be cut off: {given_up:?}"
+    );
+    let start = Instant::now();
+    let out = machine.succeed("echo next").await.unwrap();
+    assert_eq!(out, "next\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the abandoned command was waited for: {:?}",
+        start.elapsed()
+    );
+}

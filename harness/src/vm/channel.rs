@@ -10,7 +10,7 @@
 //! ```
 //! stdout streams back raw; the reply is everything before `\n<MARKER> `. A fresh random marker per
 //! request means output can never be mistaken for framing, and a late reply to an earlier request
-//! (a frozen guest thawed) is recognised and discarded by its own marker.
+//! (a frozen guest thawed, a caller that gave up) is recognised and discarded by its own marker.
 //!
 //! # Caveats
 //! A command that leaves a background process writing to stdout will interleave that output with
@@ -53,7 +53,7 @@ pub enum ChannelError {
         timeout: Duration,
         partial: String,
     },
-    #[error("guest channel {path} is still busy with an earlier command that overran its deadline ({command:?})")]
+    #[error("guest channel {path} is still busy with an earlier command whose caller stopped waiting for it ({command:?}): expected its reply before sending another")]
     Busy { path: PathBuf, command: String },
 }
 
@@ -62,8 +62,19 @@ pub struct Channel {
     path: PathBuf,
     stream: UnixStream,
     buffer: Vec<u8>,
-    /// A request whose reply has not been read yet (it overran its deadline).
-    unanswered: Option<(String, String)>,
+    /// What is left to send of the last request. bash reads a request as one line, so one cut
+    /// short (its caller gave up) must be sent whole before anything else.
+    outgoing: Vec<u8>,
+    /// The request whose reply has not been read yet. Set before the request is sent and
+    /// cleared only once its reply is read, so a caller that overran its deadline, or gave up
+    /// at any await, leaves it here for the next exec to discard.
+    unanswered: Option<Unanswered>,
+}
+
+#[derive(Clone)]
+struct Unanswered {
+    command: String,
+    marker: String,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -148,6 +159,7 @@ impl Channel {
                         path: path.to_path_buf(),
                         stream,
                         buffer: Vec::new(),
+                        outgoing: Vec::new(),
                         unanswered: None,
                     })
                 }
@@ -169,7 +181,8 @@ impl Channel {
         &self.path
     }
 
-    /// Whether an earlier command's reply is still outstanding.
+    /// Whether an earlier command's reply is still outstanding (it overran its deadline, or its
+    /// caller stopped waiting).
     pub fn is_busy(&self) -> bool {
         self.unanswered.is_some()
     }
@@ -180,41 +193,68 @@ impl Channel {
     /// [`ChannelError::Timeout`] when no reply came within `timeout` (the command may still be
     /// running: the next call first waits for its reply, within its own deadline);
     /// [`ChannelError::Busy`] when an earlier command still has not answered.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. Dropped before it returns, the request is still owed its
+    /// reply: the next call finishes sending the request if it was cut short, then reads and
+    /// discards its reply before sending its own, as after a timeout.
     pub async fn exec(
         &mut self,
         command: &str,
         timeout: Duration,
     ) -> Result<ExecOutput, ChannelError> {
         let deadline = Instant::now() + timeout;
-        if let Some((old_command, old_marker)) = self.unanswered.clone() {
-            match self.read_reply(&old_marker, deadline).await {
-                Ok(_) => self.unanswered = None,
+        if let Some(old) = self.unanswered.clone() {
+            match self.complete(&old.marker, deadline).await {
+                Ok(_) => {}
                 Err(ChannelError::Timeout { .. }) => {
                     return Err(ChannelError::Busy {
                         path: self.path.clone(),
-                        command: old_command,
+                        command: old.command,
                     })
                 }
                 Err(e) => return Err(e),
             }
         }
         let marker = fresh_marker();
-        self.stream
-            .write_all(request_line(command, &marker).as_bytes())
-            .await
-            .map_err(|e| self.io(format!("sending {command:?}: {e}")))?;
-        match self.read_reply(&marker, deadline).await {
-            Err(ChannelError::Timeout { partial, .. }) => {
-                self.unanswered = Some((command.to_string(), marker));
-                Err(ChannelError::Timeout {
-                    command: command.to_string(),
-                    path: self.path.clone(),
-                    timeout,
-                    partial,
-                })
-            }
+        self.outgoing = request_line(command, &marker).into_bytes();
+        self.unanswered = Some(Unanswered {
+            command: command.to_string(),
+            marker: marker.clone(),
+        });
+        match self.complete(&marker, deadline).await {
+            Err(ChannelError::Timeout { partial, .. }) => Err(ChannelError::Timeout {
+                command: command.to_string(),
+                path: self.path.clone(),
+                timeout,
+                partial,
+            }),
             other => other,
         }
+    }
+
+    /// Sends what is left of the request `marker` belongs to, then reads its reply. Every
+    /// await leaves `outgoing`, `buffer` and `unanswered` true to what was sent and read (a
+    /// write or a read_buf that is dropped moves no bytes).
+    async fn complete(
+        &mut self,
+        marker: &str,
+        deadline: Instant,
+    ) -> Result<ExecOutput, ChannelError> {
+        while !self.outgoing.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.stream.write(&self.outgoing)).await {
+                Ok(Ok(0)) => return Err(self.io("QEMU closed the channel socket".into())),
+                Ok(Ok(sent)) => {
+                    self.outgoing.drain(..sent);
+                }
+                Ok(Err(e)) => return Err(self.io(format!("sending a request failed: {e}"))),
+                Err(_) => return Err(self.deadline_passed()),
+            }
+        }
+        let output = self.read_reply(marker, deadline).await?;
+        self.unanswered = None;
+        Ok(output)
     }
 
     async fn read_reply(
@@ -235,18 +275,19 @@ impl Channel {
                 Ok(Ok(0)) => return Err(self.io("QEMU closed the channel socket".into())),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(self.io(format!("read failed: {e}"))),
-                Err(_) => {
-                    return Err(ChannelError::Timeout {
-                        command: String::new(),
-                        path: self.path.clone(),
-                        timeout: Duration::ZERO,
-                        partial: crate::wait::tail_chars(
-                            &String::from_utf8_lossy(&self.buffer),
-                            400,
-                        ),
-                    })
-                }
+                Err(_) => return Err(self.deadline_passed()),
             }
+        }
+    }
+
+    /// The deadline passed with the request unsent or unanswered; [`Channel::exec`] names the
+    /// command and its deadline.
+    fn deadline_passed(&self) -> ChannelError {
+        ChannelError::Timeout {
+            command: String::new(),
+            path: self.path.clone(),
+            timeout: Duration::ZERO,
+            partial: crate::wait::tail_chars(&String::from_utf8_lossy(&self.buffer), 400),
         }
     }
 
@@ -290,29 +331,39 @@ mod tests {
         assert_eq!(output.stdout, b"");
     }
 
-    /// The framing runs against a real bash on a socket pair: the same bytes a guest shell sees.
-    #[tokio::test]
-    async fn framing_round_trips_through_a_real_bash() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("chan.sock");
+    /// A channel connected to a socket pair, and the other end, where a guest's bash would be.
+    async fn channel_pair(dir: &Path) -> (Channel, std::os::fd::OwnedFd) {
+        let sock = dir.join("chan.sock");
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
-        let mut channel = Channel::connect(&sock, Duration::from_secs(5))
+        let channel = Channel::connect(&sock, Duration::from_secs(5))
             .await
             .unwrap();
         let server = accept.await.unwrap().into_std().unwrap();
         server.set_nonblocking(false).unwrap();
-        let fd = std::os::fd::OwnedFd::from(server);
+        (channel, std::os::fd::OwnedFd::from(server))
+    }
+
+    /// The guest's side of `fd`: bash reading requests from it, as labtest-shell runs it.
+    fn guest_bash(fd: std::os::fd::OwnedFd, dir: &Path) -> std::process::Child {
         let stdin = std::process::Stdio::from(fd.try_clone().unwrap());
         let stdout = std::process::Stdio::from(fd);
-        let mut bash = std::process::Command::new("bash")
+        std::process::Command::new("bash")
             .args(["--noprofile", "--norc"])
             .env("LC_ALL", "C")
-            .env("LABTEST_RUN", dir.path())
+            .env("LABTEST_RUN", dir)
             .stdin(stdin)
             .stdout(stdout)
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The framing runs against a real bash on a socket pair: the same bytes a guest shell sees.
+    #[tokio::test]
+    async fn framing_round_trips_through_a_real_bash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut channel, server) = channel_pair(dir.path()).await;
+        let mut bash = guest_bash(server, dir.path());
         let out = channel
             .exec(
                 "printf 'a\\nb'; echo oops >&2; exit 7",
@@ -342,6 +393,63 @@ mod tests {
             "next\n",
             "the late reply must be discarded"
         );
+        bash.kill().ok();
+        bash.wait().ok();
+    }
+
+    /// A caller that gives up (a deadline around the call, a select! on a signal) drops the
+    /// exec while its reply is on the way: the next exec must get its own output.
+    #[tokio::test]
+    async fn an_exec_dropped_mid_reply_leaves_the_next_its_own_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut channel, server) = channel_pair(dir.path()).await;
+        let mut bash = guest_bash(server, dir.path());
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(500),
+            channel.exec("echo first; sleep 2; echo done", Duration::from_secs(10)),
+        )
+        .await;
+        assert!(
+            dropped.is_err(),
+            "expected the exec to be cut off, it returned {dropped:?}"
+        );
+        assert!(
+            channel.is_busy(),
+            "the dropped command's reply is still owed"
+        );
+        let out = channel
+            .exec("echo next", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "next\n");
+        assert!(!channel.is_busy());
+        bash.kill().ok();
+        bash.wait().ok();
+    }
+
+    /// A request is one line: dropped half-sent, bash sits in the middle of it, so the next
+    /// exec must finish sending it before its own.
+    #[tokio::test]
+    async fn an_exec_dropped_while_sending_leaves_the_next_its_own_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut channel, server) = channel_pair(dir.path()).await;
+        // Nobody reads yet: a request bigger than the socket buffers stops half-sent.
+        let big = format!(": {}; echo big", "x".repeat(4 << 20));
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(300),
+            channel.exec(&big, Duration::from_secs(10)),
+        )
+        .await;
+        assert!(
+            dropped.is_err(),
+            "expected the send to block, it returned {dropped:?}"
+        );
+        let mut bash = guest_bash(server, dir.path());
+        let out = channel
+            .exec("echo next", Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "next\n");
         bash.kill().ok();
         bash.wait().ok();
     }

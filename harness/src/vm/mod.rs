@@ -538,6 +538,11 @@ impl Machine {
     ///
     /// When the command overruns, the harness kills it through the `labtest.ctl` port so the
     /// channel is usable again, and returns the timeout error.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. A command whose caller stopped waiting (a deadline around
+    /// the call, a select! on a signal) is killed like an overrunning one when the next command
+    /// comes, and its reply is discarded: the next command gets its own output.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
         // A frozen guest would answer nothing until the deadline: say so at once.
         if self.qmp_status().await.ok().as_deref() == Some("paused") {
@@ -555,19 +560,29 @@ impl Machine {
                 self.config.name
             ))
         })?;
+        if shell.is_busy() {
+            self.kill_shell_command().await;
+        }
         match shell.exec(command, timeout).await {
             Ok(out) => Ok(out),
             Err(err @ ChannelError::Timeout { .. }) => {
-                // Kill the overrunning command's process tree, so the next command can run.
-                let rescue = "kill_tree() { local c; for c in $(pgrep -P \"$1\"); do kill_tree \"$c\"; done; \
-                              [ \"$1\" = \"$2\" ] || kill -KILL \"$1\" 2>/dev/null; }; \
-                              p=$(cat /run/labtest/labtest.shell.pid) && kill_tree \"$p\" \"$p\"";
-                if let Some(ctl) = self.links.ctl.lock().await.as_mut() {
-                    let _ = ctl.exec(rescue, Duration::from_secs(5)).await;
-                }
+                self.kill_shell_command().await;
                 Err(self.channel_error(err))
             }
             Err(e) => Err(self.channel_error(e)),
+        }
+    }
+
+    /// Kills the process tree of the command the shell channel runs, through the `labtest.ctl`
+    /// port, so the shell reads the next request. Best effort: if it fails, the next command
+    /// waits for the old one's reply (within its own deadline) and says it is busy.
+    async fn kill_shell_command(&self) {
+        let rescue =
+            "kill_tree() { local c; for c in $(pgrep -P \"$1\"); do kill_tree \"$c\"; done; \
+                      [ \"$1\" = \"$2\" ] || kill -KILL \"$1\" 2>/dev/null; }; \
+                      p=$(cat /run/labtest/labtest.shell.pid) && kill_tree \"$p\" \"$p\"";
+        if let Some(ctl) = self.links.ctl.lock().await.as_mut() {
+            let _ = ctl.exec(rescue, Duration::from_secs(5)).await;
         }
     }
 
