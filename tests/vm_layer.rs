@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use harness::events::{EventKind, Events};
 use harness::lab::{Lab, LabBuilder};
-use harness::vm::{MachineBuilder, VmError};
+use harness::vm::{Machine, MachineBuilder, VmError};
 use harness::wait::Wait;
 
 fn wait(what: &str, secs: u64) -> Wait {
@@ -447,4 +447,49 @@ async fn a_command_whose_caller_gave_up_is_killed_and_its_reply_discarded() {
         "the abandoned command was waited for: {:?}",
         start.elapsed()
     );
+}
+
+/// A machine whose guest channel never answers (its shell masked): QEMU runs, the start fails.
+fn mute_machine(state: &std::path::Path) -> Machine {
+    let config = MachineBuilder::new(
+        "grey-area",
+        support::run_dir().join("bin/run-grey-area-vm"),
+        state,
+    )
+    .kernel_params("systemd.mask=labtest-shell@labtest.shell.service")
+    .config();
+    Machine::new(config, Events::discard()).unwrap()
+}
+
+/// A start that fails after QEMU is spawned must not leave QEMU running behind a machine that
+/// no longer talks to it (exec would say "is off", start "already running").
+#[tokio::test]
+async fn a_start_that_fails_after_the_spawn_leaves_no_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine = mute_machine(&dir.path().join("state"));
+    let err = machine
+        .start_by(Instant::now() + Duration::from_secs(5))
+        .await
+        .expect_err("the guest never answers");
+    assert!(
+        err.to_string().contains("did not answer within 5s"),
+        "{err}"
+    );
+    assert!(!machine.is_running(), "QEMU still runs after: {err}");
+    assert!(support::qemu_processes_mentioning(&dir.path().to_string_lossy()).is_empty());
+}
+
+/// The same for a start whose caller stops waiting (a deadline around it, Ctrl-C).
+#[tokio::test]
+async fn a_start_dropped_before_the_guest_answers_leaves_no_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine = mute_machine(&dir.path().join("state"));
+    let start = machine.start_by(Instant::now() + Duration::from_secs(240));
+    let dropped = tokio::time::timeout(Duration::from_secs(3), start).await;
+    assert!(
+        dropped.is_err(),
+        "expected the start to be cut off: {dropped:?}"
+    );
+    assert!(!machine.is_running(), "QEMU still runs");
+    assert!(support::qemu_processes_mentioning(&dir.path().to_string_lossy()).is_empty());
 }

@@ -20,6 +20,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::vm::DEFAULT_BOOT_TIMEOUT;
 use serde::{Deserialize, Serialize};
 
 /// A fault, or the undoing of one. Machine names are the lab's.
@@ -248,9 +249,6 @@ impl Fault {
         }
     }
 }
-
-/// How long a start waits for the guest when nobody said: a cold boot under TCG.
-pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

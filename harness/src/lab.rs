@@ -12,7 +12,7 @@ use crate::events::{EventKind, Events};
 use crate::fault::Fault;
 use crate::net::{Hub, HubError};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotStore};
-use crate::vm::{Accel, Machine, MachineBuilder, VmError};
+use crate::vm::{Accel, Machine, MachineBuilder, VmError, DEFAULT_BOOT_TIMEOUT};
 
 /// `lab.toml`: what the harness must know about a lab that its run scripts do not say.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -577,7 +577,7 @@ impl LabBuilder {
             run_dir: run_dir.into(),
             accel: Accel::Tcg,
             keep: false,
-            boot_timeout: Duration::from_secs(180),
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
             kernel_params: Vec::new(),
             evidence_dir: None,
             snapshot: None,
@@ -602,6 +602,9 @@ impl LabBuilder {
         self
     }
 
+    /// From the first QEMU start to every guest channel answering (default
+    /// [`DEFAULT_BOOT_TIMEOUT`]; a restore's load and continue share it), and what a machine
+    /// later gets for [`Machine::start`].
     pub fn boot_timeout(mut self, timeout: Duration) -> Self {
         self.boot_timeout = timeout;
         self
@@ -692,9 +695,10 @@ impl LabBuilder {
             events: events.clone(),
             up_in: Duration::ZERO,
         };
+        let deadline = started + self.boot_timeout;
         match &self.snapshot {
             None => {
-                let boots = lab.machines.iter().map(|m| m.start());
+                let boots = lab.machines.iter().map(|m| m.start_by(deadline));
                 for result in futures::future::join_all(boots).await {
                     result?;
                 }
@@ -702,11 +706,13 @@ impl LabBuilder {
             Some(snapshot) => {
                 // Loaded paused, then continued within milliseconds of each other: the guests'
                 // clocks keep their mutual offsets, so no lease looks expired.
-                let loads = lab.machines.iter().map(|m| m.start_paused_from_state());
+                let loads = lab
+                    .machines
+                    .iter()
+                    .map(|m| m.start_paused_from_state(deadline));
                 for result in futures::future::join_all(loads).await {
                     result?;
                 }
-                let deadline = Instant::now() + self.boot_timeout;
                 let resumes = lab.machines.iter().map(|m| m.resume(deadline));
                 for result in futures::future::join_all(resumes).await {
                     result?;
@@ -908,15 +914,9 @@ impl Lab {
                 if running {
                     return Err(refuse(format!("{name} is already running")));
                 }
-                let boot = tokio::time::timeout(*timeout, machine.start())
+                let boot = machine
+                    .start_by(Instant::now() + *timeout)
                     .await
-                    .map_err(|_| {
-                        refuse(format!(
-                            "{name} did not answer on its guest channel within {:.0}s of starting; console log {}",
-                            timeout.as_secs_f64(),
-                            machine.console_log().display()
-                        ))
-                    })?
                     .map_err(vm)?;
                 format!(
                     "{name}: started, its guest answered after {:.1}s (boot id {})",

@@ -31,7 +31,6 @@ pub const TEST_SCOPE: &str = "test";
 
 /// How long a lab's build may take (a cold fixture lab builds a guest and Kubernetes).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a master may take to create its PKI, join token and admin kubeconfig after boot.
 const CONTROL_PLANE_FILES: Duration = Duration::from_secs(600);
 const JOIN_DEADLINE: Duration = Duration::from_secs(600);
@@ -232,7 +231,6 @@ pub async fn boot(
     events.emit(EventKind::Phase { phase: Phase::Boot });
     let mut builder = LabBuilder::new(spec.clone(), &built.run_dir)
         .accel(built.accel)
-        .boot_timeout(BOOT_TIMEOUT)
         .evidence_dir(evidence_dir);
     if let Some(snapshot) = snapshot {
         builder = builder.restore_from(snapshot);

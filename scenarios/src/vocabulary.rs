@@ -54,7 +54,7 @@ pub const VOCABULARY: &[Row] = &[
         values: &["shutdown", "start", "reboot"],
         example: "",
         keys: &["machine", "timeout"],
-        doc: "`machine`, optional `timeout` (60s / 3m / 3m)",
+        doc: "`machine`, optional `timeout` (60s / 5m / 5m)",
     },
     Row {
         kind: "fault",

@@ -36,6 +36,10 @@ use qmp::{Qmp, QmpError};
 /// The netdev id of the lab NIC in every run script (`-netdev stream,id=lab,...`).
 pub const LAB_NETDEV: &str = "lab";
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// From QEMU start to the guest channel answering, when nobody says otherwise: a machine, a
+/// lab, a fault's start and a scenario file's start all use it. Twice the slowest cold boot of
+/// the fixture lab measured on the 2-core TCG CI host (135 s for three guests at once).
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bytes per command when copying into a guest: ~43 KB of base64 on one command line.
 pub const COPY_CHUNK: usize = 32 * 1024;
 
@@ -112,6 +116,7 @@ pub struct MachineConfig {
     /// (host port on 127.0.0.1, guest port)
     pub forwards: Vec<(u16, u16)>,
     pub kernel_params: Option<String>,
+    /// What [`Machine::start`] gives the guest to answer.
     pub boot_timeout: Duration,
     /// Start the first time from a saved state instead of booting (see [`state`]).
     pub restore: Option<state::SavedState>,
@@ -150,7 +155,7 @@ impl MachineBuilder {
                 lab_socket: None,
                 forwards: Vec::new(),
                 kernel_params: None,
-                boot_timeout: Duration::from_secs(120),
+                boot_timeout: DEFAULT_BOOT_TIMEOUT,
                 restore: None,
             },
         }
@@ -185,7 +190,8 @@ impl MachineBuilder {
         self
     }
 
-    /// Deadline from QEMU start to the guest channel answering.
+    /// Deadline from QEMU start to the guest channel answering, for [`Machine::start`]
+    /// (default [`DEFAULT_BOOT_TIMEOUT`]).
     pub fn boot_timeout(mut self, timeout: Duration) -> Self {
         self.config.boot_timeout = timeout;
         self
@@ -195,7 +201,7 @@ impl MachineBuilder {
         self.config
     }
 
-    /// Starts the machine and waits for its guest channel.
+    /// Starts the machine and waits for its guest channel, at most its boot timeout.
     pub async fn start(self, events: &Events) -> Result<Machine, VmError> {
         let machine = Machine::new(self.config, events.clone())?;
         machine.start().await?;
@@ -349,27 +355,45 @@ impl Machine {
         args
     }
 
-    /// Starts QEMU (again, after a crash or shutdown) and waits for the guest channel. A machine
-    /// built with [`MachineBuilder::restore_from`] comes back from its saved state the first
-    /// time ([`Machine::start_paused_from_state`] + [`Machine::resume`]).
+    /// [`Machine::start_by`] its boot timeout from now ([`MachineBuilder::boot_timeout`]).
+    ///
+    /// # Cancel safety
+    /// As [`Machine::start_by`].
     pub async fn start(&self) -> Result<BootInfo, VmError> {
+        self.start_by(Instant::now() + self.config.boot_timeout)
+            .await
+    }
+
+    /// Starts QEMU (again, after a crash or shutdown) and waits until the guest channel answers
+    /// or `deadline` passes. A machine built with [`MachineBuilder::restore_from`] comes back
+    /// from its saved state the first time ([`Machine::start_paused_from_state`] +
+    /// [`Machine::resume`]).
+    ///
+    /// # Errors
+    /// Why QEMU did not start or its guest did not answer, with the console log; QEMU is then
+    /// killed, so the machine is off and can be started again.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: dropped before it returns, it kills QEMU and leaves the
+    /// machine off, as an error does.
+    pub async fn start_by(&self, deadline: Instant) -> Result<BootInfo, VmError> {
+        let started = Instant::now();
         if self.config.restore.is_some()
             && self.starts.load(std::sync::atomic::Ordering::Relaxed) == 0
         {
-            let started = Instant::now();
-            self.start_paused_from_state().await?;
-            let boot_id = self.resume(started + self.config.boot_timeout).await?;
+            self.start_paused_from_state(deadline).await?;
+            let boot_id = self.resume(deadline).await?;
             return Ok(BootInfo {
                 boot_id,
                 took: started.elapsed(),
             });
         }
-        let started = Instant::now();
         self.spawn(&[])?;
-        let deadline = started + self.config.boot_timeout;
+        let half_started = HalfStarted::new(self);
         let conn = self.connect(deadline, "while booting").await?;
         self.links.install(conn).await;
-        let boot_id = self.handshake(deadline).await?;
+        let boot_id = self.handshake(started, deadline).await?;
+        half_started.up();
         let info = BootInfo {
             boot_id,
             took: started.elapsed(),
@@ -492,7 +516,8 @@ impl Machine {
 
     /// Waits for the shell to answer and records the boot id. The request waits in QEMU's socket
     /// buffer until the guest opens the port, so one request is enough: no polling, no boot race.
-    async fn handshake(&self, deadline: Instant) -> Result<String, VmError> {
+    /// `since` is when QEMU started (or continued), for the error.
+    async fn handshake(&self, since: Instant, deadline: Instant) -> Result<String, VmError> {
         let mut guard = self.links.shell.lock().await;
         let shell = guard
             .as_mut()
@@ -518,7 +543,7 @@ impl Machine {
                         message: format!(
                             "the guest channel (virtio port labtest.shell) did not answer within {:.0}s of QEMU start; \
                              is labtest-shell installed in the guest? last console lines:\n{}",
-                            self.config.boot_timeout.as_secs_f64(),
+                            deadline.saturating_duration_since(since).as_secs_f64(),
                             self.console_tail(15)
                         ),
                         console: self.console_log(),
@@ -937,7 +962,7 @@ impl Machine {
         self.links.clear().await;
         let conn = self.connect(deadline, "while rebooting").await?;
         self.links.install(conn).await;
-        let boot_id = self.handshake(deadline).await?;
+        let boot_id = self.handshake(started, deadline).await?;
         if Some(&boot_id) == old.as_ref() {
             return Err(self.state_error("answered after reboot with the same boot id"));
         }
@@ -1052,6 +1077,50 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A QEMU spawned whose guest has not answered yet. Dropped before [`HalfStarted::up`] (an
+/// error, or the start's future dropped), it kills QEMU and forgets its sockets: a machine no
+/// one talks to must not keep running, or exec says "is off" and start "already running".
+struct HalfStarted<'a> {
+    machine: Option<&'a Machine>,
+}
+
+impl<'a> HalfStarted<'a> {
+    fn new(machine: &'a Machine) -> Self {
+        Self {
+            machine: Some(machine),
+        }
+    }
+
+    /// The guest answered: the machine is up and stays so.
+    fn up(mut self) {
+        self.machine = None;
+    }
+}
+
+impl Drop for HalfStarted<'_> {
+    fn drop(&mut self) {
+        let Some(machine) = self.machine else { return };
+        machine.kill();
+        // Uncontended unless the start was dropped while holding one; a link left then is
+        // replaced by the next start.
+        if let Ok(mut qmp) = machine.links.qmp.try_lock() {
+            *qmp = None;
+        }
+        if let Ok(mut shell) = machine.links.shell.try_lock() {
+            *shell = None;
+        }
+        if let Ok(mut ctl) = machine.links.ctl.try_lock() {
+            *ctl = None;
+        }
+        machine.events.emit(EventKind::MachineExited {
+            machine: machine.config.name.clone(),
+            status: machine
+                .exit_status()
+                .unwrap_or_else(|| "killed: its start did not finish".into()),
+        });
     }
 }
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::channel::sh_quote;
-use super::{Machine, VmError};
+use super::{HalfStarted, Machine, VmError};
 use crate::events::EventKind;
 use crate::wait::{poll_until, Poll, Wait};
 
@@ -161,9 +161,12 @@ impl Machine {
     ///
     /// # Errors
     /// [`VmError::State`] without a saved state or with missing files; [`VmError::Exited`] with
-    /// QEMU's own words (console log) when it rejects the state (a corrupt or foreign file).
-    pub async fn start_paused_from_state(&self) -> Result<(), VmError> {
-        let started = Instant::now();
+    /// QEMU's own words (console log) when it rejects the state (a corrupt or foreign file); a
+    /// wait error when `deadline` passes. QEMU is then killed, so the machine is off.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: dropped before it returns, it kills QEMU, as an error does.
+    pub async fn start_paused_from_state(&self, deadline: Instant) -> Result<(), VmError> {
         let saved = self
             .config
             .restore
@@ -196,7 +199,7 @@ impl Machine {
         }
         let incoming = format!("exec:cat {}", sh_quote(&saved.state.to_string_lossy()));
         self.spawn(&["-S".into(), "-incoming".into(), incoming])?;
-        let deadline = started + self.config.boot_timeout;
+        let half_started = HalfStarted::new(self);
         let conn = self
             .connect(deadline, "while loading its saved state")
             .await?;
@@ -225,6 +228,7 @@ impl Machine {
             Some(status) => self.exited(status, "while loading its saved state"),
             None => self.wait_error(e),
         })?;
+        half_started.up();
         Ok(())
     }
 
@@ -232,11 +236,16 @@ impl Machine {
     /// guest channel; returns the boot id (the saved boot's).
     ///
     /// # Errors
-    /// As [`Machine::start`].
+    /// As [`Machine::start`]: QEMU is killed then.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe: dropped before it returns, it kills QEMU, as an error does.
     pub async fn resume(&self, deadline: Instant) -> Result<String, VmError> {
         let started = Instant::now();
+        let half_started = HalfStarted::new(self);
         self.qmp("cont", None).await?;
-        let boot_id = self.handshake(deadline).await?;
+        let boot_id = self.handshake(started, deadline).await?;
+        half_started.up();
         self.events.emit(EventKind::MachineUp {
             machine: self.config.name.clone(),
             boot_time: started.elapsed(),

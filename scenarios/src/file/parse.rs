@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use harness::vm::DEFAULT_BOOT_TIMEOUT;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
@@ -445,7 +446,6 @@ impl StepReader<'_, '_> {
 
 /// Default deadlines of steps whose `timeout` is optional: long enough for a TCG guest.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -618,11 +618,11 @@ fn parse_step(
                         },
                         "start" => Fault::Start {
                             machine,
-                            timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
+                            timeout: r.duration_or("timeout", DEFAULT_BOOT_TIMEOUT)?,
                         },
                         "reboot" => Fault::Reboot {
                             machine,
-                            timeout: r.duration_or("timeout", BOOT_TIMEOUT)?,
+                            timeout: r.duration_or("timeout", DEFAULT_BOOT_TIMEOUT)?,
                         },
                         "link-down" => Fault::LinkDown { machine },
                         "link-up" => Fault::LinkUp { machine },
