@@ -627,11 +627,13 @@ async fn serve_in_background(
     let (lab, kube, target) = match booted {
         Ok((ready, target)) => (Arc::new(ready.lab), ready.kube, target),
         Err(e) => {
+            // The live view prints the error into the log `up` shows: returning it as well
+            // would print it a second time.
             events.emit(harness::events::EventKind::RunFinished {
                 aborted: Some(format!("{e:#}")),
             });
             let _ = view.join();
-            return Err(e);
+            return Ok(ExitCode::from(2));
         }
     };
     session.write_info(&Info::serving(&spec, lab_dir, &lab, &session)?)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use harness::error::Chain;
 use harness::events::{EventKind, Events, Outcome, Phase};
 use harness::kube::KubeAccess;
 use harness::lab::{Lab, LabSpec};
@@ -186,7 +187,7 @@ pub async fn run(
     let body = async {
         let mut aborted = None;
         match ready::build(lab_dir, &spec, &work, accel, &events).await {
-            Err(e) => aborted = Some(format!("the lab could not be built: {e:#}")),
+            Err(e) => aborted = Some(format!("the lab could not be built: {}", Chain(&e))),
             Ok(built) => {
                 // Without snapshots every scenario shares one boot; with them each gets a pristine
                 // Ready lab of its own, so no scenario's faults leak into the next.
@@ -218,8 +219,10 @@ pub async fn run(
                                     got
                                 }
                                 Err(e) => {
-                                    aborted =
-                                        Some(format!("the lab could not be brought up: {e:#}"));
+                                    aborted = Some(format!(
+                                        "the lab could not be brought up: {}",
+                                        Chain(&e)
+                                    ));
                                     break;
                                 }
                             }

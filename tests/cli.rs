@@ -1055,3 +1055,63 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
     );
     run_in(changed.path(), &["down"]).assert().success();
 }
+
+/// A lab whose build fails at once, before anything boots: no `nix` on PATH (and no prepare
+/// step, which would need bash). Nix's own diagnosis ("install Nix") is the error's cause.
+fn lab_without_nix() -> (tempfile::TempDir, tempfile::TempDir) {
+    let lab = tempfile::Builder::new()
+        .prefix("labtest-no-nix-")
+        .tempdir()
+        .expect("temp dir");
+    let spec = std::fs::read_to_string(vm_lab().join("lab.toml")).expect("vm-only lab.toml");
+    let spec = spec.replace("prepare = \"./prepare.sh\"\n", "");
+    std::fs::write(lab.path().join("lab.toml"), spec).expect("write lab.toml");
+    let empty_path = tempfile::tempdir().expect("temp dir");
+    (lab, empty_path)
+}
+
+/// The build's cause reaches the summary and JUnit of `run`, each cause once.
+#[test]
+fn a_run_whose_build_fails_reports_the_builds_own_error_once() {
+    let (lab, empty_path) = lab_without_nix();
+    let report = tempfile::tempdir().expect("temp dir");
+    let junit = report.path().join("junit.xml");
+    let assert = labtest()
+        .env("PATH", empty_path.path())
+        .args(["run", "--scenario", "pod-scheduling", "--lab"])
+        .arg(lab.path())
+        .arg("--report-dir")
+        .arg(report.path().join("run"))
+        .arg("--junit")
+        .arg(&junit)
+        .assert()
+        .code(2);
+    let text = output_text(&assert);
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("run aborted:"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{text}"));
+    for cause in [
+        "building lab",
+        "building its machines failed",
+        "install Nix",
+    ] {
+        assert_eq!(summary.matches(cause).count(), 1, "{cause:?} in: {summary}");
+    }
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
+    assert!(xml.contains("install Nix"), "{xml}");
+}
+
+/// `up` shows the server's log, in which the build's cause must appear once.
+#[test]
+fn an_up_whose_build_fails_prints_the_builds_own_error_once() {
+    let (lab, empty_path) = lab_without_nix();
+    let assert = labtest()
+        .env("PATH", empty_path.path())
+        .args(["up", "--no-snapshot", "--lab"])
+        .arg(lab.path())
+        .assert()
+        .code(2);
+    let text = output_text(&assert);
+    assert_eq!(text.matches("install Nix").count(), 1, "{text}");
+}

@@ -4,6 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use harness::error::Chain;
 use harness::events::{EventKind, Events};
 use harness::lab::{Lab, LabBuilder};
 use harness::vm::{Machine, MachineBuilder, VmError};
@@ -70,14 +71,14 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         matches!(err, VmError::CommandFailed { status: 1, .. }),
         "{err}"
     );
-    assert!(err.to_string().contains("nope"), "{err}");
+    assert!(Chain(&err).to_string().contains("nope"), "{err}");
     assert_eq!(
         ga.fail("echo refused >&2; exit 3").await.unwrap(),
         "refused\n"
     );
     let err = ga.fail("echo yes").await.unwrap_err();
     assert!(
-        matches!(err, VmError::CommandSucceeded { .. }) && err.to_string().contains("yes"),
+        matches!(err, VmError::CommandSucceeded { .. }) && Chain(&err).to_string().contains("yes"),
         "{err}"
     );
 
@@ -106,7 +107,10 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         .exec("sleep 300", Duration::from_secs(2))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("no reply within 2.0s"), "{err}");
+    assert!(
+        Chain(&err).to_string().contains("no reply within 2.0s"),
+        "{err}"
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(ga.succeed("echo alive").await.unwrap(), "alive\n");
 
@@ -134,7 +138,8 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string()
+        Chain(&err)
+            .to_string()
             .contains("labtest-no-such.service is inactive"),
         "{err}"
     );
@@ -146,7 +151,7 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("gave up"),
+        Chain(&err).to_string().contains("gave up"),
         "a failed unit ends the wait at once: {err}"
     );
     let health = ga.health_evidence().await;
@@ -160,7 +165,7 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         .wait_for_port(7777, &wait("port 7777", 2))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("last observed"), "{err}");
+    assert!(Chain(&err).to_string().contains("last observed"), "{err}");
     ga.succeed("nohup nc -lk -p 7777 >/dev/null 2>&1 </dev/null & disown")
         .await
         .unwrap();
@@ -209,7 +214,7 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
     assert_eq!(co.qmp_status().await.unwrap(), "paused");
     let asked = Instant::now();
     let err = co.exec("true", Duration::from_secs(30)).await.unwrap_err();
-    assert!(err.to_string().contains("is frozen"), "{err}");
+    assert!(Chain(&err).to_string().contains("is frozen"), "{err}");
     assert!(
         asked.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -294,7 +299,9 @@ async fn a_missing_run_script_is_a_clear_error() {
     .expect("no machine without a run script");
     assert!(matches!(err, VmError::NoRunScript { .. }), "{err}");
     assert!(
-        err.to_string().contains("run-ghost-vm does not exist"),
+        Chain(&err)
+            .to_string()
+            .contains("run-ghost-vm does not exist"),
         "{err}"
     );
 }
@@ -321,7 +328,7 @@ async fn a_run_script_that_exits_at_once_is_reported_with_its_output() {
         "took {:?}",
         start.elapsed()
     );
-    let text = err.to_string();
+    let text = Chain(&err).to_string();
     assert!(matches!(err, VmError::Exited { .. }), "{text}");
     assert!(text.contains("exit status: 3"), "{text}");
     assert!(text.contains("could not load kernel"), "{text}");
@@ -342,7 +349,7 @@ async fn a_guest_that_never_answers_times_out_with_its_console() {
     .await
     .err()
     .expect("the guest channel never answers");
-    let text = err.to_string();
+    let text = Chain(&err).to_string();
     assert!(
         start.elapsed() < Duration::from_secs(50),
         "took {:?}",
@@ -472,7 +479,7 @@ async fn a_start_that_fails_after_the_spawn_leaves_no_qemu() {
         .await
         .expect_err("the guest never answers");
     assert!(
-        err.to_string().contains("did not answer within 5s"),
+        Chain(&err).to_string().contains("did not answer within 5s"),
         "{err}"
     );
     assert!(!machine.is_running(), "QEMU still runs after: {err}");

@@ -178,7 +178,7 @@ where
 ///
 /// # Errors
 /// `Some(error)` when the body failed, `None` when it overran `timeout` (it is dropped).
-pub async fn once<T, E: std::fmt::Display>(
+pub async fn once<T, E: std::error::Error>(
     events: &Events,
     scope: &str,
     what: &str,
@@ -207,7 +207,7 @@ pub async fn once<T, E: std::fmt::Display>(
             scope: scope.into(),
             check: what.into(),
             reason: match e {
-                Some(e) => e.to_string(),
+                Some(e) => crate::error::Chain(e).to_string(),
                 None => format!("did not finish within {:.0}s", timeout.as_secs_f64()),
             },
             observed: None,

@@ -84,7 +84,7 @@ pub struct GenerationSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("no lab spec at {path}: {source} (a lab is a flake with a lab.toml beside it)")]
+    #[error("no lab spec at {path} (a lab is a flake with a lab.toml beside it)")]
     NoSpec {
         path: PathBuf,
         source: std::io::Error,
@@ -122,7 +122,7 @@ pub enum LabError {
         log: PathBuf,
         tail: String,
     },
-    /// Nix's diagnosis is the source: print the chain (`{:#}` in anyhow) to see it.
+    /// Nix's diagnosis is the source.
     #[error("lab {lab}: building its machines failed")]
     Build {
         lab: String,

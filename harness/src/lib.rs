@@ -17,6 +17,7 @@
 //! * [`ready`] - the top: a lab built, booted or restored, joined and through the readiness gate,
 //!   as the CLI, the scenarios and users' own tests get it ([`ready::ReadyLab`]).
 pub mod check;
+pub mod error;
 pub mod events;
 pub mod fault;
 pub mod kube;

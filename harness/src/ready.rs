@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 
+use crate::error::Chain;
 use crate::events::{EventKind, Events, Phase};
 use crate::kube::{
     conditions::look, gate, join_nodes, GateBudgets, GateError, KubeAccess, KubeError,
@@ -47,7 +48,7 @@ pub enum ReadyError {
     Lab(Box<LabError>),
     #[error(transparent)]
     Kube(#[from] KubeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Gate(#[from] Box<GateError>),
     #[error(transparent)]
     Vm(#[from] Box<VmError>),
@@ -57,14 +58,14 @@ pub enum ReadyError {
     Accel(#[from] AccelError),
     #[error(transparent)]
     Report(#[from] ReportError),
-    #[error("building lab {lab_dir}: {source}")]
+    #[error("building lab {lab_dir}")]
     Build {
         lab_dir: PathBuf,
         source: Box<LabError>,
     },
     #[error("lab {lab} has no [kubernetes] in its lab.toml, so it has no {what}")]
     NoKubernetes { lab: String, what: &'static str },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -112,7 +113,7 @@ pub fn history_file() -> PathBuf {
 /// A bring-up step before the readiness gate, reported as a check of the gate's scope so the
 /// live view and the reports show it; `within` is the step's own deadline, which it enforces
 /// itself (the slack only guards against a step that does not).
-async fn bring_up_step<T, E: std::fmt::Display + Into<ReadyError>>(
+async fn bring_up_step<T, E: std::error::Error + Into<ReadyError>>(
     events: &Events,
     what: &str,
     within: Duration,
@@ -354,8 +355,9 @@ pub async fn ready_lab(
                     Err(e) => {
                         events.emit(EventKind::Warning {
                             message: format!(
-                                "restoring snapshot {} failed ({e}); removing it, booting afresh and saving it again",
-                                dir.display()
+                                "restoring snapshot {} failed ({}); removing it, booting afresh and saving it again",
+                                dir.display(),
+                                Chain(&e)
                             ),
                         });
                         broken = true;
@@ -363,7 +365,7 @@ pub async fn ready_lab(
                 }
             }
             Err(e) => events.emit(EventKind::Warning {
-                message: format!("{e}; booting afresh and saving it"),
+                message: format!("{}; booting afresh and saving it", Chain(&e)),
             }),
         }
     }
@@ -395,7 +397,7 @@ pub async fn ready_lab(
             // again; one that took the whole readiness budget would cost every later test as
             // much.
             if started.elapsed() >= HOLD_FAILED_BRING_UPS_AFTER {
-                store.note_failed_bring_up(&spec.name, &key, &e.to_string());
+                store.note_failed_bring_up(&spec.name, &key, &Chain(&e).to_string());
             }
             return Err(e);
         }
@@ -410,7 +412,8 @@ pub async fn ready_lab(
     {
         events.emit(EventKind::Warning {
             message: format!(
-                "the Ready snapshot could not be saved: {e}; the next run boots afresh"
+                "the Ready snapshot could not be saved: {}; the next run boots afresh",
+                Chain(&e)
             ),
         });
     }

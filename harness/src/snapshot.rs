@@ -49,7 +49,7 @@ pub enum SnapshotError {
         name: String,
         reason: String,
     },
-    #[error("snapshot store {path}: {context}: {source}")]
+    #[error("snapshot store {path}: {context}")]
     Io {
         path: PathBuf,
         context: String,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use harness::error::Chain;
 use harness::events::{EventKind, Events};
 use harness::kube::access::{client_from, parse, point_at, write_kubeconfig};
 use harness::kube::conditions::{
@@ -165,7 +166,7 @@ async fn a_gate_whose_nodes_never_register_times_out_with_what_it_saw() {
         .expect_err("expected the gate to time out");
     let took = start.elapsed();
     eprintln!("[gate times out] failed after {:.2}s: {err}", secs(took));
-    let message = err.to_string();
+    let message = Chain(&err).to_string();
     assert_eq!(err.check, gate::CHECK_NODES_REGISTERED);
     assert!(
         message.contains("registered 1/3: sim-a; missing: ghost-1, ghost-2"),
@@ -225,7 +226,7 @@ async fn an_apiserver_that_never_answers_fails_the_first_check_within_its_budget
         "[apiserver never answers] failed after {:.2}s: {err}",
         secs(took)
     );
-    let message = err.to_string();
+    let message = Chain(&err).to_string();
     assert_eq!(err.check, gate::CHECK_APISERVER);
     assert!(
         message.contains("Connection refused"),

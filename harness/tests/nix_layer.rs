@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use harness::error::Chain;
 use harness::nix::{BuildProgress, Guest, GuestError, GuestOutput, Nix, NixError, SystemProfile};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -143,7 +144,7 @@ async fn failing_derivation_shows_its_log_tail() {
     assert_eq!(log_tail.len(), 25, "{log_tail:?}");
     assert_eq!(log_tail.first().map(String::as_str), Some("broken line 6"));
     assert_eq!(log_tail.last().map(String::as_str), Some("broken line 30"));
-    assert!(err.to_string().contains("broken line 30"));
+    assert!(Chain(&err).to_string().contains("broken line 30"));
 }
 
 #[tokio::test]
@@ -365,7 +366,10 @@ async fn switch_and_rollback_move_a_real_profile() {
         .switch_generation(&guest, 9)
         .await
         .expect_err("no generation 9");
-    assert!(err.to_string().contains("--switch-generation 9"), "{err}");
+    assert!(
+        Chain(&err).to_string().contains("--switch-generation 9"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -380,7 +384,7 @@ async fn rollback_without_a_previous_generation_is_a_clear_error() {
         .rollback(&guest)
         .await
         .expect_err("nothing to roll back to");
-    let text = err.to_string();
+    let text = Chain(&err).to_string();
     assert!(text.contains("nix-env --rollback"), "{text}");
     eprintln!("{text}");
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::check;
+use harness::error::Chain;
 use harness::events::{EventKind, Events, Outcome, Stream};
 use harness::kube::conditions::look;
 use harness::kube::Summary;
@@ -40,9 +41,9 @@ impl ScenarioError {
         }
     }
 
-    /// A harness-side problem, with context.
-    pub fn error(context: &str, error: impl std::fmt::Display) -> Self {
-        ScenarioError::Error(format!("{context}: {error}"))
+    /// A harness-side problem, with context and the whole chain of its causes.
+    pub fn error(context: &str, error: impl std::error::Error) -> Self {
+        ScenarioError::Error(format!("{context}: {}", Chain(&error)))
     }
 }
 
@@ -168,7 +169,7 @@ impl<'a> Ctx<'a> {
             .await
             .map_err(|e| ScenarioError::Failed {
                 check: wait.what.clone(),
-                reason: e.to_string(),
+                reason: Chain(&e).to_string(),
             })
     }
 

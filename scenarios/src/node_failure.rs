@@ -8,6 +8,7 @@
 //! a crashed guest must boot again (minutes under TCG), and TCG slows every Go binary ~10x.
 use std::time::Duration;
 
+use harness::error::Chain;
 use harness::fault::Fault;
 use harness::kube::conditions::{
     deployment_available, node_has_taint, node_not_ready, node_ready, node_without_taint,
@@ -245,7 +246,7 @@ async fn observe_failure(
                     Some((pod, node)) => Poll::Ready(format!("{pod} on {node}")),
                     None => Poll::Pending(format!("running: {running:?}")),
                 },
-                Err(e) => Poll::Pending(e.to_string()),
+                Err(e) => Poll::Pending(Chain(&e).to_string()),
             }
         })
         .await?;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use harness::error::Chain;
 use harness::kube::conditions::{
     daemonset_ready, deployment_available, pod_pending_with_reason, pod_phase, scheduler_message,
 };
@@ -228,7 +229,7 @@ async fn body(ctx: &Ctx<'_>, ns: String) -> Result<(), ScenarioError> {
                         Some(message) => Poll::Ready(message),
                         None => Poll::Pending("no scheduler message yet".into()),
                     },
-                    Err(e) => Poll::Pending(e.to_string()),
+                    Err(e) => Poll::Pending(Chain(&e).to_string()),
                 }
             },
         )

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use harness::error::Chain;
 use harness::kube::conditions::{node_not_ready, node_ready};
 use harness::lab::{build_attr, lab_nix, GenerationSpec};
 use harness::nix::SystemProfile;
@@ -47,7 +48,7 @@ async fn build(ctx: &Ctx<'_>, generation: &GenerationSpec) -> Result<PathBuf, Sc
         Duration::from_secs(3600),
     )
     .await
-    .map_err(|e| ScenarioError::Error(format!("building generation {}: {e:#}", generation.name)))?;
+    .map_err(|e| ScenarioError::error(&format!("building generation {}", generation.name), e))?;
     ctx.note("build", format!("{} = {}", generation.name, path.display()));
     Ok(path)
 }
@@ -120,7 +121,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
                 {
                     Ok(out) if out.stdout_str().trim() == "failed" => Poll::Ready(out.stdout_str()),
                     Ok(out) => Poll::Pending(format!("{unit} is {}", out.stdout_str().trim())),
-                    Err(e) => Poll::Pending(e.to_string()),
+                    Err(e) => Poll::Pending(Chain(&e).to_string()),
                 }
             },
         )

@@ -38,6 +38,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use harness::check;
+use harness::error::Chain;
 use harness::kube::conditions::{
     daemonset_ready, deployment_available, deployment_rolled_out, node_has_taint, node_not_ready,
     node_ready, node_without_taint, pod_on_node, pod_phase, pod_running,
@@ -242,7 +243,7 @@ async fn apply_manifests(ctx: &Ctx<'_>, apply: &Apply) -> Result<Vec<String>, Sc
     let (text, origin) = manifest_text(apply).map_err(ScenarioError::Error)?;
     manifest::apply(&ctx.client, &text, &origin, apply.namespace.as_deref())
         .await
-        .map_err(|e| ScenarioError::Error(e.to_string()))
+        .map_err(|e| ScenarioError::Error(Chain(&e).to_string()))
 }
 
 // ---- faults, rebuild, rollback ----
@@ -290,7 +291,7 @@ async fn rebuild_step(ctx: &Ctx<'_>, rebuild: &Rebuild) -> Result<String, Scenar
         rebuild.timeout,
     )
     .await
-    .map_err(|e| ScenarioError::Error(format!("building generation {}: {e:#}", generation.name)))?;
+    .map_err(|e| ScenarioError::error(&format!("building generation {}", generation.name), e))?;
     let nix = lab_nix(spec).map_err(|e| ScenarioError::error("finding nix", e))?;
     let activation = ctx
         .switches
@@ -460,7 +461,7 @@ async fn wait_step(
                             300
                         )
                     )),
-                    Err(e) => Poll::Pending(e.to_string()),
+                    Err(e) => Poll::Pending(Chain(&e).to_string()),
                 }
             })
             .await
@@ -510,7 +511,7 @@ async fn wait_pods(
     ctx.run_wait(wait, || async move {
         let list = match api.list(params).await {
             Ok(list) => list.items,
-            Err(e) => return Poll::Pending(format!("listing pods {pods}: {e}")),
+            Err(e) => return Poll::Pending(format!("listing pods {pods}: {}", Chain(&e))),
         };
         let live: Vec<&Pod> = list
             .iter()
@@ -571,7 +572,7 @@ async fn wait_unit(
         match guest.exec(command, EXEC_TIMEOUT).await {
             Ok(out) if out.stdout_str().trim() == wanted => Poll::Ready(()),
             Ok(out) => Poll::Pending(format!("{unit} is {}", out.stdout_str().trim())),
-            Err(e) => Poll::Pending(e.to_string()),
+            Err(e) => Poll::Pending(Chain(&e).to_string()),
         }
     })
     .await

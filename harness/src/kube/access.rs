@@ -19,6 +19,7 @@ use ::kube::{Client, Config};
 use serde_json::Value;
 
 use super::{brief, KubeError};
+use crate::error::Chain;
 use crate::vm::channel::ansi_c_quote;
 use crate::vm::{Machine, VmError};
 use crate::wait::{poll_until, Poll, Wait};
@@ -108,11 +109,11 @@ impl KubeAccess {
                     out.stdout_str()
                 }
                 Ok(_) => return Poll::Pending(format!("{guest_path} is missing or empty")),
-                Err(e) => return Poll::Pending(e.to_string()),
+                Err(e) => return Poll::Pending(Chain(&e).to_string()),
             };
             let config = match parse(&text, &origin) {
                 Ok(config) => config,
-                Err(e) => return Poll::Failed(e.to_string()),
+                Err(e) => return Poll::Failed(Chain(&e).to_string()),
             };
             let paths: Vec<String> = file_references(&config)
                 .iter()
@@ -124,7 +125,7 @@ impl KubeAccess {
                     "{guest_path} references {}, still missing or empty",
                     missing.join(", ")
                 )),
-                Err(e) => Poll::Pending(e.to_string()),
+                Err(e) => Poll::Pending(Chain(&e).to_string()),
             }
         })
         .await

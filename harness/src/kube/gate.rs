@@ -275,7 +275,7 @@ pub struct GateReport {
 /// The gate stopped at `check`.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "readiness check `{check}` failed (passed before it: {}): {source}{}",
+    "readiness check `{check}` failed (passed before it: {}{})",
     list_or_none(passed),
     evidence_suffix(evidence)
 )]
@@ -704,10 +704,10 @@ mod tests {
             passed: vec![CHECK_APISERVER.into(), CHECK_NODES_REGISTERED.into()],
         };
         assert_eq!(
-            err.to_string(),
-            "readiness check `nodes Ready` failed (passed before it: apiserver /readyz, nodes registered): \
-             timed out after 180.0s waiting for nodes Ready; last observed: 2/3 Ready; limiting-factor \
-             Ready=False (KubeletNotReady: cni); evidence: /tmp/r/limiting-factor-kubelet.txt"
+            crate::error::Chain(&err).to_string(),
+            "readiness check `nodes Ready` failed (passed before it: apiserver /readyz, nodes registered; \
+             evidence: /tmp/r/limiting-factor-kubelet.txt): timed out after 180.0s waiting for nodes Ready; \
+             last observed: 2/3 Ready; limiting-factor Ready=False (KubeletNotReady: cni)"
         );
     }
 }

@@ -142,7 +142,8 @@ pub async fn join_nodes(
                     status: None,
                     // The channel error quotes the command, token included.
                     stderr: tail_chars(
-                        &e.to_string()
+                        &crate::error::Chain(&e)
+                            .to_string()
                             .replace(&ansi_c_quote(token), "<token>")
                             .replace(token, "<token>"),
                         1500,

@@ -229,8 +229,10 @@ pub async fn apply(
         let gvk = manifest.gvk().map_err(&refused)?;
         let (resource, capabilities) = pinned_kind(client, &gvk).await.map_err(|e| {
             refused(format!(
-                "the cluster serves no {} in {}: {e}",
-                gvk.kind, manifest.type_meta.api_version
+                "the cluster serves no {} in {}: {}",
+                gvk.kind,
+                manifest.type_meta.api_version,
+                crate::error::Chain(&e)
             ))
         })?;
         let mut body = manifest.body.clone();
@@ -255,7 +257,7 @@ pub async fn apply(
             &Patch::Apply(&body),
         )
         .await
-        .map_err(|e| refused(format!("applying {place}: {e}")))?;
+        .map_err(|e| refused(format!("applying {place}: {}", crate::error::Chain(&e))))?;
         applied.push(format!(
             "applied {} {place} ({})",
             manifest.type_meta.kind, manifest.type_meta.api_version

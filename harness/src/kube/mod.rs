@@ -59,7 +59,7 @@ use crate::wait::WaitError;
 /// the evidence is.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("{machine}: could not read the admin kubeconfig {path}: {source}")]
+    #[error("{machine}: could not read the admin kubeconfig {path}")]
     FetchKubeconfig {
         machine: String,
         path: String,
@@ -80,18 +80,18 @@ pub enum KubeError {
         port: u16,
         forwards: String,
     },
-    #[error("{context} {path}: {source}")]
+    #[error("{context} {path}")]
     Io {
         context: String,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("could not build a Kubernetes client from {origin}: {source}")]
+    #[error("could not build a Kubernetes client from {origin}")]
     Client {
         origin: String,
         source: Box<::kube::Error>,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Api {
         what: String,
         source: Box<::kube::Error>,
@@ -102,7 +102,7 @@ pub enum KubeError {
         needs: String,
         seen: String,
     },
-    #[error("{machine}: join token command `{command}` failed: {source}")]
+    #[error("{machine}: join token command `{command}` failed")]
     JoinToken {
         machine: String,
         command: String,

@@ -23,7 +23,7 @@ const MAX_FRAME: usize = 65536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("hub: cannot listen on {path}: {source}")]
+    #[error("hub: cannot listen on {path}")]
     Listen {
         path: PathBuf,
         source: std::io::Error,

@@ -71,7 +71,7 @@ pub enum GenerationError {
         status: i32,
         stderr: String,
     },
-    #[error("{machine}: `{command}`: {source}")]
+    #[error("{machine}: `{command}`")]
     Guest {
         machine: String,
         command: String,

@@ -63,7 +63,7 @@ pub enum NixError {
         stderr_tail: Vec<String>,
         log_path: PathBuf,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

@@ -166,7 +166,7 @@ impl ArtifactsDir {
             // comparison next time.
             if let Err(e) = history::append(path, &history::RunRecord::from_summary(&summary, now))
             {
-                tracing::warn!("run history not updated: {e}");
+                tracing::warn!("run history not updated: {}", crate::error::Chain(&e));
             }
         }
         Ok(summary)

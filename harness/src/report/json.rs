@@ -62,7 +62,8 @@ mod tests {
     #[test]
     fn a_bad_line_is_named() {
         let err = read_events_jsonl("\n{\"elapsed\":1}\n".as_bytes()).expect_err("bad line");
-        assert!(err.to_string().starts_with("events.jsonl line 2:"), "{err}");
+        let text = crate::error::Chain(&err).to_string();
+        assert!(text.starts_with("events.jsonl line 2: "), "{text}");
     }
 
     #[test]

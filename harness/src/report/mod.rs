@@ -57,18 +57,18 @@ pub const ARTIFACTS_FOLDER: &str = "artifacts folder";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{path}: not a path inside the artifacts folder")]
     OutsideArtifacts { path: PathBuf },
-    #[error("rendering JUnit XML: {0}")]
+    #[error("rendering JUnit XML")]
     Junit(#[from] quick_junit::SerializeError),
-    #[error("rendering JSON: {0}")]
+    #[error("rendering JSON")]
     Json(#[from] serde_json::Error),
-    #[error("events.jsonl line {line}: {source}")]
+    #[error("events.jsonl line {line}")]
     BadEventLine {
         line: usize,
         source: serde_json::Error,

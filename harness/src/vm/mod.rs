@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::check;
+use crate::error::Chain;
 use crate::events::{EventKind, Events};
 use crate::fault::Fault;
 use crate::wait::{poll_until, tail_chars, Poll, Wait, WaitError};
@@ -47,7 +48,7 @@ pub const COPY_CHUNK: usize = 32 * 1024;
 pub enum VmError {
     #[error("{machine}: run script {path} does not exist or is not executable")]
     NoRunScript { machine: String, path: PathBuf },
-    #[error("{machine}: could not start {path}: {source}")]
+    #[error("{machine}: could not start {path}")]
     Spawn {
         machine: String,
         path: PathBuf,
@@ -67,13 +68,13 @@ pub enum VmError {
         message: String,
         console: PathBuf,
     },
-    #[error("{machine}: {source} (console log {console})")]
+    #[error("{machine} (console log {console})")]
     Channel {
         machine: String,
         source: Box<ChannelError>,
         console: PathBuf,
     },
-    #[error("{machine}: {source}")]
+    #[error("{machine}")]
     Qmp { machine: String, source: QmpError },
     #[error("{machine}: `{command}` exited with {status}, expected 0\nstdout: {stdout}\nstderr: {stderr}")]
     CommandFailed {
@@ -89,7 +90,7 @@ pub enum VmError {
         command: String,
         stdout: String,
     },
-    #[error("{machine}: {source} (console log {console})")]
+    #[error("{machine} (console log {console})")]
     Wait {
         machine: String,
         source: WaitError,
@@ -97,7 +98,7 @@ pub enum VmError {
     },
     #[error("{machine}: {message}")]
     State { machine: String, message: String },
-    #[error("{machine}: {context}: {source}")]
+    #[error("{machine}: {context}")]
     Io {
         machine: String,
         context: String,
@@ -499,7 +500,7 @@ impl Machine {
             }
             match Qmp::connect(&qmp_path, QMP_TIMEOUT).await {
                 Ok(qmp) => Poll::Ready(qmp),
-                Err(e) => Poll::Pending(e.to_string()),
+                Err(e) => Poll::Pending(Chain(&e).to_string()),
             }
         })
         .await
@@ -720,7 +721,7 @@ impl Machine {
                     out.status,
                     tail_chars(&format!("{}{}", out.stdout_str(), out.stderr_str()), 300)
                 )),
-                Err(e) => Poll::Pending(e.to_string()),
+                Err(e) => Poll::Pending(Chain(&e).to_string()),
             }
         })
         .await
@@ -757,7 +758,7 @@ impl Machine {
                         )),
                         other => Poll::Pending(format!("{unit} is {other}")),
                     },
-                    Err(e) => Poll::Pending(e.to_string()),
+                    Err(e) => Poll::Pending(Chain(&e).to_string()),
                 }
             }
         })
@@ -776,7 +777,7 @@ impl Machine {
             .await
         {
             Ok(out) => out.stdout_str(),
-            Err(e) => format!("(could not read the unit's status: {e})"),
+            Err(e) => format!("(could not read the unit's status: {})", Chain(&e)),
         }
     }
 
@@ -792,7 +793,7 @@ impl Machine {
             printf '\\n=== the last warnings\\n'; journalctl --no-pager -p warning -n 60 2>&1";
         match self.exec(script, Duration::from_secs(60)).await {
             Ok(out) => out.stdout_str(),
-            Err(e) => format!("(could not read the machine's health: {e})"),
+            Err(e) => format!("(could not read the machine's health: {})", Chain(&e)),
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("could not connect to QMP at {path}: {source}")]
+    #[error("could not connect to QMP at {path}")]
     Connect {
         path: PathBuf,
         source: std::io::Error,

@@ -29,6 +29,7 @@ use serde_json::json;
 
 use super::channel::sh_quote;
 use super::{HalfStarted, Machine, VmError};
+use crate::error::Chain;
 use crate::events::EventKind;
 use crate::wait::{poll_until, Poll, Wait};
 
@@ -137,7 +138,7 @@ impl Machine {
                         info["ram"]["transferred"].as_u64().unwrap_or(0)
                     )),
                 },
-                Err(e) => Poll::Failed(e.to_string()),
+                Err(e) => Poll::Failed(Chain(&e).to_string()),
             }
         })
         .await
@@ -220,7 +221,7 @@ impl Machine {
             match self.qmp_status().await {
                 Ok(status) if status == "paused" => Poll::Ready(()),
                 Ok(status) => Poll::Pending(format!("QEMU is {status}")),
-                Err(e) => Poll::Pending(e.to_string()),
+                Err(e) => Poll::Pending(Chain(&e).to_string()),
             }
         })
         .await

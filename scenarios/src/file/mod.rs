@@ -341,7 +341,7 @@ pub enum ReferenceKind {
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read scenario file {}: {source}", path.display())]
+    #[error("cannot read scenario file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
