@@ -961,6 +961,13 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
         corrupt.contains("restoring snapshot") && corrupt.contains("booting afresh"),
         "{corrupt}"
     );
+    // QEMU's refusal is the one restore failure that removes the snapshot without a retry.
+    assert!(
+        corrupt.contains("load of migration failed")
+            && corrupt.contains("cannot be restored: removing it")
+            && !corrupt.contains("trying it once more"),
+        "{corrupt}"
+    );
     assert!(corrupt.contains("snapshot ready saved"), "{corrupt}");
     assert_ne!(
         boot_id(&lab),

@@ -303,7 +303,10 @@ pub fn snapshot_target(
 /// A Ready lab: restored from the lab's Ready snapshot when one matches the lab's inputs, else
 /// booted, taken through the readiness gate and saved as that snapshot (see [`Snapshots`]). A
 /// missing, stale or broken snapshot costs one warning line and a fresh boot, never the lab.
-/// `evidence` receives console logs, the admin kubeconfig (`kubeconfig`) and the gate's
+/// A restore that fails for a reason that may pass (a host port taken meanwhile, a gate timed
+/// out on a loaded host) is tried once more, then the lab boots afresh with the snapshot left
+/// for other runs; only a snapshot QEMU cannot load is removed (under the lock, and only if it
+/// is still the one that failed). `evidence` receives console logs, the admin kubeconfig (`kubeconfig`) and the gate's
 /// evidence when it fails.
 ///
 /// # Caveats
@@ -335,7 +338,7 @@ pub async fn ready_lab(
     let SnapshotTarget { store, key } = snapshot_target(lab_dir, spec, built)?;
     // Held from the moment this process knows it must make the snapshot until it is saved.
     let mut waited_for = None;
-    let mut broken = false;
+    let mut broken = None;
     if snapshots == Snapshots::Restore {
         let mut found = store.lookup(&spec.name, READY_SNAPSHOT, &key);
         if found.is_err() {
@@ -345,22 +348,37 @@ pub async fn ready_lab(
         }
         match found {
             Ok(snapshot) => {
-                let dir = snapshot.dir.clone();
-                let restored = async {
-                    let lab = boot(spec, built, evidence, Some(snapshot), events).await?;
-                    make_ready(lab, spec, evidence, Origin::Restored, events).await
-                };
-                match restored.await {
-                    Ok(ready) => return Ok(ready),
-                    Err(e) => {
-                        events.emit(EventKind::Warning {
-                            message: format!(
-                                "restoring snapshot {} failed ({}); removing it, booting afresh and saving it again",
-                                dir.display(),
-                                Chain(&e)
-                            ),
-                        });
-                        broken = true;
+                for attempt in 1..=RESTORE_ATTEMPTS {
+                    let restored = async {
+                        let lab =
+                            boot(spec, built, evidence, Some(snapshot.clone()), events).await?;
+                        make_ready(lab, spec, evidence, Origin::Restored, events).await
+                    };
+                    let e = match restored.await {
+                        Ok(ready) => return Ok(ready),
+                        Err(e) => e,
+                    };
+                    let (retry, next) = match restore_failure(&e) {
+                        RestoreFailure::BadSnapshot => {
+                            broken = Some(snapshot.clone());
+                            (false, "it cannot be restored: removing it, booting afresh and saving it again")
+                        }
+                        RestoreFailure::Transient if attempt < RESTORE_ATTEMPTS => {
+                            (true, "trying it once more")
+                        }
+                        RestoreFailure::Transient => {
+                            (false, "booting afresh; the snapshot stays for other runs")
+                        }
+                    };
+                    events.emit(EventKind::Warning {
+                        message: format!(
+                            "restoring snapshot {} failed ({}); {next}",
+                            snapshot.dir.display(),
+                            Chain(&e)
+                        ),
+                    });
+                    if !retry {
+                        break;
                     }
                 }
             }
@@ -373,8 +391,8 @@ pub async fn ready_lab(
         Some(lock) => lock,
         None => lock_snapshot(&store, &spec.name, events).await?,
     };
-    if broken {
-        store.remove(&spec.name, READY_SNAPSHOT)?;
+    if let Some(snapshot) = &broken {
+        store.remove_if_unchanged(snapshot)?;
     }
     if snapshots == Snapshots::Restore {
         if let Some(failed) = store.failed_bring_up(&spec.name, &key) {
@@ -434,6 +452,38 @@ pub async fn restore_named(
     let snapshot = store.lookup(&spec.name, name, &key)?;
     let lab = boot(spec, built, evidence, Some(snapshot), events).await?;
     make_ready(lab, spec, evidence, Origin::Restored, events).await
+}
+
+/// How often a Ready snapshot is tried when restoring it fails for a reason that may pass.
+const RESTORE_ATTEMPTS: u32 = 2;
+
+/// What a failed restore says about the snapshot it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RestoreFailure {
+    /// QEMU cannot load it, or its files are gone: no one can restore it.
+    BadSnapshot,
+    /// Anything else (a host port taken meanwhile, a gate that timed out on a loaded host):
+    /// the snapshot may well be good, and other runs restore it.
+    Transient,
+}
+
+fn restore_failure(error: &ReadyError) -> RestoreFailure {
+    let vm = match error {
+        ReadyError::Vm(vm) => Some(vm.as_ref()),
+        ReadyError::Lab(lab) => match lab.as_ref() {
+            LabError::Vm(vm) => Some(vm.as_ref()),
+            LabError::Snapshot(SnapshotError::Unusable { .. }) => {
+                return RestoreFailure::BadSnapshot
+            }
+            _ => None,
+        },
+        ReadyError::Snapshot(SnapshotError::Unusable { .. }) => return RestoreFailure::BadSnapshot,
+        _ => None,
+    };
+    match vm {
+        Some(VmError::BadSavedState { .. }) => RestoreFailure::BadSnapshot,
+        _ => RestoreFailure::Transient,
+    }
 }
 
 /// The lock that makes one process at a time boot a lab for its Ready snapshot; held until the
@@ -907,6 +957,73 @@ impl Drop for ReadyLab {
             } else {
                 eprintln!("labtest: lab evidence in {}", self.report_dir.display());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(error: VmError) -> ReadyError {
+        ReadyError::Lab(Box::new(LabError::Vm(Box::new(error))))
+    }
+
+    /// Only a snapshot no one can restore is removed: a port race or a gate that timed out
+    /// under load must not send every other run into a cold boot.
+    #[test]
+    fn only_a_snapshot_qemu_cannot_load_counts_as_bad() {
+        let bad = [
+            vm(VmError::BadSavedState {
+                machine: "a".into(),
+                state: "/s/a.state".into(),
+                reason: "load of migration failed: Invalid argument".into(),
+                console: "/c".into(),
+            }),
+            ReadyError::Snapshot(SnapshotError::Unusable {
+                lab: "t".into(),
+                name: READY_SNAPSHOT.into(),
+                reason: "made from other inputs".into(),
+            }),
+        ];
+        for error in &bad {
+            assert_eq!(
+                restore_failure(error),
+                RestoreFailure::BadSnapshot,
+                "{}",
+                Chain(error)
+            );
+        }
+        let transient = [
+            vm(VmError::Exited {
+                machine: "a".into(),
+                status: "exit status: 1".into(),
+                during: "while loading its saved state".into(),
+                console: "/c".into(),
+                tail: "could not set up host forwarding rule 'tcp:127.0.0.1:40000-:6443'".into(),
+            }),
+            ReadyError::Gate(Box::new(crate::kube::GateError {
+                check: gate::CHECK_NODES_READY.into(),
+                source: crate::wait::WaitError::Timeout {
+                    what: gate::CHECK_NODES_READY.into(),
+                    elapsed: Duration::from_secs(60),
+                    last_observed: "2/3 Ready".into(),
+                },
+                evidence: Vec::new(),
+                passed: Vec::new(),
+            })),
+            ReadyError::StepTimeout {
+                what: "admin kubeconfig".into(),
+                timeout: Duration::from_secs(60),
+            },
+        ];
+        for error in &transient {
+            assert_eq!(
+                restore_failure(error),
+                RestoreFailure::Transient,
+                "{}",
+                Chain(error)
+            );
         }
     }
 }

@@ -272,10 +272,7 @@ impl SnapshotStore {
         let mut found = Vec::new();
         for lab in read_dirs(&self.root) {
             for dir in read_dirs(&lab) {
-                let Ok(text) = std::fs::read_to_string(dir.join(META)) else {
-                    continue;
-                };
-                if let Ok(meta) = serde_json::from_str::<SnapshotMeta>(&text) {
+                if let Some(meta) = read_meta(&dir) {
                     found.push(Snapshot { dir, meta });
                 }
             }
@@ -294,6 +291,20 @@ impl SnapshotStore {
             return Ok(false);
         }
         std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, "removing", e))?;
+        Ok(true)
+    }
+
+    /// Removes `snapshot` if it is still the one in its place: one that failed to restore must
+    /// not take a newer one, saved meanwhile under the same name, with it. `false` when it was
+    /// already gone or replaced.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`].
+    pub fn remove_if_unchanged(&self, snapshot: &Snapshot) -> Result<bool, SnapshotError> {
+        if read_meta(&snapshot.dir).as_ref() != Some(&snapshot.meta) {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(&snapshot.dir).map_err(|e| io(&snapshot.dir, "removing", e))?;
         Ok(true)
     }
 
@@ -418,6 +429,12 @@ pub struct FailedBringUp {
     pub error: String,
 }
 
+/// The `snapshot.json` in `dir`, if it reads.
+fn read_meta(dir: &Path) -> Option<SnapshotMeta> {
+    let text = std::fs::read_to_string(dir.join(META)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// `.part-<name>-<pid>` of a process that still runs (a concurrent save of the same lab).
 fn owned_by_live_process(dir_name: &str) -> bool {
     dir_name
@@ -540,6 +557,28 @@ mod tests {
         std::fs::write(found.dir.join("a.state"), b"").unwrap();
         let err = store.lookup("t", "ready", &k).unwrap_err();
         assert!(err.to_string().contains("missing or empty"), "{err}");
+
+        // A snapshot that failed to restore is removed only while it is still in its place.
+        let mut replaced = found.clone();
+        replaced.meta.created = 1;
+        assert!(!store.remove_if_unchanged(&replaced).unwrap());
+        assert!(
+            found.dir.exists(),
+            "a newer snapshot went with an older one"
+        );
+        let copy = store.begin("t", "copy").unwrap();
+        std::fs::write(copy.join("a.state"), b"QEVM").unwrap();
+        let copy = store
+            .commit(
+                &copy,
+                &SnapshotMeta {
+                    name: "copy".into(),
+                    ..meta(&k)
+                },
+            )
+            .unwrap();
+        assert!(store.remove_if_unchanged(&copy).unwrap());
+        assert!(!copy.dir.exists());
 
         std::fs::write(found.dir.join(META), "{").unwrap();
         let err = store.lookup("t", "ready", &k).unwrap_err();

@@ -98,6 +98,17 @@ pub enum VmError {
     },
     #[error("{machine}: {message}")]
     State { machine: String, message: String },
+    /// The saved state itself is unusable (QEMU refused to load it, or its files are gone):
+    /// unlike every other restore failure, trying again cannot help.
+    #[error(
+        "{machine}: its saved state {state} cannot be restored: {reason}; console log {console}"
+    )]
+    BadSavedState {
+        machine: String,
+        state: PathBuf,
+        reason: String,
+        console: PathBuf,
+    },
     #[error("{machine}: {context}")]
     Io {
         machine: String,
@@ -797,21 +808,29 @@ impl Machine {
         }
     }
 
-    /// Waits until `text` appears in the console log (this start's part of it).
-    pub async fn wait_for_console_text(&self, text: &str, wait: &Wait) -> Result<(), VmError> {
+    /// The console log from this start's marker on (all of it if the marker is missing).
+    fn console_of_this_start(&self) -> String {
         let marker = format!(
             "=== labtest: start #{} ",
             self.starts.load(std::sync::atomic::Ordering::Relaxed)
         );
+        let log = std::fs::read_to_string(self.console_log()).unwrap_or_default();
+        match log.rfind(&marker) {
+            Some(at) => log[at..].to_string(),
+            None => log,
+        }
+    }
+
+    /// Waits until `text` appears in the console log (this start's part of it).
+    pub async fn wait_for_console_text(&self, text: &str, wait: &Wait) -> Result<(), VmError> {
         check::run(&self.events, self.name(), wait, || async {
-            let log = std::fs::read_to_string(self.console_log()).unwrap_or_default();
-            let this_start = log.rfind(&marker).map_or(log.as_str(), |at| &log[at..]);
+            let this_start = self.console_of_this_start();
             if this_start.contains(text) {
                 Poll::Ready(())
             } else if let Some(exit) = self.exit_status() {
                 Poll::Failed(format!("QEMU exited: {exit}"))
             } else {
-                Poll::Pending(format!("last console line: {}", last_line(this_start)))
+                Poll::Pending(format!("last console line: {}", last_line(&this_start)))
             }
         })
         .await

@@ -161,9 +161,10 @@ impl Machine {
     /// [`Machine::resume`]. Its disk is a fresh overlay above the frozen one.
     ///
     /// # Errors
-    /// [`VmError::State`] without a saved state or with missing files; [`VmError::Exited`] with
-    /// QEMU's own words (console log) when it rejects the state (a corrupt or foreign file); a
-    /// wait error when `deadline` passes. QEMU is then killed, so the machine is off.
+    /// [`VmError::BadSavedState`] with QEMU's own words when the files are missing or QEMU
+    /// rejects the state (a corrupt or foreign file); [`VmError::Exited`] when QEMU exits for
+    /// another reason (a host port taken meanwhile); a wait error when `deadline` passes. QEMU
+    /// is then killed, so the machine is off.
     ///
     /// # Cancel safety
     /// This method is cancel safe: dropped before it returns, it kills QEMU, as an error does.
@@ -173,10 +174,16 @@ impl Machine {
             .restore
             .as_ref()
             .ok_or_else(|| self.state_error("has no saved state to start from"))?;
+        let bad = |reason: String| VmError::BadSavedState {
+            machine: self.config.name.clone(),
+            state: saved.state.clone(),
+            reason,
+            console: self.console_log(),
+        };
         for file in [&saved.state, &saved.disk] {
             if !file.is_file() {
-                return Err(self.state_error(&format!(
-                    "starting from a saved state: expected {}, it does not exist",
+                return Err(bad(format!(
+                    "expected {}, it does not exist",
                     file.display()
                 )));
             }
@@ -192,7 +199,7 @@ impl Machine {
             .output()
             .map_err(|e| self.io("running qemu-img create", e))?;
         if !out.status.success() {
-            return Err(self.state_error(&format!(
+            return Err(bad(format!(
                 "qemu-img create of an overlay above {} failed: {}",
                 saved.disk.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
@@ -201,9 +208,21 @@ impl Machine {
         let incoming = format!("exec:cat {}", sh_quote(&saved.state.to_string_lossy()));
         self.spawn(&["-S".into(), "-incoming".into(), incoming])?;
         let half_started = HalfStarted::new(self);
+        // QEMU's words when the stream is not one it can load (corrupt, or another QEMU's).
+        let rejected = |error: VmError| {
+            let console = self.console_of_this_start();
+            match console
+                .lines()
+                .find(|l| l.contains("load of migration failed"))
+            {
+                Some(line) => bad(line.trim().to_string()),
+                None => error,
+            }
+        };
         let conn = self
             .connect(deadline, "while loading its saved state")
-            .await?;
+            .await
+            .map_err(rejected)?;
         self.links.install(conn).await;
         let wait = Wait::new(
             format!(
@@ -226,7 +245,7 @@ impl Machine {
         })
         .await
         .map_err(|e| match self.exit_status() {
-            Some(status) => self.exited(status, "while loading its saved state"),
+            Some(status) => rejected(self.exited(status, "while loading its saved state")),
             None => self.wait_error(e),
         })?;
         half_started.up();
