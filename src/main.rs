@@ -444,9 +444,10 @@ async fn up(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
-        let text = std::fs::read_to_string(session.log()).unwrap_or_default();
-        print!("{}", &text[shown.min(text.len())..]);
-        shown = text.len();
+        let log = std::fs::read(session.log()).unwrap_or_default();
+        let (text, taken) = whole_chars(&log[shown.min(log.len())..]);
+        print!("{text}");
+        shown += taken;
         if let Some(info) = session.info() {
             println!("lab {} is up", info.lab);
             print_reach(&info);
@@ -481,6 +482,16 @@ async fn up(
         );
         return Ok(ExitCode::from(code));
     }
+}
+
+/// The text of `bytes` up to the last whole character, and how many bytes that is: a read of
+/// a log being written may end inside a character, whose rest the next read brings.
+fn whole_chars(bytes: &[u8]) -> (String, usize) {
+    let end = match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        _ => bytes.len(),
+    };
+    (String::from_utf8_lossy(&bytes[..end]).into_owned(), end)
 }
 
 /// SIGTERM lets the server tear the lab down and keep its evidence; SIGKILL only if that takes
@@ -649,4 +660,22 @@ async fn serve_in_background(
     events.emit(harness::events::EventKind::RunFinished { aborted: None });
     let _ = view.join();
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read of the log can end inside a character: what is shown stops before it, and the
+    /// next read shows the rest once.
+    #[test]
+    fn a_log_read_that_ends_inside_a_character_is_shown_once() {
+        let log = "boot ✓ done\n".as_bytes();
+        let cut = "boot ✓".len() - 1;
+        let (first, shown) = whole_chars(&log[..cut]);
+        assert_eq!(first, "boot ");
+        let (rest, more) = whole_chars(&log[shown..]);
+        assert_eq!(format!("{first}{rest}"), "boot ✓ done\n");
+        assert_eq!(shown + more, log.len());
+    }
 }
