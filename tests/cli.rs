@@ -1122,3 +1122,31 @@ fn an_up_whose_build_fails_prints_the_builds_own_error_once() {
     let text = output_text(&assert);
     assert_eq!(text.matches("install Nix").count(), 1, "{text}");
 }
+
+/// A prepare step that cannot even be started (no bash on PATH) is said to be that, not a
+/// problem with the lab's state dir.
+#[test]
+fn a_prepare_step_that_cannot_start_is_named_as_such() {
+    let (lab, empty_path) = lab_without_nix();
+    let spec = std::fs::read_to_string(lab.path().join("lab.toml")).expect("lab.toml");
+    let spec = spec.replace(
+        "name = \"vm-only\"\n",
+        "name = \"vm-only\"\nprepare = \"true\"\n",
+    );
+    std::fs::write(lab.path().join("lab.toml"), spec).expect("write lab.toml");
+    let report = tempfile::tempdir().expect("temp dir");
+    let assert = labtest()
+        .env("PATH", empty_path.path())
+        .args(["run", "--scenario", "pod-scheduling", "--lab"])
+        .arg(lab.path())
+        .arg("--report-dir")
+        .arg(report.path())
+        .assert()
+        .code(2);
+    let text = output_text(&assert);
+    assert!(
+        text.contains("could not start its prepare step `true`"),
+        "{text}"
+    );
+    assert!(!text.contains("state dir"), "{text}");
+}

@@ -114,6 +114,18 @@ pub enum LabError {
     /// A fault that makes no sense on this lab, or not in the state it is in now.
     #[error("fault `{fault}` refused: {reason}")]
     FaultRefused { fault: String, reason: String },
+    #[error("lab {lab}: could not start its prepare step `{command}` with bash")]
+    PrepareSpawn {
+        lab: String,
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("lab {lab}: `nix build {installable}` succeeded but named no output path; expected one (log in {out_dir})")]
+    NoBuildOutput {
+        lab: String,
+        installable: String,
+        out_dir: PathBuf,
+    },
     #[error("lab {lab}: prepare step `{command}` failed ({status}); log {log}:\n{tail}")]
     Prepare {
         lab: String,
@@ -160,7 +172,11 @@ pub async fn build(
             .stderr(file_err)
             .status()
             .await
-            .map_err(LabError::StateDir)?;
+            .map_err(|source| LabError::PrepareSpawn {
+                lab: spec.name.clone(),
+                command: command.clone(),
+                source,
+            })?;
         if !status.success() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
@@ -209,10 +225,14 @@ pub async fn build_attr(
         })
         .await
         .map_err(build_error)?;
-    paths.into_iter().next().ok_or_else(|| LabError::BadSpec {
-        path: lab_dir.join("lab.toml"),
-        message: format!("nix build {what} returned no output path"),
-    })
+    paths
+        .into_iter()
+        .next()
+        .ok_or_else(|| LabError::NoBuildOutput {
+            lab: spec.name.clone(),
+            installable: what,
+            out_dir: out_dir.to_path_buf(),
+        })
 }
 
 /// `nix` with the lab's own settings (`nix_config` in lab.toml).
