@@ -11,7 +11,9 @@ use serde::Deserialize;
 use crate::events::{EventKind, Events};
 use crate::fault::Fault;
 use crate::net::{Hub, HubError};
+use crate::sampler::{Sampler, SamplerConfig};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotStore};
+use crate::vm::cpus::HostCpus;
 use crate::vm::{Accel, Machine, MachineBuilder, VmError};
 
 /// `lab.toml`: what the harness must know about a lab that its run scripts do not say.
@@ -567,6 +569,7 @@ pub struct LabBuilder {
     kernel_params: Vec<(String, String)>,
     evidence_dir: Option<PathBuf>,
     snapshot: Option<Snapshot>,
+    host_cpus: Option<HostCpus>,
 }
 
 impl LabBuilder {
@@ -581,7 +584,15 @@ impl LabBuilder {
             kernel_params: Vec::new(),
             evidence_dir: None,
             snapshot: None,
+            host_cpus: None,
         }
+    }
+
+    /// Runs every QEMU of the lab on these host CPUs only (`LABTEST_HOST_CPUS`), to see how the
+    /// lab fares on a smaller host.
+    pub fn host_cpus(mut self, cpus: Option<HostCpus>) -> Self {
+        self.host_cpus = cpus;
+        self
     }
 
     /// Starts every machine from `snapshot` instead of booting: all load paused, then continue
@@ -664,6 +675,7 @@ impl LabBuilder {
             )
             .accel(self.accel)
             .boot_timeout(self.boot_timeout)
+            .host_cpus(self.host_cpus)
             .lab_socket(hub.socket(&spec.name)?);
             if let Some((_, port)) = master.as_ref().filter(|(m, _)| *m == spec.name) {
                 builder = builder.forward(*port);
@@ -682,6 +694,15 @@ impl LabBuilder {
             }
             machines.push(Arc::new(Machine::new(builder.config(), events.clone())?));
         }
+        if let Some(cpus) = &self.host_cpus {
+            events.emit(EventKind::Warning {
+                message: format!(
+                    "the lab's QEMUs are confined to {} host CPU{} (LABTEST_HOST_CPUS): expect it slower",
+                    cpus.count(),
+                    if cpus.count() == 1 { "" } else { "s" }
+                ),
+            });
+        }
         let mut lab = Lab {
             spec: self.spec,
             machines,
@@ -691,6 +712,7 @@ impl LabBuilder {
             evidence_dir: self.evidence_dir,
             events: events.clone(),
             up_in: Duration::ZERO,
+            sampler: None,
         };
         match &self.snapshot {
             None => {
@@ -718,6 +740,11 @@ impl LabBuilder {
             }
         }
         lab.up_in = started.elapsed();
+        let sampling = SamplerConfig {
+            confined_to: self.host_cpus.map(|c| c.count() as u32),
+            ..SamplerConfig::default()
+        };
+        lab.sampler = Sampler::start(lab.machines.clone(), events, sampling);
         tracing::info!(
             "lab {} up in {:.1}s",
             lab.spec.name,
@@ -742,9 +769,20 @@ pub struct Lab {
     evidence_dir: Option<PathBuf>,
     events: Events,
     up_in: Duration,
+    /// Samples where the CPU goes from the moment the lab is up until it is dropped.
+    sampler: Option<Sampler>,
 }
 
 impl Lab {
+    /// The CPU samples of the last minutes ([`crate::sampler`]), oldest first: for failure
+    /// evidence and `labtest top`.
+    pub fn recent_samples(&self) -> Vec<crate::events::Event> {
+        self.sampler
+            .as_ref()
+            .map(Sampler::recent)
+            .unwrap_or_default()
+    }
+
     /// From the first QEMU start to every guest channel answering (booted or restored): how
     /// fast this machine runs these guests, which later deadlines may scale by.
     pub fn up_in(&self) -> Duration {
@@ -1070,6 +1108,8 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // No sample of machines on their way down.
+        self.sampler.take();
         for machine in &self.machines {
             machine.kill();
         }
