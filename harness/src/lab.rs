@@ -694,15 +694,6 @@ impl LabBuilder {
             }
             machines.push(Arc::new(Machine::new(builder.config(), events.clone())?));
         }
-        if let Some(cpus) = &self.host_cpus {
-            events.emit(EventKind::Warning {
-                message: format!(
-                    "the lab's QEMUs are confined to {} host CPU{} (LABTEST_HOST_CPUS): expect it slower",
-                    cpus.count(),
-                    if cpus.count() == 1 { "" } else { "s" }
-                ),
-            });
-        }
         let mut lab = Lab {
             spec: self.spec,
             machines,

@@ -101,6 +101,9 @@ pub enum VmError {
         context: String,
         source: std::io::Error,
     },
+    /// A bad `LABTEST_HOST_CPUS`: how to start QEMU, wrong before any machine starts.
+    #[error(transparent)]
+    HostCpus(#[from] cpus::HostCpusError),
 }
 
 /// How to start one machine. Build with [`MachineBuilder`].
