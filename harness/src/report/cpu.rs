@@ -264,10 +264,7 @@ pub fn starved(host: &HostCpu, vcpus: u32) -> Option<String> {
         "only {} of the host's {}",
         host.cpus_allowed, host.cpus_online
     );
-    let confined = host
-        .confined_to
-        .map(|n| format!(" (LABTEST_HOST_CPUS={n})"))
-        .unwrap_or_default();
+    let confined = confined_note(host.confined_to);
     if host.cpus_allowed > 0 && vcpus > host.cpus_allowed {
         reasons.push(format!(
             "the lab's QEMUs could use {only} CPUs{confined} for {}",
@@ -339,9 +336,7 @@ impl CpuSummary {
             h.steal_max,
             h.cpus_allowed,
             h.cpus_online,
-            h.confined_to
-                .map(|n| format!(" (LABTEST_HOST_CPUS={n})"))
-                .unwrap_or_default(),
+            confined_note(h.confined_to),
             self.sampler.host_pct_mean,
             self.sampler.guest_pct_mean
         );
@@ -427,10 +422,7 @@ pub fn evidence_text(samples: &[Event]) -> String {
             let _ = writeln!(out, "{row}");
         }
     }
-    if let Some(h) = samples.iter().rev().find_map(|e| match &e.kind {
-        EventKind::HostSample(h) => Some(h),
-        _ => None,
-    }) {
+    if let Some(h) = last_host(samples) {
         let _ = writeln!(out, "\n{}", host_line(h));
     }
     out
@@ -449,15 +441,27 @@ fn guest_cells(g: &GuestUse) -> String {
     )
 }
 
+fn last_host(samples: &[Event]) -> Option<&HostUse> {
+    samples.iter().rev().find_map(|e| match &e.kind {
+        EventKind::HostSample(h) => Some(h),
+        _ => None,
+    })
+}
+
+/// ` (LABTEST_HOST_CPUS=N)` when the lab was confined on purpose: every rendering names it.
+pub fn confined_note(confined_to: Option<u32>) -> String {
+    confined_to
+        .map(|n| format!(" (LABTEST_HOST_CPUS={n})"))
+        .unwrap_or_default()
+}
+
 fn host_line(h: &HostUse) -> String {
     format!(
         "host: steal {:.1}%, the QEMUs may use {} of {} CPUs{}; sampler {:.1}% of a core",
         h.steal_pct,
         h.cpus_allowed,
         h.cpus_online,
-        h.confined_to
-            .map(|n| format!(" (LABTEST_HOST_CPUS={n})"))
-            .unwrap_or_default(),
+        confined_note(h.confined_to),
         h.sampler_pct
     )
 }
@@ -529,10 +533,7 @@ pub fn top_text(samples: &[Event]) -> String {
             let _ = writeln!(out, "{pad:<width$}  last guest sample missing: {why}");
         }
     }
-    if let Some(h) = samples.iter().rev().find_map(|e| match &e.kind {
-        EventKind::HostSample(h) => Some(h),
-        _ => None,
-    }) {
+    if let Some(h) = last_host(samples) {
         let _ = writeln!(out, "{}", host_line(h));
     }
     out

@@ -1023,9 +1023,7 @@ fn cpu_table(out: &mut String, s: &Summary) {
         h.steal_max,
         h.cpus_allowed,
         h.cpus_online,
-        h.confined_to
-            .map(|n| format!(" (LABTEST_HOST_CPUS={n})"))
-            .unwrap_or_default(),
+        super::cpu::confined_note(h.confined_to),
         cpu.sampler.host_pct_mean,
         cpu.sampler.guest_pct_mean
     );
