@@ -1042,6 +1042,12 @@ impl Lab {
         events: &Events,
     ) -> Result<Snapshot, LabError> {
         let started = Instant::now();
+        // A sampling command caught half-way would be saved with the guest, and its reply come
+        // back into a restored lab's fresh channel.
+        let _quiet = match &self.sampler {
+            Some(sampler) => Some(sampler.hold_guests().await),
+            None => None,
+        };
         let part = store.begin(&self.spec.name, name)?;
         let pauses = self.machines.iter().map(|m| m.pause());
         let paused = futures::future::join_all(pauses).await;

@@ -61,6 +61,9 @@ struct Shared {
     /// The guest half's latest result per machine, for the next machine sample to carry.
     guest: Mutex<HashMap<String, Result<GuestUse, String>>>,
     recent: Mutex<VecDeque<(Instant, Event)>>,
+    /// Held by a round of guest samples, and by whoever needs the guest channels quiet
+    /// ([`Sampler::hold_guests`]).
+    guest_round: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Sampler {
@@ -78,6 +81,7 @@ impl Sampler {
             busy: AtomicU64::new(0),
             guest: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
+            guest_round: Arc::new(tokio::sync::Mutex::new(())),
         });
         let task = runtime.spawn({
             let shared = shared.clone();
@@ -89,6 +93,13 @@ impl Sampler {
             }
         });
         Some(Sampler { task, shared })
+    }
+
+    /// No guest is sampled while the returned guard lives; waits for a round under way to end
+    /// (within [`SamplerConfig::guest_timeout`] and the channel's rescue). A snapshot takes it,
+    /// so that no sampling command is caught half-way in a saved guest.
+    pub async fn hold_guests(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.shared.guest_round.clone().lock_owned().await
     }
 
     /// The samples of the last [`SamplerConfig::keep`], oldest first.
@@ -195,6 +206,7 @@ async fn guest_loop(shared: &Shared, machines: &[Arc<Machine>]) {
     let mut last: HashMap<String, GuestReading> = HashMap::new();
     loop {
         tick.tick().await;
+        let _round = shared.guest_round.lock().await;
         let asks = machines.iter().filter(|m| m.is_running()).map(|m| async {
             let answer = m
                 .exec_if_idle(GUEST_COMMAND, shared.config.guest_timeout)
