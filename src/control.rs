@@ -42,6 +42,8 @@ pub enum Request {
     Snapshot {
         name: String,
     },
+    /// The latest CPU samples of every machine (`labtest top`); status 0 once there are any.
+    Top,
     Down,
 }
 

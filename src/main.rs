@@ -57,6 +57,8 @@ enum Command {
         /// Bring back the snapshot NAME (`labtest snapshot save NAME`) instead of the Ready one.
         #[arg(long, value_name = "NAME", conflicts_with_all = ["fresh", "no_snapshot"])]
         from: Option<String>,
+        #[command(flatten)]
+        host_cpus: run::HostCpusArg,
     },
     /// Whole-lab snapshots: save the running lab, list and remove saved ones.
     Snapshot {
@@ -65,6 +67,13 @@ enum Command {
     },
     /// Show the running lab's machines.
     Status,
+    /// Where the running lab's CPU goes: each machine's host CPU, per vCPU, RSS, and the guest's
+    /// user/system share and busiest processes, refreshed every few seconds until Ctrl-C.
+    Top {
+        /// Print one sample and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Tear the running lab down.
     Down,
     /// Run a command in a guest and exit with its status.
@@ -115,6 +124,8 @@ enum Command {
         snapshot: run::SnapshotArgs,
         #[arg(long)]
         from: Option<String>,
+        #[command(flatten)]
+        host_cpus: run::HostCpusArg,
     },
 }
 
@@ -133,7 +144,7 @@ impl Command {
     fn default_timeout(&self) -> u64 {
         match self {
             Command::Run(_) => 14_400,
-            Command::Up { .. } | Command::Serve { .. } => 3_600,
+            Command::Up { .. } | Command::Serve { .. } | Command::Top { once: false } => 3_600,
             Command::Rebuild { .. } => 3_900,
             Command::Start { .. } | Command::Rollback { .. } => 900,
             Command::Exec { .. } | Command::Snapshot { .. } | Command::Cache { .. } => 600,
@@ -144,7 +155,7 @@ impl Command {
             | Command::Thaw { .. }
             | Command::Partition { .. }
             | Command::Heal { .. } => 60,
-            Command::Status | Command::List => 30,
+            Command::Status | Command::List | Command::Top { once: true } => 30,
         }
     }
 }
@@ -197,10 +208,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run::run(&cli.lab, cli.accel, args, timeout).await,
-        Command::Up { snapshot, from } => up(&cli.lab, cli.accel, timeout, snapshot, from).await,
-        Command::Serve { snapshot, from } => {
-            serve_in_background(&cli.lab, cli.accel, snapshot, from).await
-        }
+        Command::Up {
+            snapshot,
+            from,
+            host_cpus,
+        } => up(&cli.lab, cli.accel, timeout, snapshot, from, host_cpus).await,
+        Command::Serve {
+            snapshot,
+            from,
+            host_cpus,
+        } => serve_in_background(&cli.lab, cli.accel, snapshot, from, host_cpus).await,
+        Command::Top { once } => top(&cli.lab, once, timeout).await,
         Command::Snapshot { action } => snapshot_command(&cli.lab, action, secs).await,
         Command::Cache { action } => cache::command(&cli.lab, action.unwrap_or(CacheCommand::List)),
         Command::Status => {
@@ -397,8 +415,10 @@ async fn up(
     timeout: Duration,
     snapshot: run::SnapshotArgs,
     from: Option<String>,
+    host_cpus: run::HostCpusArg,
 ) -> Result<ExitCode> {
     LabSpec::load(lab_dir)?;
+    host_cpus.parse()?;
     if let Some(name) = &from {
         check_snapshot_name(name)?;
     }
@@ -432,6 +452,12 @@ async fn up(
         .args(snapshot.fresh.then_some("--fresh"))
         .args(snapshot.no_snapshot.then_some("--no-snapshot"))
         .args(from.iter().flat_map(|name| ["--from", name.as_str()]))
+        .args(
+            host_cpus
+                .host_cpus
+                .iter()
+                .flat_map(|n| ["--host-cpus", n.as_str()]),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -492,6 +518,55 @@ fn whole_chars(bytes: &[u8]) -> (String, usize) {
         _ => bytes.len(),
     };
     (String::from_utf8_lossy(&bytes[..end]).into_owned(), end)
+}
+
+/// How often `labtest top` asks the lab's server: about a host sample's interval.
+const TOP_EVERY: Duration = Duration::from_secs(3);
+
+/// `labtest top`: the latest CPU samples of the lab that is up, again every few seconds until
+/// Ctrl-C or the deadline; `--once` waits (within the deadline) for the first samples, prints
+/// them and exits 0.
+async fn top(lab_dir: &Path, once: bool, timeout: Duration) -> Result<ExitCode> {
+    let session = running(lab_dir)?;
+    let deadline = Instant::now() + timeout;
+    let redraw = !once && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ask = left.min(Duration::from_secs(30)).as_secs().max(1);
+        let reply = call(&session, Request::Top, ask).await?;
+        let sampled = reply.status == Some(0);
+        if !once || sampled {
+            if redraw {
+                // Clear the screen and home the cursor: one view, like top(1).
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", reply.text);
+            if once {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if left < TOP_EVERY {
+            if once {
+                bail!(
+                    "no CPU samples from the lab within {}s (--timeout)",
+                    timeout.as_secs()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let pause = if once {
+            Duration::from_secs(1)
+        } else {
+            TOP_EVERY
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            // Ctrl-C is how a watch ends: not a failure.
+            _ = run::first_signal(&mut term, &mut int) => return Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
 /// SIGTERM lets the server tear the lab down and keep its evidence; SIGKILL only if that takes
@@ -604,7 +679,9 @@ async fn serve_in_background(
     accel: AccelChoice,
     snapshot: run::SnapshotArgs,
     from: Option<String>,
+    host_cpus: run::HostCpusArg,
 ) -> Result<ExitCode> {
+    let host_cpus = host_cpus.parse()?;
     let session = Session::for_lab(lab_dir)?;
     let Some(_lock) = session.lock()? else {
         bail!("another server already serves {}", lab_dir.display());
@@ -614,7 +691,7 @@ async fn serve_in_background(
     let view = live::spawn(&events, live::Mode::Plain);
     let work = session.dir.join("work");
     let booted = async {
-        let built = ready::build(lab_dir, &spec, &work, accel, &events).await?;
+        let built = ready::build(lab_dir, &spec, &work, accel, host_cpus, &events).await?;
         let ready = match &from {
             Some(name) => {
                 ready::restore_named(lab_dir, &spec, &built, &session.dir, name, &events).await?

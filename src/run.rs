@@ -13,6 +13,7 @@ use harness::lab::{Lab, LabSpec};
 use harness::ready::{self, SnapshotTarget, Snapshots};
 use harness::report::{live, ArtifactsDir};
 use harness::vm::accel::AccelChoice;
+use harness::vm::cpus::HostCpus;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use scenarios::file::ScenarioFile;
@@ -45,6 +46,8 @@ pub struct RunArgs {
     keep: bool,
     #[command(flatten)]
     snapshot: SnapshotArgs,
+    #[command(flatten)]
+    pub host_cpus: HostCpusArg,
     /// Run on the lab `labtest up` keeps running for this lab dir instead of a lab of the run's
     /// own: no boot, no restore, so an incident can be iterated on in seconds. The scenarios
     /// see the lab as it is (faults and rebuilds made since `up` included).
@@ -62,6 +65,22 @@ pub struct SnapshotArgs {
     /// Boot once and run every scenario on that one boot; neither read nor write snapshots.
     #[arg(long)]
     pub no_snapshot: bool,
+}
+
+/// `--host-cpus N` / `LABTEST_HOST_CPUS=N`: how much host a lab gets.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct HostCpusArg {
+    /// Confine every QEMU of the lab to the first N host CPUs (N from 1 to the CPUs labtest may
+    /// use), to see how the lab fares on a smaller host.
+    #[arg(long, value_name = "N", env = "LABTEST_HOST_CPUS")]
+    pub host_cpus: Option<String>,
+}
+
+impl HostCpusArg {
+    /// The CPUs asked for, checked against this host before anything builds or boots.
+    pub fn parse(&self) -> Result<Option<HostCpus>> {
+        Ok(self.host_cpus.as_deref().map(HostCpus::parse).transpose()?)
+    }
 }
 
 impl SnapshotArgs {
@@ -163,6 +182,7 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<ExitCode> {
     let spec = LabSpec::load(lab_dir)?;
+    let host_cpus = args.host_cpus.parse()?;
     let (files, names) = plan(&args.scenarios, &args.scenario_files, &spec)?;
     let report_dir = args.report_dir.clone().unwrap_or_else(default_report_dir);
     if args.attach {
@@ -186,7 +206,7 @@ pub async fn run(
     let mut int = signal(SignalKind::interrupt())?;
     let body = async {
         let mut aborted = None;
-        match ready::build(lab_dir, &spec, &work, accel, &events).await {
+        match ready::build(lab_dir, &spec, &work, accel, host_cpus, &events).await {
             Err(e) => aborted = Some(format!("the lab could not be built: {}", Chain(&e))),
             Ok(built) => {
                 // Without snapshots every scenario shares one boot; with them each gets a pristine

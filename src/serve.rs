@@ -77,6 +77,18 @@ async fn answer(request: Request, lab: &Lab, served: &Served) -> Reply {
 async fn run(request: Request, lab: &Lab, served: &Served) -> Result<Reply> {
     Ok(match request {
         Request::Status => Reply::text(status_text(lab).await),
+        Request::Top => {
+            let samples = lab.recent_samples();
+            Reply {
+                status: Some(if samples.is_empty() { 1 } else { 0 }),
+                text: format!(
+                    "lab {}\n{}",
+                    lab.spec().name,
+                    harness::report::cpu::top_text(&samples)
+                ),
+                ..Reply::default()
+            }
+        }
         Request::Exec {
             machine,
             command,

@@ -1150,3 +1150,103 @@ fn a_prepare_step_that_cannot_start_is_named_as_such() {
     );
     assert!(!text.contains("state dir"), "{text}");
 }
+
+/// A bad LABTEST_HOST_CPUS (or --host-cpus) is refused with exit 2 naming the variable, before
+/// anything builds or boots.
+#[test]
+fn a_bad_host_cpus_setting_is_refused_before_anything_boots() {
+    let before = qemus();
+    for bad in ["0", "999", "two"] {
+        for args in [vec!["run"], vec!["up"]] {
+            let start = Instant::now();
+            labtest()
+                .env("LABTEST_HOST_CPUS", bad)
+                .arg("--lab")
+                .arg(vm_lab())
+                .args(&args)
+                .assert()
+                .code(2)
+                .stderr(predicate::str::contains(format!(
+                    "LABTEST_HOST_CPUS={bad:?}: expected a number of host CPUs from 1 to"
+                )));
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{args:?} took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+    labtest()
+        .arg("--lab")
+        .arg(vm_lab())
+        .args(["run", "--host-cpus", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("LABTEST_HOST_CPUS=\"0\""));
+    no_new_qemu_within(&before, 1, "a refused LABTEST_HOST_CPUS");
+}
+
+/// `labtest top --once` on a lab kept up with LABTEST_HOST_CPUS=1: every machine's host CPU,
+/// vCPUs and RSS, the guests' user/system and busiest processes, the host's side saying the
+/// QEMUs may use one CPU - and every thread of every QEMU really is on CPU 0 only.
+#[test]
+fn top_once_shows_a_lab_confined_to_one_host_cpu() {
+    let lab = vm_lab();
+    let run = |args: &[&str]| {
+        let mut cmd = labtest();
+        cmd.env("LABTEST_HOST_CPUS", "1")
+            .arg("--lab")
+            .arg(&lab)
+            .args(args);
+        cmd
+    };
+    let _down = DownOnDrop(lab.clone(), None);
+    let up = output_text(&run(&["up", "--no-snapshot"]).assert().success());
+    assert!(
+        up.contains("confined to 1 host CPU (LABTEST_HOST_CPUS)"),
+        "{up}"
+    );
+
+    // The guests are sampled every 15 s: ask until both have been (bounded).
+    let start = Instant::now();
+    let text = loop {
+        let text = output_text(&run(&["top", "--once"]).assert().success());
+        if text.matches("top ").count() >= 2 || start.elapsed() > Duration::from_secs(90) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    for expected in [
+        "lab vm-only",
+        "grey-area",
+        "limiting-factor",
+        "% of a core, vCPUs",
+        "guest user",
+        "the QEMUs may use 1 of",
+        "(LABTEST_HOST_CPUS=1)",
+    ] {
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+    assert_eq!(text.matches("\n                 top ").count(), 2, "{text}");
+
+    let status = output_text(&run(&["status"]).assert().success());
+    let state = status
+        .split("state ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no state dir in status:\n{status}"));
+    let qemus = support::qemu_processes_mentioning(&state);
+    assert_eq!(qemus.len(), 2, "{qemus:?}");
+    for line in qemus {
+        let pid = line.split_whitespace().next().expect("a pid");
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("its threads");
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(str::trim);
+            assert_eq!(allowed, Some("0"), "{}: {status}", task.path().display());
+        }
+    }
+}

@@ -500,3 +500,72 @@ async fn a_start_dropped_before_the_guest_answers_leaves_no_qemu() {
     assert!(!machine.is_running(), "QEMU still runs");
     assert!(support::qemu_processes_mentioning(&dir.path().to_string_lossy()).is_empty());
 }
+
+/// The sampler runs from the moment a lab is up: within ~20 s of a one-machine lab there are
+/// host samples of its QEMU (busy under TCG, so above zero, with its vCPU threads) and a guest
+/// sample with the guest's busiest processes - and sampling costs well under 2 % of a core on
+/// either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_lab_is_sampled_on_the_host_and_in_the_guest() {
+    let spec = support::vm_spec();
+    let one = harness::lab::LabSpec {
+        machines: spec.machines[..1].to_vec(),
+        ..spec
+    };
+    let events = Events::new();
+    let recorder = events.record();
+    let lab = LabBuilder::new(one, support::run_dir())
+        .boot_timeout(Duration::from_secs(240))
+        .start(&events)
+        .await
+        .expect("a one-machine lab boots");
+    let sampled = || {
+        let events = recorder.events();
+        let host = events.iter().any(|e| {
+            matches!(&e.kind, EventKind::MachineSample { host, .. }
+                if host.cpu_pct > 0.0 && !host.vcpu_pct.is_empty() && host.rss_mib > 0.0)
+        });
+        let guest = events.iter().any(|e| {
+            matches!(&e.kind, EventKind::MachineSample { guest: Some(g), .. } if !g.top.is_empty())
+        });
+        host && guest
+    };
+    let start = Instant::now();
+    while !sampled() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no host and guest samples within 60 s: {:?}",
+            recorder
+                .events()
+                .iter()
+                .filter(|e| matches!(
+                    e.kind,
+                    EventKind::MachineSample { .. } | EventKind::HostSample(_)
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let events = recorder.events();
+    for e in &events {
+        match &e.kind {
+            EventKind::MachineSample { machine, guest, .. } => {
+                assert_eq!(machine, "grey-area");
+                if let Some(g) = guest {
+                    assert!(g.cost_pct < 2.0, "the guest half costs {g:?}");
+                }
+            }
+            EventKind::HostSample(h) => {
+                assert!(h.sampler_pct < 2.0, "the host half costs {h:?}");
+                assert!(
+                    h.cpus_allowed >= 1 && h.cpus_allowed <= h.cpus_online,
+                    "{h:?}"
+                );
+            }
+            _ => {}
+        }
+    }
+    // What a failure's evidence would carry.
+    let evidence = harness::report::cpu::evidence_text(&lab.recent_samples());
+    assert!(evidence.contains("grey-area"), "{evidence}");
+}

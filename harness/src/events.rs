@@ -161,6 +161,70 @@ pub enum EventKind {
         #[serde(with = "secs")]
         took: Duration,
     },
+    /// Where one machine's CPU went since its last sample: its QEMU as the host sees it, every
+    /// few seconds, and at a lower rate what the guest says (`guest`). A guest sample that was
+    /// due but could not be had (frozen, off, its channel busy, too slow) is `guest_missing`,
+    /// never an error.
+    MachineSample {
+        machine: String,
+        host: QemuUse,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guest: Option<GuestUse>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guest_missing: Option<String>,
+    },
+    /// The host as a whole at the same moment as the machine samples before it: what a slow
+    /// host looks like, so that it is not mistaken for a broken cluster.
+    HostSample(HostUse),
+}
+
+/// One QEMU process over a sample interval. Percentages are of one host core (a QEMU running
+/// two busy vCPUs shows ~200).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QemuUse {
+    /// The whole process: vCPU threads, the I/O thread, everything.
+    pub cpu_pct: f64,
+    /// Each vCPU thread (`CPU 0/TCG`, `CPU 1/KVM`...), in vCPU order.
+    pub vcpu_pct: Vec<f64>,
+    pub rss_mib: f64,
+}
+
+/// The guest's own view over its (longer) sample interval. `user`, `system`, `iowait` and
+/// `steal` are percent of all of the guest's CPU time (all vCPUs together).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestUse {
+    pub user: f64,
+    pub system: f64,
+    pub iowait: f64,
+    pub steal: f64,
+    pub load1: f64,
+    pub mem_avail_mib: f64,
+    /// The busiest processes, busiest first, in percent of one vCPU.
+    pub top: Vec<ProcessUse>,
+    /// What taking this sample cost inside the guest, in percent of one vCPU over the interval.
+    pub cost_pct: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUse {
+    pub comm: String,
+    pub pct: f64,
+}
+
+/// The host over a sample interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostUse {
+    /// Time the host's hypervisor gave to others, percent of all host CPU time.
+    pub steal_pct: f64,
+    /// Host CPUs the lab's QEMUs may run on (their affinity, together).
+    pub cpus_allowed: u32,
+    /// Host CPUs online.
+    pub cpus_online: u32,
+    /// `LABTEST_HOST_CPUS` (or `--host-cpus`) when the lab was confined on purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confined_to: Option<u32>,
+    /// The sampler's own time on the host, percent of one core over the interval.
+    pub sampler_pct: f64,
 }
 
 /// A delay a check measured from a named moment (`since`, e.g. `power-loss`) to the moment

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use crate::events::{EventKind, Events};
 use crate::fault::Fault;
 use crate::net::{Hub, HubError};
+use crate::sampler::{Sampler, SamplerConfig};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotStore};
+use crate::vm::cpus::HostCpus;
 use crate::vm::{Accel, Machine, MachineBuilder, VmError, DEFAULT_BOOT_TIMEOUT};
 
 /// `lab.toml`: what the harness must know about a lab that its run scripts do not say.
@@ -587,6 +589,7 @@ pub struct LabBuilder {
     kernel_params: Vec<(String, String)>,
     evidence_dir: Option<PathBuf>,
     snapshot: Option<Snapshot>,
+    host_cpus: Option<HostCpus>,
 }
 
 impl LabBuilder {
@@ -601,7 +604,15 @@ impl LabBuilder {
             kernel_params: Vec::new(),
             evidence_dir: None,
             snapshot: None,
+            host_cpus: None,
         }
+    }
+
+    /// Runs every QEMU of the lab on these host CPUs only (`LABTEST_HOST_CPUS`), to see how the
+    /// lab fares on a smaller host.
+    pub fn host_cpus(mut self, cpus: Option<HostCpus>) -> Self {
+        self.host_cpus = cpus;
+        self
     }
 
     /// Starts every machine from `snapshot` instead of booting: all load paused, then continue
@@ -687,6 +698,7 @@ impl LabBuilder {
             )
             .accel(self.accel)
             .boot_timeout(self.boot_timeout)
+            .host_cpus(self.host_cpus)
             .lab_socket(hub.socket(&spec.name)?);
             if let Some((_, port)) = master.as_ref().filter(|(m, _)| *m == spec.name) {
                 builder = builder.forward(*port);
@@ -714,6 +726,7 @@ impl LabBuilder {
             evidence_dir: self.evidence_dir,
             events: events.clone(),
             up_in: Duration::ZERO,
+            sampler: None,
         };
         let deadline = started + self.boot_timeout;
         match &self.snapshot {
@@ -744,6 +757,11 @@ impl LabBuilder {
             }
         }
         lab.up_in = started.elapsed();
+        let sampling = SamplerConfig {
+            confined_to: self.host_cpus.map(|c| c.count() as u32),
+            ..SamplerConfig::default()
+        };
+        lab.sampler = Sampler::start(lab.machines.clone(), events, sampling);
         tracing::info!(
             "lab {} up in {:.1}s",
             lab.spec.name,
@@ -768,9 +786,20 @@ pub struct Lab {
     evidence_dir: Option<PathBuf>,
     events: Events,
     up_in: Duration,
+    /// Samples where the CPU goes from the moment the lab is up until it is dropped.
+    sampler: Option<Sampler>,
 }
 
 impl Lab {
+    /// The CPU samples of the last minutes ([`crate::sampler`]), oldest first: for failure
+    /// evidence and `labtest top`.
+    pub fn recent_samples(&self) -> Vec<crate::events::Event> {
+        self.sampler
+            .as_ref()
+            .map(Sampler::recent)
+            .unwrap_or_default()
+    }
+
     /// From the first QEMU start to every guest channel answering (booted or restored): how
     /// fast this machine runs these guests, which later deadlines may scale by.
     pub fn up_in(&self) -> Duration {
@@ -1033,6 +1062,12 @@ impl Lab {
         events: &Events,
     ) -> Result<Snapshot, LabError> {
         let started = Instant::now();
+        // A sampling command caught half-way would be saved with the guest, and its reply come
+        // back into a restored lab's fresh channel.
+        let _quiet = match &self.sampler {
+            Some(sampler) => Some(sampler.hold_guests().await),
+            None => None,
+        };
         let part = store.begin(&self.spec.name, name)?;
         let pauses = self.machines.iter().map(|m| m.pause());
         let paused = futures::future::join_all(pauses).await;
@@ -1090,6 +1125,8 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // No sample of machines on their way down.
+        self.sampler.take();
         for machine in &self.machines {
             machine.kill();
         }

@@ -10,6 +10,8 @@
 //! * [`net`] - the lab's private L2 hub (partitions per pair) and host port picks.
 //! * [`nix`] - `nix build` with progress, out-links, new system generations.
 //! * [`kube`] - a client from the lab's kubeconfig, node joins, the readiness gate, object waits.
+//! * [`sampler`] - where the CPU goes: each machine's QEMU, its guest and the host, sampled
+//!   through a lab's life as events.
 //! * [`snapshot`] - whole-lab snapshots in the cache: keyed, written atomically, listed, removed.
 //! * [`lab`] - a lab spec plus its machines and network, booted (or restored from a snapshot)
 //!   and torn down together.
@@ -26,6 +28,7 @@ pub mod net;
 pub mod nix;
 pub mod ready;
 pub mod report;
+pub mod sampler;
 pub mod snapshot;
 pub mod vm;
 pub mod wait;

@@ -19,9 +19,10 @@ use crate::kube::{
     ReadinessGate,
 };
 use crate::lab::{self, Lab, LabBuilder, LabError, LabSpec};
-use crate::report::{live, ArtifactsDir, ReportError};
+use crate::report::{cpu, live, ArtifactsDir, ReportError};
 use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotKey, SnapshotStore};
 use crate::vm::accel::{self, AccelChoice, AccelError};
+use crate::vm::cpus::{HostCpus, HostCpusError};
 use crate::vm::{Accel, Machine, VmError};
 use crate::wait::{Condition, Wait};
 
@@ -156,14 +157,17 @@ pub fn snapshot_store() -> SnapshotStore {
     )
 }
 
-/// A lab's machines, built, and the accelerator they run with.
+/// A lab's machines, built, the accelerator they run with and the host CPUs they may use.
 pub struct Built {
     pub run_dir: PathBuf,
     pub accel: Accel,
+    /// `LABTEST_HOST_CPUS`: every QEMU on the first N host CPUs; `None`: wherever they like.
+    pub host_cpus: Option<HostCpus>,
 }
 
-/// Builds the lab (prepare + `nix build`) and settles the accelerator; `work_dir` receives the
-/// build's out-links and logs.
+/// Builds the lab (prepare + `nix build`) and settles the accelerator and the host CPUs the
+/// machines may use (a warning says when they are confined); `work_dir` receives the build's
+/// out-links and logs.
 ///
 /// # Errors
 /// [`ReadyError::Build`] with the build's log; [`ReadyError::Accel`] when `accel_choice`
@@ -173,11 +177,21 @@ pub async fn build(
     spec: &LabSpec,
     work_dir: &Path,
     accel_choice: AccelChoice,
+    host_cpus: Option<HostCpus>,
     events: &Events,
 ) -> Result<Built, ReadyError> {
     events.emit(EventKind::Phase {
         phase: Phase::Build,
     });
+    if let Some(cpus) = &host_cpus {
+        events.emit(EventKind::Warning {
+            message: format!(
+                "the lab's QEMUs are confined to {} host CPU{} (LABTEST_HOST_CPUS): expect it slower",
+                cpus.count(),
+                if cpus.count() == 1 { "" } else { "s" }
+            ),
+        });
+    }
     let run_dir = lab::build(
         lab_dir,
         spec,
@@ -217,6 +231,7 @@ pub async fn build(
     Ok(Built {
         run_dir,
         accel: verdict.accel,
+        host_cpus,
     })
 }
 
@@ -232,6 +247,7 @@ pub async fn boot(
     events.emit(EventKind::Phase { phase: Phase::Boot });
     let mut builder = LabBuilder::new(spec.clone(), &built.run_dir)
         .accel(built.accel)
+        .host_cpus(built.host_cpus)
         .evidence_dir(evidence_dir);
     if let Some(snapshot) = snapshot {
         builder = builder.restore_from(snapshot);
@@ -635,8 +651,14 @@ async fn make_ready(
     let machines: Vec<&Machine> = lab.machines().iter().map(|m| m.as_ref()).collect();
     let units = [k8s.kubelet_unit.as_str()];
     let evidence_dir = evidence.join("readiness");
-    gate.run(access.client(), events, |failed| {
-        gate::collect_unit_evidence(&machines, &units, &evidence_dir, failed)
+    gate.run(access.client(), events, |failed| async {
+        let mut files = gate::collect_unit_evidence(&machines, &units, &evidence_dir, failed).await;
+        // Whether the host starved the lab while the gate waited.
+        let cpu = evidence_dir.join("readiness-cpu.txt");
+        if std::fs::write(&cpu, cpu::evidence_text(&lab.recent_samples())).is_ok() {
+            files.push(cpu);
+        }
+        files
     })
     .await?;
     Ok(Ready {
@@ -645,8 +667,8 @@ async fn make_ready(
     })
 }
 
-/// The state of the cluster and of each machine's kubelet at the moment `what` failed, into
-/// the artifacts folder: what a user would otherwise have to reproduce the failure to see.
+/// The state of the cluster, each machine's kubelet and the last minutes of CPU samples at the
+/// moment `what` failed, into the artifacts folder: what a user would otherwise have to reproduce the failure to see.
 /// Best effort and bounded: a view that cannot be had says why in its file.
 pub async fn capture_failure(
     lab: &Lab,
@@ -683,6 +705,7 @@ pub async fn capture_failure(
             let _ = artifacts.write_kube(&format!("{what}-{view}"), &text);
         }
     }
+    let _ = artifacts.write_cpu(what, &cpu::evidence_text(&lab.recent_samples()));
     let unit = lab
         .spec()
         .kubernetes
@@ -704,6 +727,7 @@ pub async fn capture_failure(
 pub struct ReadyLabBuilder {
     lab_dir: PathBuf,
     accel: Result<AccelChoice, AccelError>,
+    host_cpus: Result<Option<HostCpus>, HostCpusError>,
     snapshots: Snapshots,
     keep: bool,
     report_dir: Option<PathBuf>,
@@ -714,6 +738,12 @@ impl ReadyLabBuilder {
     /// The accelerator (default `$LABTEST_ACCEL`, else auto: KVM when it works, else TCG).
     pub fn accel(mut self, accel: AccelChoice) -> Self {
         self.accel = Ok(accel);
+        self
+    }
+
+    /// Confines every QEMU to the first N host CPUs (default `$LABTEST_HOST_CPUS`, else none).
+    pub fn host_cpus(mut self, cpus: Option<HostCpus>) -> Self {
+        self.host_cpus = Ok(cpus);
         self
     }
 
@@ -751,6 +781,7 @@ impl ReadyLabBuilder {
     /// was expected and seen and where its evidence is (the report dir, kept on failure).
     pub async fn start(self) -> Result<ReadyLab, ReadyError> {
         let accel = self.accel?;
+        let host_cpus = self.host_cpus.map_err(VmError::from)?;
         let spec = LabSpec::load(&self.lab_dir)?;
         let (report_dir, temp) = match self.report_dir {
             Some(dir) => (dir, None),
@@ -785,6 +816,7 @@ impl ReadyLabBuilder {
                 &spec,
                 &report_dir.join("work"),
                 accel,
+                host_cpus,
                 &events,
             )
             .await?;
@@ -855,7 +887,7 @@ pub struct ReadyLab {
 impl ReadyLab {
     /// A builder for the lab in `lab_dir` (a flake with a lab.toml), with the defaults the CLI
     /// reads from the environment: `LABTEST_ACCEL`, `LABTEST_SNAPSHOT`, `LABTEST_KEEP`,
-    /// `LABTEST_REPORT_DIR`.
+    /// `LABTEST_REPORT_DIR`, `LABTEST_HOST_CPUS`.
     pub fn from_dir(lab_dir: impl Into<PathBuf>) -> ReadyLabBuilder {
         let accel = match std::env::var("LABTEST_ACCEL") {
             Ok(value) => value.parse(),
@@ -864,6 +896,7 @@ impl ReadyLab {
         ReadyLabBuilder {
             lab_dir: lab_dir.into(),
             accel,
+            host_cpus: HostCpus::from_env(),
             snapshots: Snapshots::from_env(),
             keep: std::env::var_os("LABTEST_KEEP").is_some(),
             report_dir: std::env::var_os("LABTEST_REPORT_DIR").map(PathBuf::from),

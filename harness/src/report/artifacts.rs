@@ -98,6 +98,12 @@ impl ArtifactsDir {
         self.write_text(relative, text, what)
     }
 
+    /// Saves the CPU samples before `what` failed under `cpu/` ([`super::cpu::evidence_text`]).
+    pub fn write_cpu(&self, what: &str, text: &str) -> Result<PathBuf, ReportError> {
+        let relative = Path::new("cpu").join(format!("{}.txt", file_name(what)));
+        self.write_text(relative, text, &format!("CPU samples before {what} failed"))
+    }
+
     /// Writes `text` at `relative` inside the folder (parents created) and announces it.
     /// `relative` may not leave the folder.
     pub fn write_text(

@@ -3,12 +3,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::events::{Event, EventKind, Measured, Outcome, Phase, Stream};
+use crate::events::{
+    Event, EventKind, GuestUse, HostUse, Measured, Outcome, Phase, ProcessUse, QemuUse, Stream,
+};
 use crate::fault::Fault;
 
 const SCENARIOS: [&str; 3] = ["pod-scheduling", "node-failure", "rebuild-rollback"];
 
 struct Run(Vec<Event>);
+
+/// One machine at one host tick: its QEMU's CPU %, and its guest sample (or why it is missing)
+/// when one was due.
+type MachineTick<'a> = (&'a str, f64, Option<Result<GuestUse, &'a str>>);
 
 impl Run {
     fn new(lab: &str) -> Self {
@@ -193,6 +199,41 @@ impl Run {
         )
     }
 
+    /// A host tick: `machine` samples (`grey-area` 2 vCPUs, the others 1), then the host's.
+    fn sample(&mut self, ms: u64, machines: &[MachineTick]) -> &mut Self {
+        for (machine, pct, guest) in machines {
+            let vcpus = if *machine == "grey-area" { 2 } else { 1 };
+            let (guest, guest_missing) = match guest {
+                Some(Ok(g)) => (Some(g.clone()), None),
+                Some(Err(why)) => (None, Some(why.to_string())),
+                None => (None, None),
+            };
+            self.at(
+                ms,
+                EventKind::MachineSample {
+                    machine: machine.to_string(),
+                    host: QemuUse {
+                        cpu_pct: *pct,
+                        vcpu_pct: vec![(pct * 0.9 / f64::from(vcpus)).round(); vcpus as usize],
+                        rss_mib: 812.0,
+                    },
+                    guest,
+                    guest_missing,
+                },
+            );
+        }
+        self.at(
+            ms,
+            EventKind::HostSample(HostUse {
+                steal_pct: 0.4,
+                cpus_allowed: 1,
+                cpus_online: 2,
+                confined_to: Some(1),
+                sampler_pct: 0.2,
+            }),
+        )
+    }
+
     fn end(&mut self, ms: u64, aborted: Option<&str>) -> Vec<Event> {
         if aborted.is_none() {
             self.phase(ms, Phase::Teardown);
@@ -374,6 +415,75 @@ pub fn error_run() -> Vec<Event> {
     run.end(200_000, None)
 }
 
+fn guest(user: f64, top: &[(&str, f64)]) -> GuestUse {
+    GuestUse {
+        user,
+        system: 53.0,
+        iowait: 1.5,
+        steal: 0.0,
+        load1: 2.5,
+        mem_avail_mib: 301.0,
+        top: top
+            .iter()
+            .map(|(comm, pct)| ProcessUse {
+                comm: comm.to_string(),
+                pct: *pct,
+            })
+            .collect(),
+        cost_pct: 0.3,
+    }
+}
+
+/// Every scenario passes on a lab confined to one host CPU (LABTEST_HOST_CPUS=1) for three vCPUs,
+/// sampled every 3 s from 45 s to 72 s; the guests' samples come every 15 s, one of them missing
+/// (a frozen machine).
+pub fn sampled_run() -> Vec<Event> {
+    let mut run = Run::new("fixtures/lab");
+    run.at(
+        30_000,
+        EventKind::Warning {
+            message:
+                "the lab's QEMUs are confined to 1 host CPU (LABTEST_HOST_CPUS): expect it slower"
+                    .into(),
+        },
+    );
+    run.lab_up();
+    let ga = |user| {
+        guest(
+            user,
+            &[("kube-apiserver", 19.0), ("kubelet", 18.5), ("etcd", 7.0)],
+        )
+    };
+    let lf = guest(12.0, &[("kubelet", 9.0), ("containerd", 2.5)]);
+    for (i, t) in (45_000..=72_000).step_by(3_000).enumerate() {
+        let due = i % 5 == 1;
+        let (g, l) = match (due, i) {
+            (false, _) => (None, None),
+            (true, 1) => (Some(Ok(ga(42.0))), Some(Ok(lf.clone()))),
+            (true, _) => (
+                Some(Ok(ga(46.0))),
+                Some(Err("is frozen (its CPUs are paused)")),
+            ),
+        };
+        run.sample(
+            t,
+            &[
+                ("grey-area", 69.0 + i as f64, g),
+                ("limiting-factor", 25.0, l),
+            ],
+        );
+    }
+    for (i, name) in SCENARIOS.iter().enumerate() {
+        let t = 60_000 + 15_000 * i as u64;
+        run.scenario(t, name, 1)
+            .finished(t + 15_000, name, 1, Outcome::Passed, 15_000, None);
+    }
+    let mut events = run.end(105_000, None);
+    // In time order, as a run emits them.
+    events.sort_by_key(|e| e.elapsed);
+    events
+}
+
 /// The readiness gate fails: no scenario runs.
 pub fn aborted_run() -> Vec<Event> {
     let mut run = Run::new(".");
@@ -455,6 +565,14 @@ pub fn every_kind() -> Vec<Event> {
             EventKind::MachineStarting {
                 machine: "grey-area".into(),
             },
+        )
+        .sample(
+            7_500,
+            &[(
+                "grey-area",
+                88.0,
+                Some(Ok(guest(40.0, &[("systemd", 12.0)]))),
+            )],
         )
         .at(
             21_700,

@@ -64,8 +64,21 @@ pub struct MachineLane {
     /// `booting`, `up` or `off`; before its first start a machine has no span.
     pub states: Vec<Span>,
     pub faults: Vec<FaultSpan>,
+    /// Its QEMU's host CPU at each sample: the band under the lane.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<CpuPoint>,
     #[serde(skip)]
     current: Option<(&'static str, Duration)>,
+}
+
+/// One sample of a machine's QEMU: percent of one host core, and its vCPUs (a full vCPU is
+/// 100 of it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuPoint {
+    #[serde(with = "secs")]
+    pub at: Duration,
+    pub host_pct: f64,
+    pub vcpus: u32,
 }
 
 /// A fault on one machine: a window from the fault to what ends it (`thaw` after `freeze`,
@@ -189,6 +202,13 @@ pub fn timeline(events: &[Event]) -> Timeline {
                 }
             }
             EventKind::MachineExited { machine, .. } => t.machine(machine).enter("off", at),
+            EventKind::MachineSample { machine, host, .. } => {
+                t.machine(machine).cpu.push(CpuPoint {
+                    at,
+                    host_pct: host.cpu_pct,
+                    vcpus: host.vcpu_pct.len() as u32,
+                })
+            }
             EventKind::CheckStarted {
                 scope,
                 check,
@@ -290,6 +310,7 @@ impl Timeline {
                     name: name.to_string(),
                     states: Vec::new(),
                     faults: Vec::new(),
+                    cpu: Vec::new(),
                     current: None,
                 });
                 self.machines.len() - 1
@@ -453,6 +474,7 @@ pub fn render(events: &[Event], summary: &Summary, history: &[RunRecord]) -> Str
     header(&mut out, summary);
     timeline_svg(&mut out, &timeline);
     measured_table(&mut out, summary);
+    cpu_table(&mut out, summary);
     failures(&mut out, summary, folder);
     history_section(&mut out, summary, history);
     artifacts(&mut out, events, folder);
@@ -518,6 +540,9 @@ fn header(out: &mut String, s: &Summary) {
     for w in &s.warnings {
         let _ = write!(out, "<p class=\"warning\">WARNING: {}</p>", esc(w));
     }
+    if let Some(starved) = s.cpu.as_ref().and_then(|c| c.starved.as_ref()) {
+        let _ = write!(out, "<p class=\"starved\">{}</p>", esc(starved));
+    }
     if let Some(reason) = &s.aborted {
         let _ = write!(
             out,
@@ -567,6 +592,41 @@ const LABEL: f64 = 190.0;
 const PLOT: f64 = WIDTH - LABEL - 20.0;
 const ROW: f64 = 22.0;
 const CHECK_ROW: f64 = 16.0;
+const CPU_ROW: f64 = 18.0;
+
+/// A machine's host CPU under its lane: an area from 0 to the band's top, which is all its vCPUs
+/// busy (or the highest sample, when the QEMU's other threads took it over that).
+fn cpu_band(out: &mut String, m: &MachineLane, y: f64, x: &dyn Fn(Duration) -> f64) {
+    let vcpus = m.cpu.iter().map(|p| p.vcpus).max().unwrap_or(1).max(1);
+    let peak = m.cpu.iter().map(|p| p.host_pct).fold(0.0, f64::max);
+    let scale = (f64::from(vcpus) * 100.0).max(peak).max(1.0);
+    let mean = m.cpu.iter().map(|p| p.host_pct).sum::<f64>() / m.cpu.len() as f64;
+    let base = y + CPU_ROW - 2.0;
+    let height = CPU_ROW - 4.0;
+    let mut points = format!("{:.1},{base:.1}", x(m.cpu[0].at));
+    for p in &m.cpu {
+        let _ = write!(
+            points,
+            " {:.1},{:.1}",
+            x(p.at),
+            base - p.host_pct / scale * height
+        );
+    }
+    let _ = write!(points, " {:.1},{base:.1}", x(m.cpu[m.cpu.len() - 1].at));
+    let _ = write!(
+        out,
+        "<g class=\"lane cpu\" data-machine=\"{name}\"><text class=\"lane-label cpu\" x=\"{lx}\" \
+         y=\"{ty}\">cpu</text><rect class=\"cpu-frame\" x=\"{LABEL}\" y=\"{top}\" width=\"{PLOT}\" \
+         height=\"{height}\"/><polygon class=\"cpu\" points=\"{points}\"><title>{name}: its QEMU used \
+         {mean:.0}% of a host core on average, {peak:.0}% at most (band top: {scale:.0}%, {vcpus} \
+         vCPU{s} busy)</title></polygon></g>",
+        name = esc(&m.name),
+        lx = LABEL - 8.0,
+        ty = y + 12.0,
+        top = base - height,
+        s = if vcpus == 1 { "" } else { "s" },
+    );
+}
 
 fn timeline_svg(out: &mut String, t: &Timeline) {
     let end = t.end.as_secs_f64().max(1.0);
@@ -682,6 +742,10 @@ fn timeline_svg(out: &mut String, t: &Timeline) {
         }
         body.push_str("</g>");
         y += ROW + 2.0;
+        if !m.cpu.is_empty() {
+            cpu_band(&mut body, m, y, &x);
+            y += CPU_ROW + 2.0;
+        }
     }
     y += 8.0;
 
@@ -777,6 +841,7 @@ fn timeline_svg(out: &mut String, t: &Timeline) {
          <span class=\"k up\"></span>up <span class=\"k off\"></span>off \
          <span class=\"k fault\"></span>fault <span class=\"k passed\"></span>check passed \
          <span class=\"k failed\"></span>check failed <span class=\"k running\"></span>unfinished \
+         <span class=\"k cpu\"></span>host CPU of a machine's QEMU (top: all its vCPUs busy) \
          &#9679;&#8212; measured delay, from the moment it counts from</p></section>",
         h = y + 4.0
     );
@@ -916,6 +981,52 @@ fn measured_table(out: &mut String, s: &Summary) {
         );
     }
     out.push_str("</table></section>\n");
+}
+
+/// Where the CPU went per machine, and the host's side of it; nothing for an unsampled run.
+fn cpu_table(out: &mut String, s: &Summary) {
+    let Some(cpu) = &s.cpu else { return };
+    out.push_str(
+        "<section id=\"cpu\"><h2>Where the CPU went <small>host: % of one host core; guest: % of \
+         its CPU time; processes: % of one vCPU</small></h2><table><tr><th>machine</th>\
+         <th>vCPUs</th><th>host mean</th><th>host max</th><th>RSS max</th><th>guest user</th>\
+         <th>guest sys</th><th>busiest guest processes</th></tr>",
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}%"));
+    for m in &cpu.machines {
+        let top: Vec<String> = m
+            .top
+            .iter()
+            .map(|p| format!("{} {:.1}%", esc(&p.comm), p.pct))
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1}%</td>\
+             <td class=\"num\">{:.1}%</td><td class=\"num\">{:.0} MiB</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td>{}</td></tr>",
+            esc(&m.name),
+            m.vcpus,
+            m.host_cpu_mean,
+            m.host_cpu_max,
+            m.rss_mib_max,
+            opt(m.guest_user_mean),
+            opt(m.guest_system_mean),
+            top.join(", ")
+        );
+    }
+    let h = &cpu.host;
+    let _ = writeln!(
+        out,
+        "</table><p>host steal {:.1}% mean, {:.1}% max; the QEMUs could use {} of {} host CPUs{}; \
+         sampling cost {:.1}% of a host core and {:.1}% of a vCPU in the guests</p></section>",
+        h.steal_mean,
+        h.steal_max,
+        h.cpus_allowed,
+        h.cpus_online,
+        super::cpu::confined_note(h.confined_to),
+        cpu.sampler.host_pct_mean,
+        cpu.sampler.guest_pct_mean
+    );
 }
 
 fn failures(out: &mut String, s: &Summary, folder: Option<&Path>) {
@@ -1210,7 +1321,7 @@ header p{margin:3px 0}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace
 pre{background:#f5f5f7;padding:6px 10px;white-space:pre-wrap;max-height:20em;overflow:auto}
 .badge{padding:1px 8px;border-radius:4px;color:#fff;font-size:16px}
 .badge.passed{background:#2e7d32}.badge.failed{background:#c62828}.badge.aborted{background:#6a1b9a}
-p.warning{color:#a15c00;font-weight:bold}p.abort-reason{color:#6a1b9a;font-weight:bold}
+p.warning{color:#a15c00;font-weight:bold}p.starved{color:#b71c1c;font-weight:bold}p.abort-reason{color:#6a1b9a;font-weight:bold}
 table{border-collapse:collapse;margin:6px 0}th,td{padding:3px 10px;text-align:left;border-bottom:1px solid #eee}
 th{font-weight:600;color:#445}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.passed .result{color:#2e7d32}tr.flaky .result{color:#b26a00}tr.failed .result,tr.error .result{color:#c62828;font-weight:bold}
@@ -1235,6 +1346,8 @@ rect.fault.instant{fill:#b71c1c}text.fault-label{fill:#7f0000;font-weight:600;po
 g.check rect{stroke-width:1}g.check.passed rect{fill:#c8e6c9;stroke:#2e7d32}
 g.check.failed rect{fill:#ef5350;stroke:#8e0000;stroke-width:1.5}g.check.failed text{fill:#fff;font-weight:600}
 g.check.running rect{fill:#eceff1;stroke:#78909c;stroke-dasharray:3 2}
+polygon.cpu{fill:#5b8def;fill-opacity:.45;stroke:#1565c0;stroke-width:1}rect.cpu-frame{fill:#f5f7fb;stroke:#e3e5e8}
+text.lane-label.cpu{font-size:10px;fill:#667}.k.cpu{background:#9db9f0}
 line.measured{stroke:#1565c0;stroke-width:2}circle.since{fill:#1565c0}
 #cursor-line{stroke:#1565c0;stroke-width:1;pointer-events:none}#cursor{color:#445;font-size:12px;min-height:1.4em}
 .legend{font-size:12px;color:#445}.k{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px;vertical-align:middle}
@@ -1274,6 +1387,24 @@ mod tests {
     #[test]
     fn timeline_aborted_run() {
         insta::assert_json_snapshot!(timeline(&fixture::aborted_run()));
+    }
+
+    #[test]
+    fn timeline_sampled_run() {
+        insta::assert_json_snapshot!(timeline(&fixture::sampled_run()));
+    }
+
+    #[test]
+    fn a_sampled_run_draws_a_cpu_band_per_machine_and_says_it_was_starved() {
+        let events = fixture::sampled_run();
+        let page = render(&events, &Summary::from_events(&events), &[]);
+        assert_eq!(page.matches("<polygon class=\"cpu\"").count(), 2);
+        assert!(page.contains("<g class=\"lane cpu\" data-machine=\"limiting-factor\">"));
+        assert!(page.contains("<p class=\"starved\">HOST STARVED: "));
+        assert!(page.contains("<section id=\"cpu\">"));
+        let unsampled = fixture::passed_run();
+        let page = render(&unsampled, &Summary::from_events(&unsampled), &[]);
+        assert!(!page.contains("<polygon") && !page.contains("id=\"cpu\""));
     }
 
     #[test]
@@ -1404,6 +1535,7 @@ mod tests {
             fixture::error_run(),
             fixture::aborted_run(),
             fixture::every_kind(),
+            fixture::sampled_run(),
         ];
         let history: Vec<RunRecord> = runs
             .iter()

@@ -73,6 +73,12 @@ mod tests {
     }
 
     #[test]
+    fn summary_json_sampled_run() {
+        let summary = Summary::from_events(&fixture::sampled_run());
+        insta::assert_snapshot!(summary_json(&summary).expect("json"));
+    }
+
+    #[test]
     fn summary_json_aborted_run() {
         let summary = Summary::from_events(&fixture::aborted_run());
         insta::assert_snapshot!(summary_json(&summary).expect("json"));

@@ -7,6 +7,8 @@
 //! * [`json`] - `events.jsonl` (the whole stream, re-renderable) and `summary.json`.
 //! * [`html`] - `report/index.html`: one self-contained page with the summary, a timeline of
 //!   machines, faults and checks, measured delays, evidence links and the run history.
+//! * [`cpu`] - where the CPU went (the sampler's events): the summary's section, the starvation
+//!   line, failure evidence and `labtest top`.
 //! * [`history`] - one JSON line per run, so a report can compare a run with the last ones.
 //! * [`ArtifactsDir`] - the folder a run leaves behind, with all of the above in `report/`.
 //!
@@ -33,6 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod artifacts;
+pub mod cpu;
 pub mod history;
 pub mod html;
 pub mod json;

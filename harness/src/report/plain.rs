@@ -5,7 +5,8 @@ use super::{fmt_duration, fmt_measured};
 use crate::events::{Event, EventKind, Outcome};
 
 /// The log line for `event`, or `None` for events that belong elsewhere (step output goes
-/// to JUnit and the artifacts, not into the log: that is how log soup starts).
+/// to JUnit and the artifacts, CPU samples to the reports, not into the log: that is how log
+/// soup starts).
 ///
 /// Every line starts with the run's elapsed time so a CI log reads as a timeline. A failed
 /// check takes more than one line: the reason, the last observed state and the evidence
@@ -132,7 +133,11 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
             }
             line
         }
-        EventKind::StepOutput { .. } => return None,
+        // Every few seconds per machine: the reports and `labtest top` show them, a log line
+        // each would drown the lines that matter.
+        EventKind::StepOutput { .. }
+        | EventKind::MachineSample { .. }
+        | EventKind::HostSample(_) => return None,
         EventKind::Artifact { path, what } => format!("artifact: {} ({what})", path.display()),
         EventKind::Warning { message } => format!("WARNING: {message}"),
         EventKind::SnapshotSaved {

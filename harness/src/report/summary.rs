@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cpu::{CpuFold, CpuSummary};
 use super::{fmt_duration, fmt_measured, ARTIFACTS_FOLDER};
 use crate::events::{secs, Event, EventKind, Measured, Outcome, Phase, Stream};
 
@@ -33,6 +34,9 @@ pub struct Summary {
     pub artifacts: Option<PathBuf>,
     /// Whole-lab snapshots this run saved.
     pub snapshot_saves: Vec<SnapshotSave>,
+    /// Where the CPU went, when the run was sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuSummary>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -267,6 +271,9 @@ impl Summary {
         for warning in &self.warnings {
             let _ = writeln!(out, "  WARNING: {warning}");
         }
+        if let Some(starved) = self.cpu.as_ref().and_then(|c| c.starved.as_ref()) {
+            let _ = writeln!(out, "  {starved}");
+        }
         out.push('\n');
 
         let rows: Vec<[String; 4]> = self.scenarios.iter().map(scenario_row).collect();
@@ -315,6 +322,9 @@ impl Summary {
         }
         if !checks.is_empty() {
             let _ = write!(out, "\nchecks:\n{checks}");
+        }
+        if let Some(cpu) = &self.cpu {
+            let _ = write!(out, "\n{}", cpu.render_text());
         }
 
         // Every failure, not only the first: the table says where to look, this says what
@@ -479,6 +489,7 @@ struct Fold {
     artifacts: Option<PathBuf>,
     snapshot_saves: Vec<SnapshotSave>,
     restored: Option<Restored>,
+    cpu: CpuFold,
 }
 
 impl Fold {
@@ -620,6 +631,9 @@ impl Fold {
                     took: *took,
                 });
             }
+            EventKind::MachineSample { .. } | EventKind::HostSample(_) => {
+                self.cpu.add(at, &event.kind)
+            }
         }
     }
 
@@ -736,6 +750,7 @@ impl Fold {
             warnings: self.warnings,
             artifacts: self.artifacts,
             snapshot_saves: self.snapshot_saves,
+            cpu: self.cpu.finish(),
         }
     }
 }
@@ -791,6 +806,12 @@ mod tests {
     fn summary_aborted_run() {
         let summary = Summary::from_events(&fixture::aborted_run());
         assert_eq!(summary.result.exit_code(), 2);
+        insta::assert_snapshot!(summary.render_text());
+    }
+
+    #[test]
+    fn summary_sampled_run() {
+        let summary = Summary::from_events(&fixture::sampled_run());
         insta::assert_snapshot!(summary.render_text());
     }
 

@@ -11,7 +11,9 @@
 //! [`Machine::shutdown`], [`Machine::reboot`], [`Machine::set_link`].
 pub mod accel;
 pub mod channel;
+pub mod cpus;
 pub mod qmp;
+pub mod sample;
 pub mod spawn;
 pub mod state;
 
@@ -115,6 +117,9 @@ pub enum VmError {
         context: String,
         source: std::io::Error,
     },
+    /// A bad `LABTEST_HOST_CPUS`: how to start QEMU, wrong before any machine starts.
+    #[error(transparent)]
+    HostCpus(#[from] cpus::HostCpusError),
 }
 
 /// How to start one machine. Build with [`MachineBuilder`].
@@ -132,6 +137,8 @@ pub struct MachineConfig {
     pub boot_timeout: Duration,
     /// Start the first time from a saved state instead of booting (see [`state`]).
     pub restore: Option<state::SavedState>,
+    /// Confine QEMU to these host CPUs ([`cpus`]).
+    pub host_cpus: Option<cpus::HostCpus>,
 }
 
 /// Builder for a [`Machine`].
@@ -169,6 +176,7 @@ impl MachineBuilder {
                 kernel_params: None,
                 boot_timeout: DEFAULT_BOOT_TIMEOUT,
                 restore: None,
+                host_cpus: None,
             },
         }
     }
@@ -199,6 +207,12 @@ impl MachineBuilder {
     /// later starts (after a crash) boot from the disk as it is then.
     pub fn restore_from(mut self, saved: state::SavedState) -> Self {
         self.config.restore = Some(saved);
+        self
+    }
+
+    /// Runs QEMU on these host CPUs only (all its threads).
+    pub fn host_cpus(mut self, cpus: Option<cpus::HostCpus>) -> Self {
+        self.config.host_cpus = cpus;
         self
     }
 
@@ -348,7 +362,11 @@ impl Machine {
     fn qemu_args(&self) -> Vec<String> {
         let qmp = self.socket("qmp.sock");
         let mut args = vec![
-            "-qmp".to_string(),
+            // Names QEMU's threads (`CPU 0/TCG`...), so the sampler can tell vCPUs from the
+            // rest; merged with the run script's own `-name`.
+            "-name".to_string(),
+            "debug-threads=on".into(),
+            "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp.display()),
             "-device".into(),
             "virtio-serial-pci,id=ltser".into(),
@@ -461,7 +479,8 @@ impl Machine {
             Some(socket) => command.env("LABTEST_LAB_SOCKET", socket),
             None => command.env_remove("LABTEST_LAB_SOCKET"),
         };
-        let child = spawn::spawn_guarded(command).map_err(|source| VmError::Spawn {
+        let cpus = self.config.host_cpus.map(|c| c.cpu_set());
+        let child = spawn::spawn_confined(command, cpus).map_err(|source| VmError::Spawn {
             machine: self.config.name.clone(),
             path: self.config.run_script.clone(),
             source,
@@ -582,14 +601,56 @@ impl Machine {
     /// comes, and its reply is discarded: the next command gets its own output.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
         // A frozen guest would answer nothing until the deadline: say so at once.
-        if self.qmp_status().await.ok().as_deref() == Some("paused") {
+        let paused = self.qmp_status().await.ok().as_deref() == Some("paused");
+        self.refuse_frozen(paused, command)?;
+        let guard = self.links.shell.lock().await;
+        self.exec_on(guard, command, timeout).await
+    }
+
+    /// [`Machine::exec`] for an observer that must never hold anyone up: `Ok(None)` at once when
+    /// another command (or a QMP call) holds the guest channel, instead of waiting for it.
+    ///
+    /// # Errors
+    /// As [`Machine::exec`]: at once for a frozen or powered-off machine.
+    pub async fn exec_if_idle(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Option<ExecOutput>, VmError> {
+        let paused = {
+            let Ok(mut guard) = self.links.qmp.try_lock() else {
+                return Ok(None);
+            };
+            match guard.as_mut() {
+                Some(qmp) => qmp.status(QMP_TIMEOUT).await.ok().as_deref() == Some("paused"),
+                None => false,
+            }
+        };
+        self.refuse_frozen(paused, command)?;
+        let Ok(guard) = self.links.shell.try_lock() else {
+            return Ok(None);
+        };
+        self.exec_on(guard, command, timeout).await.map(Some)
+    }
+
+    fn refuse_frozen(&self, paused: bool, command: &str) -> Result<(), VmError> {
+        if paused {
             return Err(self.state_error(&format!(
                 "is frozen (its CPUs are paused), so it cannot run `{}`: thaw it with `labtest thaw {}` (Machine::thaw)",
                 tail_chars(command, 200),
                 self.config.name
             )));
         }
-        let mut guard = self.links.shell.lock().await;
+        Ok(())
+    }
+
+    /// Runs `command` on the shell channel held by `guard`.
+    async fn exec_on(
+        &self,
+        mut guard: tokio::sync::MutexGuard<'_, Option<Channel>>,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput, VmError> {
         let shell = guard.as_mut().ok_or_else(|| {
             self.state_error(&format!(
                 "is off (crashed or shut down), so it cannot run `{}`: start it with `labtest start {}` (Machine::start)",
@@ -998,6 +1059,14 @@ impl Machine {
             .lock()
             .map(|mut c| matches!(c.as_mut().map(|c| c.try_wait()), Some(Ok(None))))
             .unwrap_or(false)
+    }
+
+    /// QEMU's process id while it runs (the run script execs QEMU, so the child is QEMU).
+    pub fn pid(&self) -> Option<u32> {
+        if !self.is_running() {
+            return None;
+        }
+        self.child.lock().ok()?.as_ref().map(Child::id)
     }
 
     /// The exit status if QEMU has exited, `None` while it runs (or never ran).

@@ -5,13 +5,15 @@
 //! the middle of a test. So every machine is forked from one dedicated thread that lives as long
 //! as the process: the child then dies with SIGKILL when the harness dies in any way, SIGKILL
 //! included. Each child also gets its own process group so a terminal's Ctrl-C reaches the harness
-//! (which tears down in order) and not QEMU directly.
+//! (which tears down in order) and not QEMU directly. A child may be confined to some host CPUs
+//! ([`super::cpus`]) before it execs, so QEMU and all its threads inherit the affinity.
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
+use ::nix::sched::{sched_setaffinity, CpuSet};
 use ::nix::sys::signal::Signal;
 use ::nix::unistd::{getppid, Pid};
 
@@ -38,16 +40,25 @@ fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
 }
 
 /// Spawns `command` tied to the harness's life (SIGKILL on harness death) in a new process group.
-pub fn spawn_guarded(mut command: Command) -> io::Result<Child> {
+pub fn spawn_guarded(command: Command) -> io::Result<Child> {
+    spawn_confined(command, None)
+}
+
+/// [`spawn_guarded`], confined to the host CPUs `cpus` when given.
+pub fn spawn_confined(mut command: Command, cpus: Option<CpuSet>) -> io::Result<Child> {
     let parent = Pid::this();
     command.process_group(0);
-    // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid, _exit).
+    // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid,
+    // sched_setaffinity, _exit).
     unsafe {
         command.pre_exec(move || {
             ::nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             // The harness may have died between fork and prctl: then nobody would kill us.
             if getppid() != parent {
                 ::nix::libc::_exit(1);
+            }
+            if let Some(cpus) = &cpus {
+                sched_setaffinity(Pid::from_raw(0), cpus).map_err(io::Error::from)?;
             }
             Ok(())
         });
