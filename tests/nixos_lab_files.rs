@@ -266,3 +266,188 @@ fn flake_outputs_have_the_names_the_harness_uses() {
         );
     }
 }
+
+/// vm-configs/tuning.json, the settings both labs share, and where each key lands in the NixOS
+/// lab: the line of vm-configs/vm.nix that assigns it to the nixpkgs option carrying it. A key
+/// added to the file without a row here fails the test, so no setting reaches one lab only.
+const TUNING_IN_NIXOS: [(&str, &str); 4] = [
+    ("kernelParams", "boot.kernelParams = tuning.kernelParams;"),
+    (
+        "apiserverFlags",
+        "services.kubernetes.apiserver.extraOpts = lib.mkIf isMaster (lib.concatStringsSep \" \" tuning.apiserverFlags);",
+    ),
+    (
+        "controllerManagerFlags",
+        "lib.concatStringsSep \" \" tuning.controllerManagerFlags",
+    ),
+    (
+        "controlPlaneEnvironment",
+        "environment = tuning.controlPlaneEnvironment;",
+    ),
+];
+
+/// The units of the fixture master that get the control-plane environment; vm.nix names the
+/// same four (checked below).
+const CONTROL_PLANE_UNITS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+fn read_tuning() -> serde_json::Map<String, serde_json::Value> {
+    let path = repo_root().join("vm-configs/tuning.json");
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => panic!("{}: expected a JSON object, got {other:?}", path.display()),
+    }
+}
+
+fn strings(value: &serde_json::Value, key: &str) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("tuning.json: {key} should be a list of strings, is {value}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("tuning.json: {key} holds a non-string {v}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `nix build` of fixture-lab outputs (after its prepare step), as the harness builds them.
+fn build_fixture(attrs: &[&str]) -> Vec<PathBuf> {
+    let lab = repo_root().join("fixtures/lab");
+    let prepare = run(
+        Command::new(lab.join("prepare.sh")),
+        "fixtures/lab/prepare.sh",
+    );
+    assert!(
+        prepare.status.success(),
+        "fixtures/lab/prepare.sh failed (is ci/setup.sh done?):\n{}",
+        String::from_utf8_lossy(&prepare.stderr).trim()
+    );
+    let mut cmd = nix_command(&find_tool("nix"));
+    cmd.env(
+        "NIX_CONFIG",
+        "experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\nsandbox = false\n",
+    )
+    .args(["build", "--no-link", "--json"])
+    .args(
+        attrs
+            .iter()
+            .map(|a| format!("path:{}#{a}", lab.display())),
+    );
+    let out = run(cmd, "nix build of the fixture lab");
+    assert!(
+        out.status.success(),
+        "nix build of fixtures/lab#{attrs:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    // Nix 2.8 (Debian) has no --print-out-paths: `--json` lists each attribute's outputs.
+    let built: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nix build --json printed no JSON list ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    built
+        .iter()
+        .map(|b| match b["outputs"]["out"].as_str() {
+            Some(out) => PathBuf::from(out),
+            None => panic!("nix build --json: no outputs.out in {b}"),
+        })
+        .collect()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn every_tuned_setting_reaches_both_labs() {
+    let tuning = read_tuning();
+    let keys: BTreeSet<&str> = tuning
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "why")
+        .collect();
+    let known: BTreeSet<&str> = TUNING_IN_NIXOS.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        keys, known,
+        "vm-configs/tuning.json's keys and the ones this test maps to both labs differ"
+    );
+    let why = tuning.get("why").and_then(|w| w.as_object());
+    for key in &keys {
+        assert!(
+            why.is_some_and(|w| w.get(*key).is_some_and(|v| v.is_string())),
+            "tuning.json: {key} has no \"why\" entry saying what it is for"
+        );
+    }
+
+    // The NixOS lab: vm.nix reads the file and hands each key to its option.
+    let vm_nix = read(&repo_root().join("vm-configs/vm.nix"));
+    let flat: String = vm_nix.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("tuning = builtins.fromJSON (builtins.readFile ./tuning.json);"),
+        "vm-configs/vm.nix does not read ./tuning.json"
+    );
+    for (key, assignment) in TUNING_IN_NIXOS {
+        assert!(
+            flat.contains(assignment),
+            "vm-configs/vm.nix does not give tuning.{key} to the NixOS lab (expected `{assignment}`)"
+        );
+    }
+    let units = CONTROL_PLANE_UNITS.map(|u| format!("\"{u}\"")).join(" ");
+    assert!(
+        flat.contains(&format!("lib.genAttrs [ {units} ]")),
+        "vm-configs/vm.nix should set the control-plane environment on exactly {CONTROL_PLANE_UNITS:?}"
+    );
+
+    // The fixture lab: its run scripts and the master's units carry every value.
+    let built = build_fixture(&["vm", "grey-area"]);
+    let (vm, master) = (&built[0], &built[1]);
+    for machine in MACHINES {
+        let script = read(&vm.join(format!("bin/run-{machine}-vm")));
+        for param in strings(&tuning["kernelParams"], "kernelParams") {
+            assert!(
+                script.split_whitespace().any(|w| w == param),
+                "the fixture's run-{machine}-vm lacks kernel parameter {param}:\n{script}"
+            );
+        }
+    }
+    let unit = |name: &str| read(&master.join(format!("units/{name}.service")));
+    for (key, name) in [
+        ("apiserverFlags", "kube-apiserver"),
+        ("controllerManagerFlags", "kube-controller-manager"),
+    ] {
+        let text = unit(name);
+        for flag in strings(&tuning[key], key) {
+            assert!(
+                text.split_whitespace().any(|w| w == flag),
+                "the fixture's {name}.service lacks {flag} (tuning.json {key}):\n{text}"
+            );
+        }
+    }
+    let environment = tuning["controlPlaneEnvironment"]
+        .as_object()
+        .expect("tuning.json: controlPlaneEnvironment should be an object");
+    for name in CONTROL_PLANE_UNITS {
+        let text = unit(name);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Environment="))
+            .unwrap_or_else(|| panic!("the fixture's {name}.service has no Environment=:\n{text}"));
+        for (var, value) in environment {
+            let value = value.as_str().expect("environment values are strings");
+            assert!(
+                line.split_whitespace()
+                    .any(|w| w.trim_start_matches("Environment=") == format!("{var}={value}")),
+                "the fixture's {name}.service lacks {var}={value}: {line}"
+            );
+        }
+    }
+}

@@ -10,6 +10,10 @@ let
   lab = import ./lab-network.nix;
   me = lab.machines.${config.networking.hostName};
   isMaster = lib.elem "master" config.services.kubernetes.roles;
+  # The settings the fixture lab gets too (fixtures/lab/flake.nix reads the same file; each
+  # entry's "why" says what it is for; tests/nixos_lab_files.rs pins the pair). VM-only: they
+  # are for TCG and for the scenarios' timings, not for the real machines.
+  tuning = builtins.fromJSON (builtins.readFile ./tuning.json);
 
   # MAC = 52:54:00:4c + the last two octets of the cluster address in hex (10.77.0.10 -> 00:0a),
   # the scheme the fixture lab and the harness use.
@@ -97,6 +101,21 @@ in
     interface = config.labtest.clusterInterface;
   };
   services.resolved.enable = false;
+
+  # qemu-vm.nix appends the toplevel's kernel-params (boot.kernelParams) to the VM's -append.
+  boot.kernelParams = tuning.kernelParams;
+  # extraOpts are `separatedString " "` in nixpkgs' kubernetes/apiserver.nix and
+  # controller-manager.nix (NixOS/nixpkgs 0490065f6ac60793bfb12e110bd6506aaca0e9f5), spliced
+  # last into ExecStart, so they merge with any other definition.
+  services.kubernetes.apiserver.extraOpts = lib.mkIf isMaster (lib.concatStringsSep " " tuning.apiserverFlags);
+  services.kubernetes.controllerManager.extraOpts = lib.mkIf isMaster (
+    lib.concatStringsSep " " tuning.controllerManagerFlags
+  );
+  systemd.services = lib.mkIf isMaster (
+    lib.genAttrs [ "etcd" "kube-apiserver" "kube-controller-manager" "kube-scheduler" ] (_: {
+      environment = tuning.controlPlaneEnvironment;
+    })
+  );
 
   # Direct kernel boot; `switch-to-configuration switch` must not try to install GRUB.
   boot.loader.grub.enable = false;
