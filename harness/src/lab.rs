@@ -11,7 +11,9 @@ use serde::Deserialize;
 use crate::events::{EventKind, Events};
 use crate::fault::Fault;
 use crate::net::{Hub, HubError};
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotStore};
+use crate::snapshot::{
+    Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotName, SnapshotStore,
+};
 use crate::vm::{Accel, Machine, MachineBuilder, VmError, DEFAULT_BOOT_TIMEOUT};
 
 /// `lab.toml`: what the harness must know about a lab that its run scripts do not say.
@@ -738,7 +740,7 @@ impl LabBuilder {
                     result?;
                 }
                 events.emit(EventKind::SnapshotRestored {
-                    snapshot: snapshot.meta.name.clone(),
+                    snapshot: snapshot.meta.name.to_string(),
                     took: started.elapsed(),
                 });
             }
@@ -1028,7 +1030,7 @@ impl Lab {
     pub async fn save_snapshot(
         &self,
         store: &SnapshotStore,
-        name: &str,
+        name: &SnapshotName,
         key: &SnapshotKey,
         events: &Events,
     ) -> Result<Snapshot, LabError> {
@@ -1067,7 +1069,7 @@ impl Lab {
         let meta = SnapshotMeta {
             format: crate::snapshot::FORMAT.into(),
             lab: self.spec.name.clone(),
-            name: name.to_string(),
+            name: name.clone(),
             key: key.hash.clone(),
             inputs: key.inputs.clone(),
             machines: self.spec.machine_names(),

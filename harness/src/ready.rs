@@ -20,13 +20,13 @@ use crate::kube::{
 };
 use crate::lab::{self, Lab, LabBuilder, LabError, LabSpec};
 use crate::report::{live, ArtifactsDir, ReportError};
-use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotKey, SnapshotStore};
+use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotKey, SnapshotName, SnapshotStore};
 use crate::vm::accel::{self, AccelChoice, AccelError};
 use crate::vm::{Accel, Machine, VmError};
 use crate::wait::{Condition, Wait};
 
 /// The snapshot every run, `up` and [`ReadyLab`] restores: the lab right after the gate passed.
-pub const READY_SNAPSHOT: &str = "ready";
+pub const READY_SNAPSHOT: SnapshotName = SnapshotName::from_static("ready");
 /// The check scope of the waits a user's test runs through [`ReadyLab`].
 pub const TEST_SCOPE: &str = "test";
 
@@ -340,11 +340,11 @@ pub async fn ready_lab(
     let mut waited_for = None;
     let mut broken = None;
     if snapshots == Snapshots::Restore {
-        let mut found = store.lookup(&spec.name, READY_SNAPSHOT, &key);
+        let mut found = store.lookup(&spec.name, &READY_SNAPSHOT, &key);
         if found.is_err() {
             // Another process may be making it right now: wait for it, then look again.
             waited_for = Some(lock_snapshot(&store, &spec.name, events).await?);
-            found = store.lookup(&spec.name, READY_SNAPSHOT, &key);
+            found = store.lookup(&spec.name, &READY_SNAPSHOT, &key);
         }
         match found {
             Ok(snapshot) => {
@@ -425,7 +425,7 @@ pub async fn ready_lab(
     // not this one its lab.
     if let Err(e) = ready
         .lab
-        .save_snapshot(&store, READY_SNAPSHOT, &key, events)
+        .save_snapshot(&store, &READY_SNAPSHOT, &key, events)
         .await
     {
         events.emit(EventKind::Warning {
@@ -445,7 +445,7 @@ pub async fn restore_named(
     spec: &LabSpec,
     built: &Built,
     evidence: &Path,
-    name: &str,
+    name: &SnapshotName,
     events: &Events,
 ) -> Result<Ready, ReadyError> {
     let SnapshotTarget { store, key } = snapshot_target(lab_dir, spec, built)?;
@@ -982,7 +982,7 @@ mod tests {
             }),
             ReadyError::Snapshot(SnapshotError::Unusable {
                 lab: "t".into(),
-                name: READY_SNAPSHOT.into(),
+                name: READY_SNAPSHOT,
                 reason: "made from other inputs".into(),
             }),
         ];
