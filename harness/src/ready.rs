@@ -63,6 +63,10 @@ pub enum ReadyError {
         lab_dir: PathBuf,
         source: Box<LabError>,
     },
+    #[error(
+        "LABTEST_SNAPSHOT={0:?} is not one of fresh, off (unset or empty: restore the Ready snapshot)"
+    )]
+    BadSnapshotMode(String),
     #[error("lab {lab} has no [kubernetes] in its lab.toml, so it has no {what}")]
     NoKubernetes { lab: String, what: &'static str },
     #[error("{what} {path}")]
@@ -253,12 +257,18 @@ pub enum Snapshots {
 }
 
 impl Snapshots {
-    /// `$LABTEST_SNAPSHOT`: `fresh` or `off`; anything else (or unset) restores.
-    pub fn from_env() -> Snapshots {
-        match std::env::var("LABTEST_SNAPSHOT").as_deref() {
-            Ok("fresh") => Snapshots::Fresh,
-            Ok("off") => Snapshots::Off,
-            _ => Snapshots::Restore,
+    /// `$LABTEST_SNAPSHOT`: `fresh` or `off`; unset or empty restores.
+    ///
+    /// # Errors
+    /// [`ReadyError::BadSnapshotMode`] for any other value: a misspelt `fresh` would otherwise
+    /// restore the very snapshot the user meant to replace.
+    pub fn from_env() -> Result<Snapshots, ReadyError> {
+        let value = std::env::var("LABTEST_SNAPSHOT").unwrap_or_default();
+        match value.trim() {
+            "" => Ok(Snapshots::Restore),
+            "fresh" => Ok(Snapshots::Fresh),
+            "off" => Ok(Snapshots::Off),
+            _ => Err(ReadyError::BadSnapshotMode(value)),
         }
     }
 }
@@ -704,7 +714,7 @@ pub async fn capture_failure(
 pub struct ReadyLabBuilder {
     lab_dir: PathBuf,
     accel: Result<AccelChoice, AccelError>,
-    snapshots: Snapshots,
+    snapshots: Result<Snapshots, ReadyError>,
     keep: bool,
     report_dir: Option<PathBuf>,
     events: Option<Events>,
@@ -719,7 +729,7 @@ impl ReadyLabBuilder {
 
     /// How the lab gets to Ready (default `$LABTEST_SNAPSHOT`, else restore the Ready snapshot).
     pub fn snapshots(mut self, snapshots: Snapshots) -> Self {
-        self.snapshots = snapshots;
+        self.snapshots = Ok(snapshots);
         self
     }
 
@@ -747,10 +757,12 @@ impl ReadyLabBuilder {
     /// hands it over.
     ///
     /// # Errors
-    /// A bad lab dir or lab.toml, a failed build, boot, join or readiness gate: each says what
+    /// A value of `LABTEST_ACCEL` or `LABTEST_SNAPSHOT` that is not one of theirs, a bad lab
+    /// dir or lab.toml, a failed build, boot, join or readiness gate: each says what
     /// was expected and seen and where its evidence is (the report dir, kept on failure).
     pub async fn start(self) -> Result<ReadyLab, ReadyError> {
         let accel = self.accel?;
+        let snapshots = self.snapshots?;
         let spec = LabSpec::load(&self.lab_dir)?;
         let (report_dir, temp) = match self.report_dir {
             Some(dir) => (dir, None),
@@ -793,7 +805,7 @@ impl ReadyLabBuilder {
                 &spec,
                 &built,
                 &report_dir,
-                self.snapshots,
+                snapshots,
                 &events,
             )
             .await
@@ -857,13 +869,9 @@ impl ReadyLab {
     /// reads from the environment: `LABTEST_ACCEL`, `LABTEST_SNAPSHOT`, `LABTEST_KEEP`,
     /// `LABTEST_REPORT_DIR`.
     pub fn from_dir(lab_dir: impl Into<PathBuf>) -> ReadyLabBuilder {
-        let accel = match std::env::var("LABTEST_ACCEL") {
-            Ok(value) => value.parse(),
-            Err(_) => Ok(AccelChoice::Auto),
-        };
         ReadyLabBuilder {
             lab_dir: lab_dir.into(),
-            accel,
+            accel: AccelChoice::from_env(),
             snapshots: Snapshots::from_env(),
             keep: std::env::var_os("LABTEST_KEEP").is_some(),
             report_dir: std::env::var_os("LABTEST_REPORT_DIR").map(PathBuf::from),
@@ -964,6 +972,21 @@ impl Drop for ReadyLab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A typo must not silently restore a snapshot the user meant to replace (or bypass), as
+    /// one in LABTEST_ACCEL does not silently pick an accelerator. The only test that sets
+    /// LABTEST_SNAPSHOT, and it reads it back at once.
+    #[tokio::test]
+    async fn a_typo_in_labtest_snapshot_is_refused_before_anything_builds() {
+        std::env::set_var("LABTEST_SNAPSHOT", "frsh");
+        let builder = ReadyLab::from_dir("/nonexistent-lab");
+        std::env::remove_var("LABTEST_SNAPSHOT");
+        let err = builder.start().await.err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            "LABTEST_SNAPSHOT=\"frsh\" is not one of fresh, off (unset or empty: restore the Ready snapshot)"
+        );
+    }
 
     fn vm(error: VmError) -> ReadyError {
         ReadyError::Lab(Box::new(LabError::Vm(Box::new(error))))
