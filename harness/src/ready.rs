@@ -822,7 +822,7 @@ impl ReadyLabBuilder {
         };
         match brought_up {
             Ok(ready) => {
-                lab.lab = Some(Arc::new(ready.lab));
+                lab.lab = Some(ready.lab);
                 lab.kube = ready.kube;
                 Ok(lab)
             }
@@ -835,8 +835,9 @@ impl ReadyLabBuilder {
     }
 }
 
-/// A lab that passed its readiness gate, for a test to use and drop. Dropping it tears every
-/// machine down; its report dir goes too unless kept.
+/// A lab that passed its readiness gate, for a test to use and then shut down
+/// ([`ReadyLab::shutdown`]) or drop. Either tears every machine down; its report dir goes too
+/// unless kept.
 ///
 /// # Usage
 /// ```no_run
@@ -848,6 +849,7 @@ impl ReadyLabBuilder {
 /// let lab = ReadyLab::from_dir("fixtures/lab").start().await?; // restored from the snapshot
 /// lab.machine("limiting-factor")?.crash().await?;
 /// lab.wait_node("limiting-factor", node_not_ready, Duration::from_secs(180)).await?;
+/// lab.shutdown().await?; // or drop it, and learn nothing of a teardown that went wrong
 /// # Ok(()) }
 /// ```
 ///
@@ -855,7 +857,9 @@ impl ReadyLabBuilder {
 /// The first lab of a suite boots and saves the Ready snapshot (minutes under TCG); every later
 /// one restores it in seconds. Labs restored together each get their own disks, hub and ports.
 pub struct ReadyLab {
-    lab: Option<Arc<Lab>>,
+    /// Owned, and only lent out: a clone that outlived the teardown would keep the machines'
+    /// handles past it.
+    lab: Option<Lab>,
     kube: Option<KubeAccess>,
     events: Events,
     view: Option<std::thread::JoinHandle<()>>,
@@ -880,7 +884,7 @@ impl ReadyLab {
     }
 
     /// The machines and network.
-    pub fn lab(&self) -> &Arc<Lab> {
+    pub fn lab(&self) -> &Lab {
         self.lab
             .as_ref()
             .expect("a ReadyLab always holds its lab until dropped")
@@ -949,22 +953,59 @@ impl ReadyLab {
     }
 }
 
-impl Drop for ReadyLab {
-    fn drop(&mut self) {
+impl ReadyLab {
+    /// Tears the lab down now, as dropping it does, but off the async runtime's threads (killing
+    /// and reaping QEMU blocks) and with what went wrong returned rather than printed: when it
+    /// returns Ok, no QEMU of the lab is left, the console logs are in the report dir and that
+    /// dir is removed unless kept.
+    ///
+    /// # Errors
+    /// [`LabError::ConsoleLog`] or [`LabError::RemoveStateDir`] (inside [`ReadyError::Lab`]),
+    /// [`ReadyError::Io`] when the report dir could not be removed.
+    pub async fn shutdown(self) -> Result<(), ReadyError> {
+        let mut lab = self;
+        match tokio::task::spawn_blocking(move || lab.tear_down()).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// What [`ReadyLab::shutdown`] and drop do; a second call finds nothing left to do.
+    fn tear_down(&mut self) -> Result<(), ReadyError> {
         // Machines first: their console logs land in the report dir as they go.
-        self.lab.take();
+        let lab = self.lab.take().map_or(Ok(()), Lab::shut_down);
         self.kube.take();
         if let Some(view) = self.view.take() {
             self.events.emit(EventKind::RunFinished { aborted: None });
             let _ = view.join();
         }
-        if self.keep {
-            if let Some(temp) = self.temp.take() {
-                let kept = temp.keep();
-                eprintln!("labtest: lab evidence kept in {}", kept.display());
-            } else {
-                eprintln!("labtest: lab evidence in {}", self.report_dir.display());
+        let report = if std::mem::take(&mut self.keep) {
+            match self.temp.take() {
+                Some(temp) => {
+                    eprintln!("labtest: lab evidence kept in {}", temp.keep().display())
+                }
+                None => eprintln!("labtest: lab evidence in {}", self.report_dir.display()),
             }
+            Ok(())
+        } else {
+            self.temp.take().map_or(Ok(()), |temp| {
+                temp.close().map_err(|source| ReadyError::Io {
+                    what: "removing the report dir",
+                    path: self.report_dir.clone(),
+                    source,
+                })
+            })
+        };
+        lab?;
+        report
+    }
+}
+
+impl Drop for ReadyLab {
+    fn drop(&mut self) {
+        // The fallback for a lab not shut down: nobody is left to return an error to.
+        if let Err(e) = self.tear_down() {
+            eprintln!("labtest: tearing the lab down: {}", Chain(&e));
         }
     }
 }
