@@ -40,7 +40,7 @@ pub enum Request {
     },
     /// Save the running lab as a named snapshot (`labtest snapshot save NAME`).
     Snapshot {
-        name: String,
+        name: harness::snapshot::SnapshotName,
     },
     /// The latest CPU samples of every machine (`labtest top`); status 0 once there are any.
     Top,

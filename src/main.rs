@@ -17,6 +17,7 @@ use harness::events::Events;
 use harness::lab::LabSpec;
 use harness::ready;
 use harness::report::live;
+use harness::snapshot::SnapshotName;
 use harness::vm::accel::AccelChoice;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -56,7 +57,7 @@ enum Command {
         snapshot: run::SnapshotArgs,
         /// Bring back the snapshot NAME (`labtest snapshot save NAME`) instead of the Ready one.
         #[arg(long, value_name = "NAME", conflicts_with_all = ["fresh", "no_snapshot"])]
-        from: Option<String>,
+        from: Option<SnapshotName>,
         #[command(flatten)]
         host_cpus: run::HostCpusArg,
     },
@@ -123,7 +124,7 @@ enum Command {
         #[command(flatten)]
         snapshot: run::SnapshotArgs,
         #[arg(long)]
-        from: Option<String>,
+        from: Option<SnapshotName>,
         #[command(flatten)]
         host_cpus: run::HostCpusArg,
     },
@@ -163,11 +164,11 @@ impl Command {
 #[derive(Subcommand)]
 enum SnapshotCommand {
     /// Save the running lab (every machine paused together) as snapshot NAME.
-    Save { name: String },
+    Save { name: SnapshotName },
     /// The saved snapshots of every lab: size, age, key.
     List,
     /// Remove the lab's snapshot NAME.
-    Rm { name: String },
+    Rm { name: SnapshotName },
 }
 
 fn main() -> ExitCode {
@@ -414,14 +415,11 @@ async fn up(
     accel: AccelChoice,
     timeout: Duration,
     snapshot: run::SnapshotArgs,
-    from: Option<String>,
+    from: Option<SnapshotName>,
     host_cpus: run::HostCpusArg,
 ) -> Result<ExitCode> {
     LabSpec::load(lab_dir)?;
     host_cpus.parse()?;
-    if let Some(name) = &from {
-        check_snapshot_name(name)?;
-    }
     let session = Session::for_lab(lab_dir)?;
     clean_leftovers(&session);
     if session.is_up() {
@@ -585,25 +583,11 @@ async fn stop_server(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// Snapshot names become directory names and `up --from` arguments: keep them plain, and keep
-/// `ready` for the snapshot every run restores.
-fn check_snapshot_name(name: &str) -> Result<()> {
-    let plain = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !plain {
-        bail!("snapshot name {name:?}: expected letters, digits, '-', '_' or '.', not starting with '.'");
-    }
-    Ok(())
-}
-
 async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand, secs: u64) -> Result<ExitCode> {
     let store = ready::snapshot_store();
     match action {
         SnapshotCommand::Save { name } => {
-            check_snapshot_name(&name)?;
+            // `ready` is kept for the snapshot every run restores.
             if name == ready::READY_SNAPSHOT {
                 bail!(
                     "snapshot name {name:?} is the one every run restores (made right after the readiness gate); pick another name"
@@ -638,7 +622,6 @@ async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand, secs: u64) ->
             }
         }
         SnapshotCommand::Rm { name } => {
-            check_snapshot_name(&name)?;
             let spec = LabSpec::load(lab_dir)?;
             if store.remove(&spec.name, &name)? {
                 println!("removed snapshot {name} of lab {}", spec.name);
@@ -678,7 +661,7 @@ async fn serve_in_background(
     lab_dir: &Path,
     accel: AccelChoice,
     snapshot: run::SnapshotArgs,
-    from: Option<String>,
+    from: Option<SnapshotName>,
     host_cpus: run::HostCpusArg,
 ) -> Result<ExitCode> {
     let host_cpus = host_cpus.parse()?;

@@ -329,6 +329,33 @@ fn fault_commands_refuse_arguments_that_make_no_sense_before_asking_the_lab() {
         .stderr(predicate::str::contains("--timeout"));
 }
 
+/// Snapshot names become directories of the store: one that reaches outside it is refused as
+/// the arguments are read, and the store is left as it was.
+#[test]
+fn a_snapshot_name_that_is_not_plain_is_refused_before_the_store_is_touched() {
+    let store = tempfile::tempdir().expect("temp dir");
+    let kept = store.path().join("vm-only/ready");
+    std::fs::create_dir_all(&kept).expect("a snapshot dir");
+    for args in [
+        vec!["snapshot", "rm", ".."],
+        vec!["snapshot", "save", "../x"],
+        vec!["up", "--from", ".hidden"],
+    ] {
+        labtest()
+            .env("LABTEST_SNAPSHOTS", store.path())
+            .arg("--lab")
+            .arg(vm_lab())
+            .args(&args)
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "expected letters, digits, '-', '_' or '.', not starting with '.'",
+            ));
+    }
+    assert!(kept.exists(), "a refused name removed snapshots");
+}
+
 /// A cache as the build scripts and snapshot saves leave it: two guests and two Kubernetes
 /// builds (the newer current), snapshots of a current and an old key, a killed save.
 #[test]
@@ -800,7 +827,7 @@ fn two_labs_from_one_snapshot(lab_dir: &std::path::Path, snapshots: &std::path::
         )
         .expect("the key");
         let snapshot = SnapshotStore::new(snapshots)
-            .lookup("vm-only", "ready", &key)
+            .lookup("vm-only", &harness::ready::READY_SNAPSHOT, &key)
             .expect("the Ready snapshot the CLI saved");
         let restore = || {
             LabBuilder::new(spec.clone(), &run_dir)

@@ -83,5 +83,6 @@ async fn the_builtin_and_the_file_rebuild_rollback_share_one_lab() -> Result<(),
         booted_with,
         "the file form left limiting-factor on another generation"
     );
+    lab.shutdown().await?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use harness::error::Chain;
 use harness::events::{EventKind, Events};
 use harness::lab::{Lab, LabBuilder};
+use harness::ready::{ReadyLab, Snapshots};
 use harness::vm::{Machine, MachineBuilder, VmError};
 use harness::wait::Wait;
 
@@ -568,4 +569,40 @@ async fn a_running_lab_is_sampled_on_the_host_and_in_the_guest() {
     // What a failure's evidence would carry.
     let evidence = harness::report::cpu::evidence_text(&lab.recent_samples());
     assert!(evidence.contains("grey-area"), "{evidence}");
+}
+
+/// `ReadyLab::shutdown` returns once no QEMU of the lab is left, with each console log kept in
+/// the report dir, and returns what went wrong where drop could only print it: here a
+/// console log with nowhere to go (a file where its directory belongs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_lab_shut_down_says_which_console_log_it_could_not_keep_and_leaves_no_qemu() {
+    let report = tempfile::tempdir().unwrap();
+    let lab = ReadyLab::from_dir(support::repo_root().join("tests/labs/vm-only"))
+        .snapshots(Snapshots::Off)
+        .report_dir(report.path())
+        .events(Events::discard())
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{}", Chain(&e)));
+    let state = lab.lab().state_dir().expect("a state dir").to_path_buf();
+    let machines = report.path().join("machines");
+    std::fs::create_dir_all(&machines).unwrap();
+    std::fs::write(machines.join("grey-area"), "in the way").unwrap();
+
+    let err = lab
+        .shutdown()
+        .await
+        .expect_err("grey-area's log cannot be kept");
+    let text = Chain(&err).to_string();
+    assert!(
+        text.contains("could not keep grey-area's console log"),
+        "{text}"
+    );
+    assert!(support::qemu_processes_mentioning(&state.to_string_lossy()).is_empty());
+    assert!(
+        !state.exists(),
+        "the state dir is left: {}",
+        state.display()
+    );
+    assert!(machines.join("limiting-factor/console.log").is_file());
 }

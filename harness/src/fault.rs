@@ -91,43 +91,49 @@ pub enum Fault {
     },
 }
 
-/// What a scenario file writes after `fault =`, in the order the docs list them.
-pub const FAULT_NAMES: [&str; 14] = [
-    "crash",
-    "freeze",
-    "thaw",
-    "shutdown",
-    "start",
-    "reboot",
-    "link-down",
-    "link-up",
-    "partition",
-    "heal",
-    "isolate",
-    "rejoin",
-    "stop-unit",
-    "start-unit",
-];
+crate::words! {
+    /// Which fault, without its arguments: what a scenario file writes after `fault =`.
+    pub enum FaultKind {
+        Crash = "crash",
+        Freeze = "freeze",
+        Thaw = "thaw",
+        Shutdown = "shutdown",
+        Start = "start",
+        Reboot = "reboot",
+        LinkDown = "link-down",
+        LinkUp = "link-up",
+        Partition = "partition",
+        Heal = "heal",
+        Isolate = "isolate",
+        Rejoin = "rejoin",
+        StopUnit = "stop-unit",
+        StartUnit = "start-unit",
+    }
+}
 
 impl Fault {
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Crash { .. } => FaultKind::Crash,
+            Fault::Freeze { .. } => FaultKind::Freeze,
+            Fault::Thaw { .. } => FaultKind::Thaw,
+            Fault::Shutdown { .. } => FaultKind::Shutdown,
+            Fault::Start { .. } => FaultKind::Start,
+            Fault::Reboot { .. } => FaultKind::Reboot,
+            Fault::LinkDown { .. } => FaultKind::LinkDown,
+            Fault::LinkUp { .. } => FaultKind::LinkUp,
+            Fault::Partition { .. } => FaultKind::Partition,
+            Fault::Heal { .. } => FaultKind::Heal,
+            Fault::Isolate { .. } => FaultKind::Isolate,
+            Fault::Rejoin { .. } => FaultKind::Rejoin,
+            Fault::StopUnit { .. } => FaultKind::StopUnit,
+            Fault::StartUnit { .. } => FaultKind::StartUnit,
+        }
+    }
+
     /// The name scenario files and events use (`crash`, `link-down`, `stop-unit`...).
     pub fn name(&self) -> &'static str {
-        match self {
-            Fault::Crash { .. } => "crash",
-            Fault::Freeze { .. } => "freeze",
-            Fault::Thaw { .. } => "thaw",
-            Fault::Shutdown { .. } => "shutdown",
-            Fault::Start { .. } => "start",
-            Fault::Reboot { .. } => "reboot",
-            Fault::LinkDown { .. } => "link-down",
-            Fault::LinkUp { .. } => "link-up",
-            Fault::Partition { .. } => "partition",
-            Fault::Heal { .. } => "heal",
-            Fault::Isolate { .. } => "isolate",
-            Fault::Rejoin { .. } => "rejoin",
-            Fault::StopUnit { .. } => "stop-unit",
-            Fault::StartUnit { .. } => "start-unit",
-        }
+        self.kind().name()
     }
 
     /// The machines it touches: one, or the pair of a partition.
@@ -317,8 +323,8 @@ mod tests {
                 unit: m("kubelet.service"),
             },
         ];
-        let names: Vec<&str> = all.iter().map(Fault::name).collect();
-        assert_eq!(names, FAULT_NAMES);
+        let kinds: Vec<FaultKind> = all.iter().map(Fault::kind).collect();
+        assert_eq!(kinds, FaultKind::ALL);
         for fault in all {
             let json = serde_json::to_string(&fault).expect("serialize");
             assert!(

@@ -12,7 +12,9 @@ use crate::events::{EventKind, Events};
 use crate::fault::Fault;
 use crate::net::{Hub, HubError};
 use crate::sampler::{Sampler, SamplerConfig};
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotStore};
+use crate::snapshot::{
+    Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotName, SnapshotStore,
+};
 use crate::vm::cpus::HostCpus;
 use crate::vm::{Accel, Machine, MachineBuilder, VmError, DEFAULT_BOOT_TIMEOUT};
 
@@ -113,6 +115,20 @@ pub enum LabError {
     Snapshot(#[from] SnapshotError),
     #[error("lab state dir: {0}")]
     StateDir(std::io::Error),
+    #[error("lab {lab}: could not keep {machine}'s console log {from} as {to}")]
+    ConsoleLog {
+        lab: String,
+        machine: String,
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lab {lab}: could not remove its state dir {path}")]
+    RemoveStateDir {
+        lab: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A fault that makes no sense on this lab, or not in the state it is in now.
     #[error("fault `{fault}` refused: {reason}")]
     FaultRefused { fault: String, reason: String },
@@ -764,7 +780,7 @@ impl LabBuilder {
                     result?;
                 }
                 events.emit(EventKind::SnapshotRestored {
-                    snapshot: snapshot.meta.name.clone(),
+                    snapshot: snapshot.meta.name.to_string(),
                     took: started.elapsed(),
                 });
             }
@@ -1070,7 +1086,7 @@ impl Lab {
     pub async fn save_snapshot(
         &self,
         store: &SnapshotStore,
-        name: &str,
+        name: &SnapshotName,
         key: &SnapshotKey,
         events: &Events,
     ) -> Result<Snapshot, LabError> {
@@ -1115,7 +1131,7 @@ impl Lab {
         let meta = SnapshotMeta {
             format: crate::snapshot::FORMAT.into(),
             lab: self.spec.name.clone(),
-            name: name.to_string(),
+            name: name.clone(),
             key: key.hash.clone(),
             inputs: key.inputs.clone(),
             machines: self.spec.machine_names(),
@@ -1136,32 +1152,74 @@ impl Lab {
 /// How long one machine's state may take to write (measured: 0.36 s for 137 MiB).
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 
-impl Drop for Lab {
-    fn drop(&mut self) {
+impl Lab {
+    /// Tears the lab down now, as dropping it does, but says what went wrong: every QEMU
+    /// killed and reaped, each console log kept in the evidence dir, the state dir removed
+    /// (unless kept).
+    ///
+    /// # Errors
+    /// [`LabError::ConsoleLog`] for the first console log that could not be kept (the others
+    /// still are), [`LabError::RemoveStateDir`].
+    pub fn shut_down(mut self) -> Result<(), LabError> {
+        self.tear_down()
+    }
+
+    /// What [`Lab::shut_down`] and drop do; a second call finds nothing left to do.
+    fn tear_down(&mut self) -> Result<(), LabError> {
         // No sample of machines on their way down.
         self.sampler.take();
         for machine in &self.machines {
             machine.kill();
         }
-        if let Some(dir) = &self.evidence_dir {
+        let mut logs = Ok(());
+        if let Some(dir) = self.evidence_dir.take() {
             for machine in &self.machines {
                 let target = dir.join("machines").join(machine.name());
-                if std::fs::create_dir_all(&target).is_ok()
-                    && std::fs::copy(machine.console_log(), target.join("console.log")).is_ok()
-                {
-                    self.events.emit(EventKind::Artifact {
-                        path: target.join("console.log"),
+                let to = target.join("console.log");
+                let copied = std::fs::create_dir_all(&target)
+                    .and_then(|()| std::fs::copy(machine.console_log(), &to));
+                match copied {
+                    Ok(_) => self.events.emit(EventKind::Artifact {
+                        path: to,
                         what: format!("{} serial console", machine.name()),
-                    });
+                    }),
+                    Err(source) if logs.is_ok() => {
+                        logs = Err(LabError::ConsoleLog {
+                            lab: self.spec.name.clone(),
+                            machine: machine.name().to_string(),
+                            from: machine.console_log(),
+                            to,
+                            source,
+                        })
+                    }
+                    Err(_) => {}
                 }
             }
         }
-        if self.keep {
-            if let Some(state) = self.state.take() {
+        let removed = match self.state.take() {
+            Some(state) if self.keep => {
                 let kept = state.keep();
                 tracing::info!("lab state kept in {}", kept.display());
+                Ok(())
             }
-        }
+            Some(state) => {
+                let path = state.path().to_path_buf();
+                state.close().map_err(|source| LabError::RemoveStateDir {
+                    lab: self.spec.name.clone(),
+                    path,
+                    source,
+                })
+            }
+            None => Ok(()),
+        };
+        logs.and(removed)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Best effort: whoever wants the errors calls shut_down.
+        let _ = self.tear_down();
     }
 }
 

@@ -1,5 +1,6 @@
 //! labtest's library. Layers, lowest first; a module only uses the ones above it in this list:
 //!
+//! * [`words`] - closed vocabularies of words as enums ([`words!`]), for the layers below.
 //! * [`fault`] - the one fault vocabulary (crash, freeze, partition...), as values; injected by
 //!   [`lab::Lab::inject`].
 //! * [`events`] - the one vocabulary every layer reports through.
@@ -32,3 +33,4 @@ pub mod sampler;
 pub mod snapshot;
 pub mod vm;
 pub mod wait;
+pub mod words;

@@ -20,14 +20,14 @@ use crate::kube::{
 };
 use crate::lab::{self, Lab, LabBuilder, LabError, LabSpec};
 use crate::report::{cpu, live, ArtifactsDir, ReportError};
-use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotKey, SnapshotStore};
+use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotKey, SnapshotName, SnapshotStore};
 use crate::vm::accel::{self, AccelChoice, AccelError};
 use crate::vm::cpus::{HostCpus, HostCpusError};
 use crate::vm::{Accel, Machine, VmError};
 use crate::wait::{Condition, Wait};
 
 /// The snapshot every run, `up` and [`ReadyLab`] restores: the lab right after the gate passed.
-pub const READY_SNAPSHOT: &str = "ready";
+pub const READY_SNAPSHOT: SnapshotName = SnapshotName::from_static("ready");
 /// The check scope of the waits a user's test runs through [`ReadyLab`].
 pub const TEST_SCOPE: &str = "test";
 
@@ -64,6 +64,10 @@ pub enum ReadyError {
         lab_dir: PathBuf,
         source: Box<LabError>,
     },
+    #[error(
+        "LABTEST_SNAPSHOT={0:?} is not one of fresh, off (unset or empty: restore the Ready snapshot)"
+    )]
+    BadSnapshotMode(String),
     #[error("lab {lab} has no [kubernetes] in its lab.toml, so it has no {what}")]
     NoKubernetes { lab: String, what: &'static str },
     #[error("{what} {path}")]
@@ -269,12 +273,18 @@ pub enum Snapshots {
 }
 
 impl Snapshots {
-    /// `$LABTEST_SNAPSHOT`: `fresh` or `off`; anything else (or unset) restores.
-    pub fn from_env() -> Snapshots {
-        match std::env::var("LABTEST_SNAPSHOT").as_deref() {
-            Ok("fresh") => Snapshots::Fresh,
-            Ok("off") => Snapshots::Off,
-            _ => Snapshots::Restore,
+    /// `$LABTEST_SNAPSHOT`: `fresh` or `off`; unset or empty restores.
+    ///
+    /// # Errors
+    /// [`ReadyError::BadSnapshotMode`] for any other value: a misspelt `fresh` would otherwise
+    /// restore the very snapshot the user meant to replace.
+    pub fn from_env() -> Result<Snapshots, ReadyError> {
+        let value = std::env::var("LABTEST_SNAPSHOT").unwrap_or_default();
+        match value.trim() {
+            "" => Ok(Snapshots::Restore),
+            "fresh" => Ok(Snapshots::Fresh),
+            "off" => Ok(Snapshots::Off),
+            _ => Err(ReadyError::BadSnapshotMode(value)),
         }
     }
 }
@@ -356,11 +366,11 @@ pub async fn ready_lab(
     let mut waited_for = None;
     let mut broken = None;
     if snapshots == Snapshots::Restore {
-        let mut found = store.lookup(&spec.name, READY_SNAPSHOT, &key);
+        let mut found = store.lookup(&spec.name, &READY_SNAPSHOT, &key);
         if found.is_err() {
             // Another process may be making it right now: wait for it, then look again.
             waited_for = Some(lock_snapshot(&store, &spec.name, events).await?);
-            found = store.lookup(&spec.name, READY_SNAPSHOT, &key);
+            found = store.lookup(&spec.name, &READY_SNAPSHOT, &key);
         }
         match found {
             Ok(snapshot) => {
@@ -441,7 +451,7 @@ pub async fn ready_lab(
     // not this one its lab.
     if let Err(e) = ready
         .lab
-        .save_snapshot(&store, READY_SNAPSHOT, &key, events)
+        .save_snapshot(&store, &READY_SNAPSHOT, &key, events)
         .await
     {
         events.emit(EventKind::Warning {
@@ -461,7 +471,7 @@ pub async fn restore_named(
     spec: &LabSpec,
     built: &Built,
     evidence: &Path,
-    name: &str,
+    name: &SnapshotName,
     events: &Events,
 ) -> Result<Ready, ReadyError> {
     let SnapshotTarget { store, key } = snapshot_target(lab_dir, spec, built)?;
@@ -728,7 +738,7 @@ pub struct ReadyLabBuilder {
     lab_dir: PathBuf,
     accel: Result<AccelChoice, AccelError>,
     host_cpus: Result<Option<HostCpus>, HostCpusError>,
-    snapshots: Snapshots,
+    snapshots: Result<Snapshots, ReadyError>,
     keep: bool,
     report_dir: Option<PathBuf>,
     events: Option<Events>,
@@ -749,7 +759,7 @@ impl ReadyLabBuilder {
 
     /// How the lab gets to Ready (default `$LABTEST_SNAPSHOT`, else restore the Ready snapshot).
     pub fn snapshots(mut self, snapshots: Snapshots) -> Self {
-        self.snapshots = snapshots;
+        self.snapshots = Ok(snapshots);
         self
     }
 
@@ -777,11 +787,13 @@ impl ReadyLabBuilder {
     /// hands it over.
     ///
     /// # Errors
-    /// A bad lab dir or lab.toml, a failed build, boot, join or readiness gate: each says what
+    /// A value of `LABTEST_ACCEL` or `LABTEST_SNAPSHOT` that is not one of theirs, a bad lab
+    /// dir or lab.toml, a failed build, boot, join or readiness gate: each says what
     /// was expected and seen and where its evidence is (the report dir, kept on failure).
     pub async fn start(self) -> Result<ReadyLab, ReadyError> {
         let accel = self.accel?;
         let host_cpus = self.host_cpus.map_err(VmError::from)?;
+        let snapshots = self.snapshots?;
         let spec = LabSpec::load(&self.lab_dir)?;
         let (report_dir, temp) = match self.report_dir {
             Some(dir) => (dir, None),
@@ -825,7 +837,7 @@ impl ReadyLabBuilder {
                 &spec,
                 &built,
                 &report_dir,
-                self.snapshots,
+                snapshots,
                 &events,
             )
             .await
@@ -842,7 +854,7 @@ impl ReadyLabBuilder {
         };
         match brought_up {
             Ok(ready) => {
-                lab.lab = Some(Arc::new(ready.lab));
+                lab.lab = Some(ready.lab);
                 lab.kube = ready.kube;
                 Ok(lab)
             }
@@ -855,8 +867,9 @@ impl ReadyLabBuilder {
     }
 }
 
-/// A lab that passed its readiness gate, for a test to use and drop. Dropping it tears every
-/// machine down; its report dir goes too unless kept.
+/// A lab that passed its readiness gate, for a test to use and then shut down
+/// ([`ReadyLab::shutdown`]) or drop. Either tears every machine down; its report dir goes too
+/// unless kept.
 ///
 /// # Usage
 /// ```no_run
@@ -868,6 +881,7 @@ impl ReadyLabBuilder {
 /// let lab = ReadyLab::from_dir("fixtures/lab").start().await?; // restored from the snapshot
 /// lab.machine("limiting-factor")?.crash().await?;
 /// lab.wait_node("limiting-factor", node_not_ready, Duration::from_secs(180)).await?;
+/// lab.shutdown().await?; // or drop it, and learn nothing of a teardown that went wrong
 /// # Ok(()) }
 /// ```
 ///
@@ -875,7 +889,9 @@ impl ReadyLabBuilder {
 /// The first lab of a suite boots and saves the Ready snapshot (minutes under TCG); every later
 /// one restores it in seconds. Labs restored together each get their own disks, hub and ports.
 pub struct ReadyLab {
-    lab: Option<Arc<Lab>>,
+    /// Owned, and only lent out: a clone that outlived the teardown would keep the machines'
+    /// handles past it.
+    lab: Option<Lab>,
     kube: Option<KubeAccess>,
     events: Events,
     view: Option<std::thread::JoinHandle<()>>,
@@ -889,13 +905,9 @@ impl ReadyLab {
     /// reads from the environment: `LABTEST_ACCEL`, `LABTEST_SNAPSHOT`, `LABTEST_KEEP`,
     /// `LABTEST_REPORT_DIR`, `LABTEST_HOST_CPUS`.
     pub fn from_dir(lab_dir: impl Into<PathBuf>) -> ReadyLabBuilder {
-        let accel = match std::env::var("LABTEST_ACCEL") {
-            Ok(value) => value.parse(),
-            Err(_) => Ok(AccelChoice::Auto),
-        };
         ReadyLabBuilder {
             lab_dir: lab_dir.into(),
-            accel,
+            accel: AccelChoice::from_env(),
             host_cpus: HostCpus::from_env(),
             snapshots: Snapshots::from_env(),
             keep: std::env::var_os("LABTEST_KEEP").is_some(),
@@ -905,7 +917,7 @@ impl ReadyLab {
     }
 
     /// The machines and network.
-    pub fn lab(&self) -> &Arc<Lab> {
+    pub fn lab(&self) -> &Lab {
         self.lab
             .as_ref()
             .expect("a ReadyLab always holds its lab until dropped")
@@ -974,22 +986,59 @@ impl ReadyLab {
     }
 }
 
-impl Drop for ReadyLab {
-    fn drop(&mut self) {
+impl ReadyLab {
+    /// Tears the lab down now, as dropping it does, but off the async runtime's threads (killing
+    /// and reaping QEMU blocks) and with what went wrong returned rather than printed: when it
+    /// returns Ok, no QEMU of the lab is left, the console logs are in the report dir and that
+    /// dir is removed unless kept.
+    ///
+    /// # Errors
+    /// [`LabError::ConsoleLog`] or [`LabError::RemoveStateDir`] (inside [`ReadyError::Lab`]),
+    /// [`ReadyError::Io`] when the report dir could not be removed.
+    pub async fn shutdown(self) -> Result<(), ReadyError> {
+        let mut lab = self;
+        match tokio::task::spawn_blocking(move || lab.tear_down()).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// What [`ReadyLab::shutdown`] and drop do; a second call finds nothing left to do.
+    fn tear_down(&mut self) -> Result<(), ReadyError> {
         // Machines first: their console logs land in the report dir as they go.
-        self.lab.take();
+        let lab = self.lab.take().map_or(Ok(()), Lab::shut_down);
         self.kube.take();
         if let Some(view) = self.view.take() {
             self.events.emit(EventKind::RunFinished { aborted: None });
             let _ = view.join();
         }
-        if self.keep {
-            if let Some(temp) = self.temp.take() {
-                let kept = temp.keep();
-                eprintln!("labtest: lab evidence kept in {}", kept.display());
-            } else {
-                eprintln!("labtest: lab evidence in {}", self.report_dir.display());
+        let report = if std::mem::take(&mut self.keep) {
+            match self.temp.take() {
+                Some(temp) => {
+                    eprintln!("labtest: lab evidence kept in {}", temp.keep().display())
+                }
+                None => eprintln!("labtest: lab evidence in {}", self.report_dir.display()),
             }
+            Ok(())
+        } else {
+            self.temp.take().map_or(Ok(()), |temp| {
+                temp.close().map_err(|source| ReadyError::Io {
+                    what: "removing the report dir",
+                    path: self.report_dir.clone(),
+                    source,
+                })
+            })
+        };
+        lab?;
+        report
+    }
+}
+
+impl Drop for ReadyLab {
+    fn drop(&mut self) {
+        // The fallback for a lab not shut down: nobody is left to return an error to.
+        if let Err(e) = self.tear_down() {
+            eprintln!("labtest: tearing the lab down: {}", Chain(&e));
         }
     }
 }
@@ -997,6 +1046,21 @@ impl Drop for ReadyLab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A typo must not silently restore a snapshot the user meant to replace (or bypass), as
+    /// one in LABTEST_ACCEL does not silently pick an accelerator. The only test that sets
+    /// LABTEST_SNAPSHOT, and it reads it back at once.
+    #[tokio::test]
+    async fn a_typo_in_labtest_snapshot_is_refused_before_anything_builds() {
+        std::env::set_var("LABTEST_SNAPSHOT", "frsh");
+        let builder = ReadyLab::from_dir("/nonexistent-lab");
+        std::env::remove_var("LABTEST_SNAPSHOT");
+        let err = builder.start().await.err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            "LABTEST_SNAPSHOT=\"frsh\" is not one of fresh, off (unset or empty: restore the Ready snapshot)"
+        );
+    }
 
     fn vm(error: VmError) -> ReadyError {
         ReadyError::Lab(Box::new(LabError::Vm(Box::new(error))))
@@ -1015,7 +1079,7 @@ mod tests {
             }),
             ReadyError::Snapshot(SnapshotError::Unusable {
                 lab: "t".into(),
-                name: READY_SNAPSHOT.into(),
+                name: READY_SNAPSHOT,
                 reason: "made from other inputs".into(),
             }),
         ];

@@ -13,13 +13,15 @@
 //! # async fn demo(lab: &harness::lab::Lab, spec_text: &str, run_dir: &std::path::Path)
 //! # -> Result<(), Box<dyn std::error::Error>> {
 //! use harness::events::Events;
-//! use harness::snapshot::{SnapshotKey, SnapshotStore};
+//! use harness::snapshot::{SnapshotKey, SnapshotName, SnapshotStore};
 //! let store = SnapshotStore::new("/var/cache/labtest/snapshots");
 //! let key = SnapshotKey::compute(spec_text, run_dir, &lab.spec().machine_names(), "-accel tcg")?;
-//! lab.save_snapshot(&store, "ready", &key, &Events::discard()).await?;
-//! let snapshot = store.lookup(&lab.spec().name, "ready", &key)?;
+//! let name: SnapshotName = "incident-42".parse()?;
+//! lab.save_snapshot(&store, &name, &key, &Events::discard()).await?;
+//! let snapshot = store.lookup(&lab.spec().name, &name, &key)?;
 //! # Ok(()) }
 //! ```
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,9 +48,13 @@ pub enum SnapshotError {
     #[error("snapshot {name:?} of lab {lab}: {reason}")]
     Unusable {
         lab: String,
-        name: String,
+        name: SnapshotName,
         reason: String,
     },
+    #[error(
+        "snapshot name {name:?}: expected letters, digits, '-', '_' or '.', not starting with '.'"
+    )]
+    BadName { name: String },
     #[error("snapshot store {path}: {context}")]
     Io {
         path: PathBuf,
@@ -63,6 +69,87 @@ fn io(path: &Path, context: &str, source: std::io::Error) -> SnapshotError {
         path: path.to_path_buf(),
         context: context.to_string(),
         source,
+    }
+}
+
+/// A snapshot's name, checked once here for every way in (the CLI, the control socket, a
+/// `snapshot.json`): it becomes a directory of the store, so `..` or a `/` would reach outside
+/// it, and an `up --from` argument, so it stays plain.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotName(Cow<'static, str>);
+
+impl SnapshotName {
+    /// # Errors
+    /// [`SnapshotError::BadName`] unless `name` is letters, digits, `-`, `_` and `.`, not
+    /// starting with `.`.
+    pub fn new(name: impl Into<String>) -> Result<Self, SnapshotError> {
+        let name = name.into();
+        if is_plain(&name) {
+            Ok(Self(Cow::Owned(name)))
+        } else {
+            Err(SnapshotError::BadName { name })
+        }
+    }
+
+    /// A name fixed in the code, checked when it compiles (in a `const`).
+    pub const fn from_static(name: &'static str) -> Self {
+        assert!(is_plain(name), "not a plain snapshot name");
+        Self(Cow::Borrowed(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The one rule for snapshot names; `const` so [`SnapshotName::from_static`] can apply it.
+const fn is_plain(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes[0] == b'.' {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+impl std::str::FromStr for SnapshotName {
+    type Err = SnapshotError;
+    fn from_str(name: &str) -> Result<Self, SnapshotError> {
+        Self::new(name)
+    }
+}
+
+impl TryFrom<String> for SnapshotName {
+    type Error = SnapshotError;
+    fn try_from(name: String) -> Result<Self, SnapshotError> {
+        Self::new(name)
+    }
+}
+
+impl From<SnapshotName> for String {
+    fn from(name: SnapshotName) -> String {
+        name.0.into_owned()
+    }
+}
+
+impl std::fmt::Display for SnapshotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// Quoted like the string it is, so messages read `snapshot "ready"`.
+impl std::fmt::Debug for SnapshotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
     }
 }
 
@@ -143,7 +230,7 @@ fn hex(bytes: &[u8]) -> String {
 pub struct SnapshotMeta {
     pub format: String,
     pub lab: String,
-    pub name: String,
+    pub name: SnapshotName,
     pub key: String,
     pub inputs: Vec<String>,
     pub machines: Vec<String>,
@@ -185,8 +272,8 @@ impl SnapshotStore {
     }
 
     /// Where the snapshot `name` of `lab` lives (whether or not it exists).
-    pub fn dir(&self, lab: &str, name: &str) -> PathBuf {
-        self.root.join(lab).join(name)
+    pub fn dir(&self, lab: &str, name: &SnapshotName) -> PathBuf {
+        self.root.join(lab).join(name.as_str())
     }
 
     /// The snapshot `name` of `lab`, if it is complete and made from exactly `key`.
@@ -197,12 +284,12 @@ impl SnapshotStore {
     pub fn lookup(
         &self,
         lab: &str,
-        name: &str,
+        name: &SnapshotName,
         key: &SnapshotKey,
     ) -> Result<Snapshot, SnapshotError> {
         let unusable = |reason: String| SnapshotError::Unusable {
             lab: lab.to_string(),
-            name: name.to_string(),
+            name: name.clone(),
             reason,
         };
         let dir = self.dir(lab, name);
@@ -285,7 +372,7 @@ impl SnapshotStore {
     ///
     /// # Errors
     /// [`SnapshotError::Io`].
-    pub fn remove(&self, lab: &str, name: &str) -> Result<bool, SnapshotError> {
+    pub fn remove(&self, lab: &str, name: &SnapshotName) -> Result<bool, SnapshotError> {
         let dir = self.dir(lab, name);
         if !dir.exists() {
             return Ok(false);
@@ -372,7 +459,7 @@ impl SnapshotStore {
 
     /// A fresh temporary directory for a snapshot of `lab` being written; earlier ones left by
     /// a killed save are removed first.
-    pub(crate) fn begin(&self, lab: &str, name: &str) -> Result<PathBuf, SnapshotError> {
+    pub(crate) fn begin(&self, lab: &str, name: &SnapshotName) -> Result<PathBuf, SnapshotError> {
         let lab_dir = self.root.join(lab);
         std::fs::create_dir_all(&lab_dir).map_err(|e| io(&lab_dir, "creating", e))?;
         let prefix = format!(".part-{name}-");
@@ -481,7 +568,7 @@ mod tests {
         SnapshotMeta {
             format: FORMAT.into(),
             lab: "t".into(),
-            name: "ready".into(),
+            name: name("ready"),
             key: key.hash.clone(),
             inputs: key.inputs.clone(),
             machines: vec!["a".into()],
@@ -489,6 +576,10 @@ mod tests {
             save_secs: 0.0,
             bytes: 0,
         }
+    }
+
+    fn name(name: &str) -> SnapshotName {
+        name.parse().unwrap()
     }
 
     fn key(lab_toml: &str) -> SnapshotKey {
@@ -532,30 +623,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::new(dir.path());
         let k = key("one");
-        let err = store.lookup("t", "ready", &k).unwrap_err();
+        let err = store.lookup("t", &name("ready"), &k).unwrap_err();
         assert!(err.to_string().contains("none saved yet"), "{err}");
 
-        let part = store.begin("t", "ready").unwrap();
+        let part = store.begin("t", &name("ready")).unwrap();
         std::fs::write(part.join("a.state"), b"QEVM\0\0\0\x03rest").unwrap();
         std::fs::write(part.join("a.qcow2"), b"QFI\xfb").unwrap();
         // Not committed: a save killed here leaves nothing a lookup takes.
-        assert!(store.lookup("t", "ready", &k).is_err());
+        assert!(store.lookup("t", &name("ready"), &k).is_err());
         store.commit(&part, &meta(&k)).unwrap();
-        let found = store.lookup("t", "ready", &k).unwrap();
+        let found = store.lookup("t", &name("ready"), &k).unwrap();
         assert_eq!(found.machine("a").state, found.dir.join("a.state"));
         assert_eq!(store.list().len(), 1);
 
-        let err = store.lookup("t", "ready", &key("two")).unwrap_err();
+        let err = store.lookup("t", &name("ready"), &key("two")).unwrap_err();
         assert!(err.to_string().contains("changed: lab.toml two"), "{err}");
 
         std::fs::write(found.dir.join("a.state"), b"garbage").unwrap();
-        let err = store.lookup("t", "ready", &k).unwrap_err();
+        let err = store.lookup("t", &name("ready"), &k).unwrap_err();
         assert!(
             err.to_string().contains("not a QEMU migration stream"),
             "{err}"
         );
         std::fs::write(found.dir.join("a.state"), b"").unwrap();
-        let err = store.lookup("t", "ready", &k).unwrap_err();
+        let err = store.lookup("t", &name("ready"), &k).unwrap_err();
         assert!(err.to_string().contains("missing or empty"), "{err}");
 
         // A snapshot that failed to restore is removed only while it is still in its place.
@@ -566,13 +657,13 @@ mod tests {
             found.dir.exists(),
             "a newer snapshot went with an older one"
         );
-        let copy = store.begin("t", "copy").unwrap();
+        let copy = store.begin("t", &name("copy")).unwrap();
         std::fs::write(copy.join("a.state"), b"QEVM").unwrap();
         let copy = store
             .commit(
                 &copy,
                 &SnapshotMeta {
-                    name: "copy".into(),
+                    name: name("copy"),
                     ..meta(&k)
                 },
             )
@@ -581,10 +672,10 @@ mod tests {
         assert!(!copy.dir.exists());
 
         std::fs::write(found.dir.join(META), "{").unwrap();
-        let err = store.lookup("t", "ready", &k).unwrap_err();
+        let err = store.lookup("t", &name("ready"), &k).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
-        assert!(store.remove("t", "ready").unwrap());
-        assert!(!store.remove("t", "ready").unwrap());
+        assert!(store.remove("t", &name("ready")).unwrap());
+        assert!(!store.remove("t", &name("ready")).unwrap());
     }
 
     #[test]
@@ -593,9 +684,35 @@ mod tests {
         let store = SnapshotStore::new(dir.path());
         let dead = dir.path().join("t/.part-ready-999999999");
         std::fs::create_dir_all(&dead).unwrap();
-        let part = store.begin("t", "ready").unwrap();
+        let part = store.begin("t", &name("ready")).unwrap();
         assert!(!dead.exists());
         assert!(part.exists());
         assert!(store.list().is_empty());
+    }
+
+    /// The store joins a name into its paths: one that reaches outside the lab's directory
+    /// must not get that far (`remove("t", "..")` once removed every lab's snapshots).
+    #[test]
+    fn a_name_that_is_not_plain_is_refused_before_it_reaches_a_path() {
+        for bad in ["..", ".", ".hidden", "", "a/b", "../t", "a b", "ready\n"] {
+            let err = SnapshotName::new(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "snapshot name {bad:?}: expected letters, digits, '-', '_' or '.', not starting with '.'"
+                )
+            );
+        }
+        for good in ["ready", "incident-42", "before_upgrade.v2"] {
+            assert_eq!(SnapshotName::new(good).unwrap().as_str(), good);
+        }
+        // Nor through a snapshot.json or a control request.
+        let meta: Result<SnapshotMeta, _> = serde_json::from_str(
+            r#"{"format":"f","lab":"t","name":"..","key":"k","inputs":[],"machines":[],"created":0,"save_secs":0,"bytes":0}"#,
+        );
+        assert!(meta
+            .unwrap_err()
+            .to_string()
+            .contains("snapshot name \"..\""));
     }
 }

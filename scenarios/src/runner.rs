@@ -373,7 +373,7 @@ async fn wait_step(
         }
         WaitFor::NodeTainted { node, taint } => match taint.effect {
             Some(effect) => {
-                let cond = node_has_taint(&taint.key, effect.as_str());
+                let cond = node_has_taint(&taint.key, effect.name());
                 wait_object(ctx, &nodes, node, cond, wait).await
             }
             None => {
@@ -385,7 +385,7 @@ async fn wait_step(
             Some(effect) => {
                 // The node must exist: a deleted node is not an untainted one.
                 let exists = |n: Option<&Node>| n.is_some();
-                let cond = exists.and(node_has_taint(&taint.key, effect.as_str()).not());
+                let cond = exists.and(node_has_taint(&taint.key, effect.name()).not());
                 wait_object(ctx, &nodes, node, cond, wait).await
             }
             None => {
@@ -476,7 +476,7 @@ fn any_effect(key: &str) -> impl Condition<Node> {
         TaintEffect::PreferNoSchedule,
         TaintEffect::NoExecute,
     ]
-    .map(|effect| node_has_taint(key, effect.as_str()));
+    .map(|effect| node_has_taint(key, effect.name()));
     a.or(b).or(c)
 }
 

@@ -824,6 +824,21 @@ sleep = "1m30s"
         "{shown:?}"
     );
     assert!(shown.iter().any(|s| s == "sleep 1m30s"), "{shown:?}");
+    // Each word of a vocabulary parses into its own variant, never into another one's: every
+    // step shows the word it was written with.
+    for (written, shown) in text.split("[[step]]").skip(1).zip(&shown) {
+        let first = written.trim_start().lines().next().unwrap_or_default();
+        let Some((kind, word)) = first.split_once(" = ") else {
+            panic!("a step that does not start with its kind: {written}");
+        };
+        if ["fault", "wait", "expect"].contains(&kind) {
+            let word = word.trim_matches('"');
+            assert!(
+                shown.starts_with(&format!("{kind} {word} ")),
+                "`{first}` parsed as `{shown}`"
+            );
+        }
+    }
     assert!(
         shown
             .iter()

@@ -128,6 +128,7 @@ pub enum ManifestSource {
     Inline(String),
 }
 
+use crate::vocabulary::{ExpectKind, WaitKind};
 /// Faults are the harness's one vocabulary: a file names them as `Lab::inject` takes them.
 pub use harness::fault::Fault;
 
@@ -148,26 +149,12 @@ pub enum PodSelector {
     Labels(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaintEffect {
-    NoSchedule,
-    PreferNoSchedule,
-    NoExecute,
-}
-
-impl TaintEffect {
-    const ALL: [(&'static str, TaintEffect); 3] = [
-        ("NoSchedule", TaintEffect::NoSchedule),
-        ("PreferNoSchedule", TaintEffect::PreferNoSchedule),
-        ("NoExecute", TaintEffect::NoExecute),
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaintEffect::NoSchedule => "NoSchedule",
-            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
-            TaintEffect::NoExecute => "NoExecute",
-        }
+harness::words! {
+    /// A taint's effect, as Kubernetes writes it.
+    pub enum TaintEffect {
+        NoSchedule = "NoSchedule",
+        PreferNoSchedule = "PreferNoSchedule",
+        NoExecute = "NoExecute",
     }
 }
 
@@ -261,6 +248,26 @@ pub enum WaitFor {
 }
 
 impl WaitFor {
+    /// The word a file writes after `wait =` for it.
+    pub fn kind(&self) -> WaitKind {
+        match self {
+            WaitFor::NodeReady { .. } => WaitKind::NodeReady,
+            WaitFor::NodeNotReady { .. } => WaitKind::NodeNotReady,
+            WaitFor::NodeHasLabel { .. } => WaitKind::NodeHasLabel,
+            WaitFor::NodeLacksLabel { .. } => WaitKind::NodeLacksLabel,
+            WaitFor::NodeTainted { .. } => WaitKind::NodeTainted,
+            WaitFor::NodeUntainted { .. } => WaitKind::NodeUntainted,
+            WaitFor::DeploymentAvailable { .. } => WaitKind::DeploymentAvailable,
+            WaitFor::DeploymentRolledOut { .. } => WaitKind::DeploymentRolledOut,
+            WaitFor::DaemonSetReady { .. } => WaitKind::DaemonSetReady,
+            WaitFor::PodRunning { .. } => WaitKind::PodRunning,
+            WaitFor::PodPending { .. } => WaitKind::PodPending,
+            WaitFor::UnitActive { .. } => WaitKind::UnitActive,
+            WaitFor::UnitFailed { .. } => WaitKind::UnitFailed,
+            WaitFor::CommandSucceeds { .. } => WaitKind::CommandSucceeds,
+        }
+    }
+
     /// How often to look when `interval` is not written: often enough that the Kubernetes e2e
     /// reference timings (taint within 30 s, Ready within 1 min) are measurable, rarely enough
     /// not to load a TCG guest.
@@ -319,6 +326,19 @@ pub enum Expectation {
         command: String,
         contains: String,
     },
+}
+
+impl Expectation {
+    /// The word a file writes after `expect =` for it.
+    pub fn kind(&self) -> ExpectKind {
+        match self {
+            Expectation::PodsOnSurvivingNodes { .. } => ExpectKind::PodsOnSurvivingNodes,
+            Expectation::ReplicasAvailable { .. } => ExpectKind::ReplicasAvailable,
+            Expectation::NodeHasLabel { .. } => ExpectKind::NodeHasLabel,
+            Expectation::NodeLacksLabel { .. } => ExpectKind::NodeLacksLabel,
+            Expectation::CommandOutput { .. } => ExpectKind::CommandOutput,
+        }
+    }
 }
 
 /// A machine or generation name a step refers to, for [`ScenarioFile::validate_against`] and
@@ -535,33 +555,35 @@ impl fmt::Display for Action {
 
 impl fmt::Display for WaitFor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", self.kind().name())?;
         match self {
-            WaitFor::NodeReady { node } => write!(f, "node-ready {node}"),
-            WaitFor::NodeNotReady { node } => write!(f, "node-not-ready {node}"),
-            WaitFor::NodeTainted { node, taint } => write!(f, "node-tainted {node} {taint}"),
-            WaitFor::NodeUntainted { node, taint } => write!(f, "node-untainted {node} {taint}"),
-            WaitFor::NodeHasLabel { node, label } => write!(f, "node-has-label {node} {label}"),
-            WaitFor::NodeLacksLabel { node, label } => write!(f, "node-lacks-label {node} {label}"),
+            WaitFor::NodeReady { node } | WaitFor::NodeNotReady { node } => write!(f, "{node}"),
+            WaitFor::NodeTainted { node, taint } | WaitFor::NodeUntainted { node, taint } => {
+                write!(f, "{node} {taint}")
+            }
+            WaitFor::NodeHasLabel { node, label } | WaitFor::NodeLacksLabel { node, label } => {
+                write!(f, "{node} {label}")
+            }
             WaitFor::DeploymentAvailable {
                 namespace,
                 deployment,
                 ..
-            } => write!(f, "deployment-available {namespace}/{deployment}"),
-            WaitFor::DeploymentRolledOut {
+            }
+            | WaitFor::DeploymentRolledOut {
                 namespace,
                 deployment,
-            } => write!(f, "deployment-rolled-out {namespace}/{deployment}"),
+            } => write!(f, "{namespace}/{deployment}"),
             WaitFor::DaemonSetReady {
                 namespace,
                 daemonset,
-            } => write!(f, "daemonset-ready {namespace}/{daemonset}"),
+            } => write!(f, "{namespace}/{daemonset}"),
             WaitFor::PodRunning {
                 namespace,
                 pods,
                 node,
                 ..
             } => {
-                write!(f, "pod-running {namespace}/{pods}")?;
+                write!(f, "{namespace}/{pods}")?;
                 match node {
                     Some(node) => write!(f, " on {node}"),
                     None => Ok(()),
@@ -569,11 +591,12 @@ impl fmt::Display for WaitFor {
             }
             WaitFor::PodPending {
                 namespace, pods, ..
-            } => write!(f, "pod-pending {namespace}/{pods}"),
-            WaitFor::UnitActive { machine, unit } => write!(f, "unit-active {unit} on {machine}"),
-            WaitFor::UnitFailed { machine, unit } => write!(f, "unit-failed {unit} on {machine}"),
+            } => write!(f, "{namespace}/{pods}"),
+            WaitFor::UnitActive { machine, unit } | WaitFor::UnitFailed { machine, unit } => {
+                write!(f, "{unit} on {machine}")
+            }
             WaitFor::CommandSucceeds { machine, command } => {
-                write!(f, "command-succeeds on {machine}: {command}")
+                write!(f, "on {machine}: {command}")
             }
         }
     }
@@ -581,6 +604,7 @@ impl fmt::Display for WaitFor {
 
 impl fmt::Display for Expectation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", self.kind().name())?;
         match self {
             Expectation::PodsOnSurvivingNodes {
                 namespace,
@@ -588,21 +612,19 @@ impl fmt::Display for Expectation {
                 failed_nodes,
             } => write!(
                 f,
-                "pods-on-surviving-nodes {namespace}/{deployment} (not on {})",
+                "{namespace}/{deployment} (not on {})",
                 failed_nodes.join(", ")
             ),
             Expectation::ReplicasAvailable {
                 namespace,
                 deployment,
                 count,
-            } => write!(f, "replicas-available {namespace}/{deployment} = {count}"),
-            Expectation::NodeHasLabel { node, label } => write!(f, "node-has-label {node} {label}"),
-            Expectation::NodeLacksLabel { node, label } => {
-                write!(f, "node-lacks-label {node} {label}")
-            }
+            } => write!(f, "{namespace}/{deployment} = {count}"),
+            Expectation::NodeHasLabel { node, label }
+            | Expectation::NodeLacksLabel { node, label } => write!(f, "{node} {label}"),
             Expectation::CommandOutput {
                 machine, contains, ..
-            } => write!(f, "command-output on {machine} contains {contains:?}"),
+            } => write!(f, "on {machine} contains {contains:?}"),
         }
     }
 }
@@ -619,7 +641,7 @@ impl fmt::Display for PodSelector {
 impl fmt::Display for Taint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.effect {
-            Some(effect) => write!(f, "{}:{}", self.key, effect.as_str()),
+            Some(effect) => write!(f, "{}:{}", self.key, effect.name()),
             None => write!(f, "{}", self.key),
         }
     }

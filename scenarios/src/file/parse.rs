@@ -9,7 +9,8 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::*;
-use crate::vocabulary;
+use crate::vocabulary::{self, ExpectKind, StepKind, WaitKind};
+use harness::fault::FaultKind;
 
 /// [`ScenarioFile::parse`]: the whole file, or the first problem in it.
 pub(super) fn parse_file(text: &str, path: &Path) -> Result<ScenarioFile, FileError> {
@@ -388,19 +389,16 @@ impl StepReader<'_, '_> {
         let line = self.kind_line;
         let effect = match self.opt_string("effect")? {
             None => None,
-            Some(text) => Some(
-                TaintEffect::ALL
-                    .iter()
-                    .find(|(name, _)| *name == text)
-                    .map(|(_, effect)| *effect)
-                    .ok_or_else(|| {
-                        self.err(
-                            self.lines.get("effect").copied().unwrap_or(line),
-                            "effect",
-                            format!("expected one of NoSchedule | PreferNoSchedule | NoExecute, saw {text:?}"),
-                        )
-                    })?,
-            ),
+            Some(text) => Some(TaintEffect::from_name(&text).ok_or_else(|| {
+                self.err(
+                    self.lines.get("effect").copied().unwrap_or(line),
+                    "effect",
+                    format!(
+                        "expected one of {}, saw {text:?}",
+                        TaintEffect::names().join(" | ")
+                    ),
+                )
+            })?),
         };
         Ok(Taint { key, effect })
     }
@@ -449,6 +447,19 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// A step's kind key, with the word its value names for the kinds that have a vocabulary.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Apply,
+    Manifest,
+    Fault(FaultKind),
+    Wait(WaitKind),
+    Rebuild,
+    Rollback,
+    Expect(ExpectKind),
+    Sleep,
+}
+
 fn parse_step(
     src: &Source,
     base: &Path,
@@ -464,10 +475,10 @@ fn parse_step(
     let step_field = format!("step[{number}]");
 
     let kinds = vocabulary::kinds();
-    let present: Vec<&str> = kinds
+    let present: Vec<StepKind> = StepKind::ALL
         .iter()
         .copied()
-        .filter(|k| fields.contains_key(*k))
+        .filter(|k| fields.contains_key(k.name()))
         .collect();
     let kind = match present.as_slice() {
         [kind] => *kind,
@@ -488,6 +499,7 @@ fn parse_step(
             ));
         }
         [first, second, ..] => {
+            let (first, second) = (first.name(), second.name());
             let line = |k: &str| fields.get(k).map_or(step_line, |(l, _)| *l);
             return Err(src.error(
                 line(second),
@@ -501,15 +513,26 @@ fn parse_step(
         }
     };
 
-    // The kind's value: a name from its vocabulary, or for apply/manifest/rebuild/rollback/sleep
+    // The kind's value: a word of its vocabulary, or for apply/manifest/rebuild/rollback/sleep
     // a free string checked below.
+    let kind_name = kind.name();
+    let kind_field = format!("step[{number}].{kind_name}");
     let (kind_line, kind_value) = fields
-        .remove(kind)
-        .ok_or_else(|| src.error(step_line, format!("step[{number}].{kind}"), "missing"))?;
-    let kind_field = format!("step[{number}].{kind}");
+        .remove(kind_name)
+        .ok_or_else(|| src.error(step_line, kind_field.clone(), "missing"))?;
     let kind_value = expect_string(src, kind_line, &kind_field, kind_value)?;
-    let values = vocabulary::values(kind);
-    if !values.is_empty() && !values.contains(&kind_value.as_str()) {
+    let word = match kind {
+        StepKind::Apply => Some(Kind::Apply),
+        StepKind::Manifest => Some(Kind::Manifest),
+        StepKind::Fault => FaultKind::from_name(&kind_value).map(Kind::Fault),
+        StepKind::Wait => WaitKind::from_name(&kind_value).map(Kind::Wait),
+        StepKind::Rebuild => Some(Kind::Rebuild),
+        StepKind::Rollback => Some(Kind::Rollback),
+        StepKind::Expect => ExpectKind::from_name(&kind_value).map(Kind::Expect),
+        StepKind::Sleep => Some(Kind::Sleep),
+    };
+    let values = vocabulary::values(kind_name);
+    let Some(word) = word else {
         return Err(src.error(
             kind_line,
             kind_field,
@@ -519,16 +542,16 @@ fn parse_step(
                 did_you_mean(&kind_value, &values)
             ),
         ));
-    }
+    };
     let kind_text = if values.is_empty() {
-        kind.to_string()
+        kind_name.to_string()
     } else {
-        format!("{kind} = \"{kind_value}\"")
+        format!("{kind_name} = \"{kind_value}\"")
     };
 
     // Keys that do not belong are reported before keys that are missing: a misspelt
     // `timout` should be named as such, not reported as a missing `timeout`.
-    let allowed = vocabulary::keys(kind, &kind_value);
+    let allowed = vocabulary::keys(kind_name, &kind_value);
     for (key, (line, _)) in &fields {
         if key == "note" || allowed.contains(&key.as_str()) {
             continue;
@@ -559,19 +582,21 @@ fn parse_step(
         kind_line,
         kind_text,
         fields,
-        lines: BTreeMap::from([(kind.to_string(), kind_line)]),
+        lines: BTreeMap::from([(kind_name.to_string(), kind_line)]),
     };
     let note = r.opt_string("note")?;
     let machine_example = r#"machine = "limiting-factor""#;
     let node_example = r#"node = "limiting-factor""#;
-    let action = match kind {
-        "apply" => {
+    let unit_example = r#"unit = "kubelet.service""#;
+    let deployment_example = r#"deployment = "web""#;
+    let action = match word {
+        Kind::Apply => {
             let written = kind_value;
             let path = base.join(&written);
             if !path.is_file() {
                 return Err(src.error(
                     kind_line,
-                    format!("step[{number}].apply"),
+                    kind_field,
                     format!(
                         "expected a manifest file (relative to the scenario file), saw {written:?}: {} is not a readable file",
                         path.display()
@@ -583,118 +608,124 @@ fn parse_step(
                 namespace: r.opt_string("namespace")?,
             })
         }
-        "manifest" => Action::Apply(Apply {
+        Kind::Manifest => Action::Apply(Apply {
             source: ManifestSource::Inline(kind_value),
             namespace: r.opt_string("namespace")?,
         }),
-        "fault" => {
-            let fault = match kind_value.as_str() {
-                "partition" | "heal" => {
+        Kind::Fault(fault) => {
+            let fault = match fault {
+                FaultKind::Crash => Fault::Crash {
+                    machine: r.string("machine", machine_example)?,
+                },
+                FaultKind::Freeze => Fault::Freeze {
+                    machine: r.string("machine", machine_example)?,
+                },
+                FaultKind::Thaw => Fault::Thaw {
+                    machine: r.string("machine", machine_example)?,
+                },
+                FaultKind::Shutdown => Fault::Shutdown {
+                    machine: r.string("machine", machine_example)?,
+                    timeout: r.duration_or("timeout", SHUTDOWN_TIMEOUT)?,
+                },
+                FaultKind::Start => Fault::Start {
+                    machine: r.string("machine", machine_example)?,
+                    timeout: r.duration_or("timeout", DEFAULT_BOOT_TIMEOUT)?,
+                },
+                FaultKind::Reboot => Fault::Reboot {
+                    machine: r.string("machine", machine_example)?,
+                    timeout: r.duration_or("timeout", DEFAULT_BOOT_TIMEOUT)?,
+                },
+                FaultKind::LinkDown => Fault::LinkDown {
+                    machine: r.string("machine", machine_example)?,
+                },
+                FaultKind::LinkUp => Fault::LinkUp {
+                    machine: r.string("machine", machine_example)?,
+                },
+                FaultKind::Partition => {
                     let (a, b) = r.pair()?;
-                    if kind_value == "partition" {
-                        Fault::Partition { a, b }
-                    } else {
-                        Fault::Heal { a, b }
-                    }
+                    Fault::Partition { a, b }
                 }
-                "stop-unit" | "start-unit" => {
-                    let machine = r.string("machine", machine_example)?;
-                    let unit = r.string("unit", r#"unit = "kubelet.service""#)?;
-                    if kind_value == "stop-unit" {
-                        Fault::StopUnit { machine, unit }
-                    } else {
-                        Fault::StartUnit { machine, unit }
-                    }
+                FaultKind::Heal => {
+                    let (a, b) = r.pair()?;
+                    Fault::Heal { a, b }
                 }
-                other => {
-                    let machine = r.string("machine", machine_example)?;
-                    match other {
-                        "crash" => Fault::Crash { machine },
-                        "freeze" => Fault::Freeze { machine },
-                        "thaw" => Fault::Thaw { machine },
-                        "shutdown" => Fault::Shutdown {
-                            machine,
-                            timeout: r.duration_or("timeout", SHUTDOWN_TIMEOUT)?,
-                        },
-                        "start" => Fault::Start {
-                            machine,
-                            timeout: r.duration_or("timeout", DEFAULT_BOOT_TIMEOUT)?,
-                        },
-                        "reboot" => Fault::Reboot {
-                            machine,
-                            timeout: r.duration_or("timeout", DEFAULT_BOOT_TIMEOUT)?,
-                        },
-                        "link-down" => Fault::LinkDown { machine },
-                        "link-up" => Fault::LinkUp { machine },
-                        "isolate" => Fault::Isolate { machine },
-                        _ => Fault::Rejoin { machine },
-                    }
-                }
+                FaultKind::Isolate => Fault::Isolate {
+                    machine: r.string("machine", machine_example)?,
+                },
+                FaultKind::Rejoin => Fault::Rejoin {
+                    machine: r.string("machine", machine_example)?,
+                },
+                FaultKind::StopUnit => Fault::StopUnit {
+                    machine: r.string("machine", machine_example)?,
+                    unit: r.string("unit", unit_example)?,
+                },
+                FaultKind::StartUnit => Fault::StartUnit {
+                    machine: r.string("machine", machine_example)?,
+                    unit: r.string("unit", unit_example)?,
+                },
             };
             fault
                 .check_arguments()
                 .map_err(|reason| r.err(kind_line, "fault", reason))?;
             Action::Fault(fault)
         }
-        "wait" => {
-            let condition = match kind_value.as_str() {
-                "node-ready" => WaitFor::NodeReady {
+        Kind::Wait(wait) => {
+            let condition = match wait {
+                WaitKind::NodeReady => WaitFor::NodeReady {
                     node: r.string("node", node_example)?,
                 },
-                "node-not-ready" => WaitFor::NodeNotReady {
+                WaitKind::NodeNotReady => WaitFor::NodeNotReady {
                     node: r.string("node", node_example)?,
                 },
-                "node-has-label" => WaitFor::NodeHasLabel {
-                    node: r.string("node", node_example)?,
-                    label: r.label()?,
-                },
-                "node-lacks-label" => WaitFor::NodeLacksLabel {
+                WaitKind::NodeHasLabel => WaitFor::NodeHasLabel {
                     node: r.string("node", node_example)?,
                     label: r.label()?,
                 },
-                "node-tainted" | "node-untainted" => {
-                    let node = r.string("node", node_example)?;
-                    let taint = r.taint()?;
-                    if kind_value == "node-tainted" {
-                        WaitFor::NodeTainted { node, taint }
-                    } else {
-                        WaitFor::NodeUntainted { node, taint }
-                    }
-                }
-                "deployment-available" => WaitFor::DeploymentAvailable {
-                    deployment: r.string("deployment", r#"deployment = "web""#)?,
+                WaitKind::NodeLacksLabel => WaitFor::NodeLacksLabel {
+                    node: r.string("node", node_example)?,
+                    label: r.label()?,
+                },
+                WaitKind::NodeTainted => WaitFor::NodeTainted {
+                    node: r.string("node", node_example)?,
+                    taint: r.taint()?,
+                },
+                WaitKind::NodeUntainted => WaitFor::NodeUntainted {
+                    node: r.string("node", node_example)?,
+                    taint: r.taint()?,
+                },
+                WaitKind::DeploymentAvailable => WaitFor::DeploymentAvailable {
+                    deployment: r.string("deployment", deployment_example)?,
                     namespace: r.namespace()?,
                     replicas: r.opt_count("replicas", 1)?,
                 },
-                "deployment-rolled-out" => WaitFor::DeploymentRolledOut {
-                    deployment: r.string("deployment", r#"deployment = "web""#)?,
+                WaitKind::DeploymentRolledOut => WaitFor::DeploymentRolledOut {
+                    deployment: r.string("deployment", deployment_example)?,
                     namespace: r.namespace()?,
                 },
-                "daemonset-ready" => WaitFor::DaemonSetReady {
+                WaitKind::DaemonSetReady => WaitFor::DaemonSetReady {
                     daemonset: r.string("daemonset", r#"daemonset = "probe""#)?,
                     namespace: r.namespace()?,
                 },
-                "pod-running" => WaitFor::PodRunning {
+                WaitKind::PodRunning => WaitFor::PodRunning {
                     pods: r.pods()?,
                     namespace: r.namespace()?,
                     node: r.opt_string("node")?,
                     count: r.opt_count("count", 1)?.unwrap_or(1),
                 },
-                "pod-pending" => WaitFor::PodPending {
+                WaitKind::PodPending => WaitFor::PodPending {
                     pods: r.pods()?,
                     namespace: r.namespace()?,
                     count: r.opt_count("count", 1)?.unwrap_or(1),
                 },
-                "unit-active" | "unit-failed" => {
-                    let machine = r.string("machine", machine_example)?;
-                    let unit = r.string("unit", r#"unit = "kubelet.service""#)?;
-                    if kind_value == "unit-active" {
-                        WaitFor::UnitActive { machine, unit }
-                    } else {
-                        WaitFor::UnitFailed { machine, unit }
-                    }
-                }
-                _ => WaitFor::CommandSucceeds {
+                WaitKind::UnitActive => WaitFor::UnitActive {
+                    machine: r.string("machine", machine_example)?,
+                    unit: r.string("unit", unit_example)?,
+                },
+                WaitKind::UnitFailed => WaitFor::UnitFailed {
+                    machine: r.string("machine", machine_example)?,
+                    unit: r.string("unit", unit_example)?,
+                },
+                WaitKind::CommandSucceeds => WaitFor::CommandSucceeds {
                     machine: r.string("machine", machine_example)?,
                     command: r.string("command", r#"command = "test -e /run/ready""#)?,
                 },
@@ -722,17 +753,17 @@ fn parse_step(
                 interval,
             })
         }
-        "rebuild" => Action::Rebuild(Rebuild {
+        Kind::Rebuild => Action::Rebuild(Rebuild {
             generation: kind_value,
             timeout: r.duration_or("timeout", REBUILD_TIMEOUT)?,
         }),
-        "rollback" => Action::Rollback(Rollback {
+        Kind::Rollback => Action::Rollback(Rollback {
             machine: kind_value,
             timeout: r.duration_or("timeout", ROLLBACK_TIMEOUT)?,
         }),
-        "expect" => Action::Expect(match kind_value.as_str() {
-            "pods-on-surviving-nodes" => Expectation::PodsOnSurvivingNodes {
-                deployment: r.string("deployment", r#"deployment = "web""#)?,
+        Kind::Expect(expect) => Action::Expect(match expect {
+            ExpectKind::PodsOnSurvivingNodes => Expectation::PodsOnSurvivingNodes {
+                deployment: r.string("deployment", deployment_example)?,
                 namespace: r.namespace()?,
                 failed_nodes: {
                     let example = r#"failed_nodes = ["limiting-factor"]"#;
@@ -747,33 +778,33 @@ fn parse_step(
                     nodes
                 },
             },
-            "replicas-available" => Expectation::ReplicasAvailable {
-                deployment: r.string("deployment", r#"deployment = "web""#)?,
+            ExpectKind::ReplicasAvailable => Expectation::ReplicasAvailable {
+                deployment: r.string("deployment", deployment_example)?,
                 namespace: r.namespace()?,
                 count: r
                     .opt_count("count", 0)?
                     .ok_or_else(|| r.missing("count", "count = 3"))?,
             },
-            "node-has-label" => Expectation::NodeHasLabel {
+            ExpectKind::NodeHasLabel => Expectation::NodeHasLabel {
                 node: r.string("node", node_example)?,
                 label: r.label()?,
             },
-            "node-lacks-label" => Expectation::NodeLacksLabel {
+            ExpectKind::NodeLacksLabel => Expectation::NodeLacksLabel {
                 node: r.string("node", node_example)?,
                 label: r.label()?,
             },
-            _ => Expectation::CommandOutput {
+            ExpectKind::CommandOutput => Expectation::CommandOutput {
                 machine: r.string("machine", machine_example)?,
                 command: r.string("command", r#"command = "hostname""#)?,
                 contains: r.string("contains", r#"contains = "limiting-factor""#)?,
             },
         }),
-        _ => {
+        Kind::Sleep => {
             let d = parse_duration(&kind_value).filter(|d| *d > Duration::ZERO);
             Action::Sleep(d.ok_or_else(|| {
                 src.error(
                     kind_line,
-                    format!("step[{number}].sleep"),
+                    kind_field,
                     format!("expected a duration above zero such as \"10s\" or \"1m30s\", saw {kind_value:?}"),
                 )
             })?)
