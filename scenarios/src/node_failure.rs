@@ -67,10 +67,43 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
 
 async fn body(ctx: &Ctx<'_>, ns: String) -> Result<(), ScenarioError> {
     let worker = ctx.worker()?;
+    ctx.note("knobs", lifecycle_knobs(ctx).await?);
     for trial in [Trial::PowerLoss, Trial::Partition, Trial::Freeze] {
         one_fault(ctx, &ns, &worker, trial).await?;
     }
     Ok(())
+}
+
+/// The settings that govern the delays this scenario measures, as the master runs them: a
+/// measured "NotReady after 45 s" means little without the grace period that decided it.
+async fn lifecycle_knobs(ctx: &Ctx<'_>) -> Result<String, ScenarioError> {
+    let master = &ctx.k8s()?.master;
+    let cmdline = ctx
+        .lab
+        .machine(master)
+        .map_err(|e| ScenarioError::error("reading the node lifecycle settings", e))?
+        .succeed("tr '\\0' ' ' </proc/$(pgrep -o kube-controller)/cmdline")
+        .await
+        .map_err(|e| ScenarioError::error("reading kube-controller-manager's command line", e))?;
+    Ok(describe_knobs(&cmdline))
+}
+
+/// What [`lifecycle_knobs`] says, from kube-controller-manager's command line; Kubernetes
+/// v1.20's defaults where a flag is absent.
+fn describe_knobs(cmdline: &str) -> String {
+    let flag = |name: &str, default: &str| {
+        let prefix = format!("--{name}=");
+        let value = cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .unwrap_or(default);
+        format!("{name}={value}")
+    };
+    format!(
+        "NotReady after {} without a status or lease, checked every {}; pods evicted {TOLERATION_SECONDS} s after the taint (the victim's tolerationSeconds)",
+        flag("node-monitor-grace-period", "40s"),
+        flag("node-monitor-period", "5s"),
+    )
 }
 
 async fn one_fault(
@@ -279,4 +312,26 @@ async fn running_pods(
             Some((p.metadata.name.unwrap_or_default(), node))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_knobs;
+
+    #[test]
+    fn knobs_come_from_the_command_line_and_default_to_kubernetes_own() {
+        let tuned = describe_knobs(
+            "/k8s/bin/kube-controller-manager --kubeconfig=/x --node-monitor-grace-period=16s --pod-eviction-timeout=10s ",
+        );
+        assert_eq!(
+            tuned,
+            "NotReady after node-monitor-grace-period=16s without a status or lease, checked every node-monitor-period=5s; pods evicted 10 s after the taint (the victim's tolerationSeconds)"
+        );
+        let plain = describe_knobs("kube-controller-manager --node-monitor-period=2s");
+        assert!(
+            plain.contains("node-monitor-grace-period=40s")
+                && plain.contains("node-monitor-period=2s"),
+            "{plain}"
+        );
+    }
 }
