@@ -6,6 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::error::Chain;
 use harness::events::Events;
 use harness::kube::join::join_line;
 use harness::kube::KubeAccess;
@@ -132,7 +133,7 @@ async fn the_admin_kubeconfig_is_read_once_the_certificates_it_names_exist() {
     .await
     .err()
     .expect("no certificates, no kubeconfig");
-    let text = format!("{err:#}");
+    let text = Chain(&err).to_string();
     assert!(
         text.contains(&format!("{secrets}/ca.pem")) && text.contains("still missing"),
         "{text}"
