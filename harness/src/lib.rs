@@ -9,7 +9,8 @@
 //!   failed with what it last saw and the delay it measured).
 //! * [`vm`] - one QEMU machine: its run script, QMP, the guest channel, faults.
 //! * [`net`] - the lab's private L2 hub (partitions per pair) and host port picks.
-//! * [`nix`] - `nix build` with progress, out-links, new system generations.
+//! * [`nix`] - `nix build` with progress, out-links, new system generations and the ones a run
+//!   switched machines through (to roll back and to return to).
 //! * [`kube`] - a client from the lab's kubeconfig, node joins, the readiness gate, object waits.
 //! * [`sampler`] - where the CPU goes: each machine's QEMU, its guest and the host, sampled
 //!   through a lab's life as events.
