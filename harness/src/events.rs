@@ -5,8 +5,8 @@
 //! the JSON files - is rendered from these events by [`crate::report`], so the renderings cannot
 //! disagree with each other and a run can be re-rendered later from its `events.jsonl`.
 //!
-//! This module depends on nothing else in the crate but the [`crate::fault`] vocabulary, so
-//! that every layer may use it.
+//! This module depends on nothing else in the crate but the [`crate::fault`] vocabulary and
+//! [`crate::secs`], neither of which uses it, so that every layer may use it.
 //!
 //! # Usage
 //! ```
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::fault::Fault;
+use crate::secs;
 
 /// Something that happened, stamped with the time since the run started.
 ///
@@ -407,27 +408,6 @@ impl Recorder {
 // under these locks (a Vec of events or of senders) is valid whatever panicked.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Durations as seconds with millisecond precision: readable in `events.jsonl`, and a
-/// whole-millisecond duration survives the round trip exactly.
-pub mod secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_millis() as f64 / 1000.0)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(serde::de::Error::custom(format!(
-                "not a duration in seconds: {secs}"
-            )));
-        }
-        Ok(Duration::from_millis((secs * 1000.0).round() as u64))
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! labtest's library. Layers, lowest first; a module only uses the ones above it in this list:
 //!
 //! * [`words`] - closed vocabularies of words as enums ([`words!`]), for the layers below.
+//! * [`secs`] - durations as seconds in every JSON file, for the vocabularies and reports.
 //! * [`fault`] - the one fault vocabulary (crash, freeze, partition...), as values; injected by
 //!   [`lab::Lab::inject`].
 //! * [`events`] - the one vocabulary every layer reports through.
@@ -31,6 +32,7 @@ pub mod nix;
 pub mod ready;
 pub mod report;
 pub mod sampler;
+pub mod secs;
 pub mod snapshot;
 pub mod vm;
 pub mod wait;

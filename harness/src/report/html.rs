@@ -23,8 +23,9 @@ use serde::Serialize;
 use super::history::RunRecord;
 use super::summary::{CheckRecord, FailedCheck, RunResult, ScenarioResult, Summary};
 use super::{fmt_duration, fmt_measured, ARTIFACTS_FOLDER};
-use crate::events::{secs, Event, EventKind, Measured, Outcome};
+use crate::events::{Event, EventKind, Measured, Outcome};
 use crate::fault::Fault;
+use crate::secs;
 
 /// What the timeline shows, in run time (since the run started).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::cpu::{CpuFold, CpuSummary};
 use super::{fmt_duration, fmt_measured, ARTIFACTS_FOLDER};
-use crate::events::{secs, Event, EventKind, Measured, Outcome, Phase, Stream};
+use crate::events::{Event, EventKind, Measured, Outcome, Phase, Stream};
+use crate::secs;
 
 /// A whole run, built by [`Summary::from_events`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -777,7 +778,7 @@ mod opt_secs {
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => crate::events::secs::serialize(d, s),
+            Some(d) => crate::secs::serialize(d, s),
             None => s.serialize_none(),
         }
     }
