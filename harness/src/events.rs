@@ -24,7 +24,7 @@
 //! ```
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -35,7 +35,8 @@ use crate::secs;
 /// Something that happened, stamped with the time since the run started.
 ///
 /// Serialized as one JSON object per line: `{"elapsed":12.345,"kind":"machine_up",...}`.
-/// Durations are seconds with millisecond precision, so the files stay readable.
+/// Durations are seconds with millisecond precision, so the files stay readable. The run's
+/// wall-clock start is written once, on [`EventKind::RunStarted`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Since the run started ([`Events::new`]).
@@ -51,7 +52,15 @@ pub struct Event {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     /// The first event of a run: which lab, and the scenarios that will run, in order.
-    RunStarted { lab: String, scenarios: Vec<String> },
+    /// `started_at` is the wall-clock time at `elapsed` zero ([`Events::started_at`]) in
+    /// RFC 3339 UTC, so an event happened at `started_at + elapsed`, which is what to look for
+    /// in a guest's journal. `None` in event logs written before it existed.
+    RunStarted {
+        lab: String,
+        scenarios: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<String>,
+    },
     /// The last event of a run. `aborted` says why the run stopped before running its
     /// scenarios to the end (e.g. the lab never became ready); `None` for a complete run,
     /// whatever its scenarios' outcomes.
@@ -305,6 +314,8 @@ pub struct Events {
 
 struct Inner {
     start: Instant,
+    /// The wall clock at `start`.
+    wall: SystemTime,
     // One lock for stamping and fan-out, so every consumer sees the same order and
     // `elapsed` never goes backwards within a stream.
     sinks: Mutex<Vec<Sink>>,
@@ -321,6 +332,7 @@ impl Events {
         Self {
             inner: Some(Arc::new(Inner {
                 start: Instant::now(),
+                wall: SystemTime::now(),
                 sinks: Mutex::new(Vec::new()),
             })),
         }
@@ -374,6 +386,14 @@ impl Events {
         self.inner
             .as_ref()
             .map_or(Duration::ZERO, |inner| inner.start.elapsed())
+    }
+
+    /// The wall-clock time the run started, where `elapsed` counts from (now for
+    /// [`Events::discard`], whose `elapsed` is always zero).
+    pub fn started_at(&self) -> SystemTime {
+        self.inner
+            .as_ref()
+            .map_or_else(SystemTime::now, |inner| inner.wall)
     }
 }
 
@@ -486,5 +506,28 @@ mod tests {
         assert!(line.starts_with(r#"{"elapsed":12.345,"kind":"check_failed","#));
         let back: Event = serde_json::from_str(&line).expect("deserialize");
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn the_run_start_is_written_once_and_optional_when_read() {
+        let events = Events::new();
+        let before = std::time::SystemTime::now();
+        assert!(events.started_at() <= before);
+        assert!(Events::discard().started_at() >= before);
+        let line = r#"{"elapsed":0.0,"kind":"run_started","lab":".","scenarios":[],"started_at":"2026-12-03T05:36:00.250Z"}"#;
+        let event: Event = serde_json::from_str(line).expect("deserialize");
+        assert_eq!(serde_json::to_string(&event).expect("serialize"), line);
+        // An events.jsonl from before the field existed still reads.
+        let old: Event = serde_json::from_str(
+            r#"{"elapsed":0.0,"kind":"run_started","lab":".","scenarios":[]}"#,
+        )
+        .expect("deserialize");
+        assert!(matches!(
+            old.kind,
+            EventKind::RunStarted {
+                started_at: None,
+                ..
+            }
+        ));
     }
 }

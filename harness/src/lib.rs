@@ -2,6 +2,7 @@
 //!
 //! * [`words`] - closed vocabularies of words as enums ([`words!`]), for the layers below.
 //! * [`secs`] - durations as seconds in every JSON file, for the vocabularies and reports.
+//! * [`utc`] - wall-clock times as UTC text (RFC 3339), std only.
 //! * [`fault`] - the one fault vocabulary (crash, freeze, partition...), as values; injected by
 //!   [`lab::Lab::inject`].
 //! * [`events`] - the one vocabulary every layer reports through.
@@ -34,6 +35,7 @@ pub mod report;
 pub mod sampler;
 pub mod secs;
 pub mod snapshot;
+pub mod utc;
 pub mod vm;
 pub mod wait;
 pub mod words;
