@@ -197,6 +197,7 @@ pub async fn run(
     events.emit(EventKind::RunStarted {
         lab: spec.name.clone(),
         scenarios: names.clone(),
+        started_at: Some(harness::utc::rfc3339(events.started_at())),
     });
     let session = Session::for_lab(lab_dir)?;
     let work = report_dir.join("work");
@@ -422,6 +423,7 @@ pub async fn run_on_served(
     events.emit(EventKind::RunStarted {
         lab: lab.spec().name.clone(),
         scenarios: names.clone(),
+        started_at: Some(harness::utc::rfc3339(events.started_at())),
     });
     let work = report_dir.join("work");
     for name in &names {

@@ -11,9 +11,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use harness::events::Events;
-use harness::nix::{Activation, SystemProfile};
+use harness::nix::{Activation, Switches, SystemProfile};
 use harness::vm::Machine;
-use scenarios::switches::Switches;
 
 use crate::control::{Reply, Request};
 use crate::session::Session;
@@ -142,8 +141,7 @@ async fn run(request: Request, lab: &Lab, served: &Served) -> Result<Reply> {
             let activation = served
                 .switches
                 .switch_to(&SystemProfile::default(), &nix, guest, &toplevel)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .await?;
             activation_reply(guest, &activation, &format!("switched to {attr}")).await?
         }
         Request::Rollback { machine } => {
@@ -152,11 +150,7 @@ async fn run(request: Request, lab: &Lab, served: &Served) -> Result<Reply> {
             // Back to the generation this server switched away from; with no switch of ours
             // (e.g. after `up --from`), to the one below, as `nixos-rebuild switch --rollback`.
             let activation = if served.switches.has_switched(&machine) {
-                served
-                    .switches
-                    .roll_back(&profile, guest)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                served.switches.roll_back(&profile, guest).await?
             } else {
                 profile.rollback(guest.as_ref()).await?
             };

@@ -5,8 +5,8 @@
 //! the JSON files - is rendered from these events by [`crate::report`], so the renderings cannot
 //! disagree with each other and a run can be re-rendered later from its `events.jsonl`.
 //!
-//! This module depends on nothing else in the crate but the [`crate::fault`] vocabulary, so
-//! that every layer may use it.
+//! This module depends on nothing else in the crate but the [`crate::fault`] vocabulary and
+//! [`crate::secs`], neither of which uses it, so that every layer may use it.
 //!
 //! # Usage
 //! ```
@@ -24,17 +24,19 @@
 //! ```
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::fault::Fault;
+use crate::secs;
 
 /// Something that happened, stamped with the time since the run started.
 ///
 /// Serialized as one JSON object per line: `{"elapsed":12.345,"kind":"machine_up",...}`.
-/// Durations are seconds with millisecond precision, so the files stay readable.
+/// Durations are seconds with millisecond precision, so the files stay readable. The run's
+/// wall-clock start is written once, on [`EventKind::RunStarted`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Since the run started ([`Events::new`]).
@@ -50,7 +52,15 @@ pub struct Event {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     /// The first event of a run: which lab, and the scenarios that will run, in order.
-    RunStarted { lab: String, scenarios: Vec<String> },
+    /// `started_at` is the wall-clock time at `elapsed` zero ([`Events::started_at`]) in
+    /// RFC 3339 UTC, so an event happened at `started_at + elapsed`, which is what to look for
+    /// in a guest's journal. `None` in event logs written before it existed.
+    RunStarted {
+        lab: String,
+        scenarios: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at: Option<String>,
+    },
     /// The last event of a run. `aborted` says why the run stopped before running its
     /// scenarios to the end (e.g. the lab never became ready); `None` for a complete run,
     /// whatever its scenarios' outcomes.
@@ -304,6 +314,8 @@ pub struct Events {
 
 struct Inner {
     start: Instant,
+    /// The wall clock at `start`.
+    wall: SystemTime,
     // One lock for stamping and fan-out, so every consumer sees the same order and
     // `elapsed` never goes backwards within a stream.
     sinks: Mutex<Vec<Sink>>,
@@ -320,6 +332,7 @@ impl Events {
         Self {
             inner: Some(Arc::new(Inner {
                 start: Instant::now(),
+                wall: SystemTime::now(),
                 sinks: Mutex::new(Vec::new()),
             })),
         }
@@ -374,6 +387,14 @@ impl Events {
             .as_ref()
             .map_or(Duration::ZERO, |inner| inner.start.elapsed())
     }
+
+    /// The wall-clock time the run started, where `elapsed` counts from (now for
+    /// [`Events::discard`], whose `elapsed` is always zero).
+    pub fn started_at(&self) -> SystemTime {
+        self.inner
+            .as_ref()
+            .map_or_else(SystemTime::now, |inner| inner.wall)
+    }
 }
 
 impl Default for Events {
@@ -407,27 +428,6 @@ impl Recorder {
 // under these locks (a Vec of events or of senders) is valid whatever panicked.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Durations as seconds with millisecond precision: readable in `events.jsonl`, and a
-/// whole-millisecond duration survives the round trip exactly.
-pub mod secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_millis() as f64 / 1000.0)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(serde::de::Error::custom(format!(
-                "not a duration in seconds: {secs}"
-            )));
-        }
-        Ok(Duration::from_millis((secs * 1000.0).round() as u64))
-    }
 }
 
 #[cfg(test)]
@@ -506,5 +506,28 @@ mod tests {
         assert!(line.starts_with(r#"{"elapsed":12.345,"kind":"check_failed","#));
         let back: Event = serde_json::from_str(&line).expect("deserialize");
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn the_run_start_is_written_once_and_optional_when_read() {
+        let events = Events::new();
+        let before = std::time::SystemTime::now();
+        assert!(events.started_at() <= before);
+        assert!(Events::discard().started_at() >= before);
+        let line = r#"{"elapsed":0.0,"kind":"run_started","lab":".","scenarios":[],"started_at":"2026-12-03T05:36:00.250Z"}"#;
+        let event: Event = serde_json::from_str(line).expect("deserialize");
+        assert_eq!(serde_json::to_string(&event).expect("serialize"), line);
+        // An events.jsonl from before the field existed still reads.
+        let old: Event = serde_json::from_str(
+            r#"{"elapsed":0.0,"kind":"run_started","lab":".","scenarios":[]}"#,
+        )
+        .expect("deserialize");
+        assert!(matches!(
+            old.kind,
+            EventKind::RunStarted {
+                started_at: None,
+                ..
+            }
+        ));
     }
 }

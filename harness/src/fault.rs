@@ -3,7 +3,8 @@
 //! Scenario files parse into it, the CLI's server and the built-in scenarios dispatch it through
 //! [`crate::lab::Lab::inject`] (which is where a machine actually gets crashed, frozen or cut
 //! off), and events carry it typed, so the reports know which machines a fault touched without
-//! parsing strings. This module depends on nothing else in the crate, so events can use it.
+//! parsing strings. It depends on nothing else in the crate but [`crate::secs`] (and
+//! [`crate::vm::DEFAULT_BOOT_TIMEOUT`]), so events can use it.
 //!
 //! # Usage
 //! ```
@@ -42,19 +43,19 @@ pub enum Fault {
     /// Graceful power-off, waiting up to `timeout` for QEMU to exit.
     Shutdown {
         machine: String,
-        #[serde(with = "crate::events::secs")]
+        #[serde(with = "crate::secs")]
         timeout: Duration,
     },
     /// Power a crashed or shut-down machine on, waiting up to `timeout` for its guest.
     Start {
         machine: String,
-        #[serde(with = "crate::events::secs")]
+        #[serde(with = "crate::secs")]
         timeout: Duration,
     },
     /// Reboot through systemd, waiting up to `timeout` for the new boot to answer.
     Reboot {
         machine: String,
-        #[serde(with = "crate::events::secs")]
+        #[serde(with = "crate::secs")]
         timeout: Duration,
     },
     /// The lab NIC loses carrier (QMP `set_link`): the guest sees it.

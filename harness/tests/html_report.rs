@@ -63,6 +63,7 @@ fn realistic_run() -> Vec<Event> {
         EventKind::RunStarted {
             lab: ".".into(),
             scenarios: vec!["pod-scheduling".into(), "node-failure".into()],
+            started_at: Some("2026-12-03T05:36:00.000Z".into()),
         },
     )
     .at(

@@ -11,6 +11,7 @@ use harness::events::{EventKind, Events, Outcome, Stream};
 use harness::kube::conditions::look;
 use harness::kube::Summary;
 use harness::lab::{KubernetesSpec, Lab};
+use harness::nix::{SwitchError, Switches};
 use harness::report::ArtifactsDir;
 use harness::wait::{Condition, Poll, Since, Wait};
 use k8s_openapi::api::core::v1::Namespace;
@@ -18,8 +19,6 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-
-use crate::switches::Switches;
 
 /// Why a scenario did not pass.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +43,18 @@ impl ScenarioError {
     /// A harness-side problem, with context and the whole chain of its causes.
     pub fn error(context: &str, error: impl std::error::Error) -> Self {
         ScenarioError::Error(format!("{context}: {}", Chain(&error)))
+    }
+}
+
+impl From<SwitchError> for ScenarioError {
+    /// A start generation that does not come back is the lab's failure; the rest are ours.
+    fn from(error: SwitchError) -> Self {
+        match error {
+            SwitchError::StartGeneration { check, reason } => {
+                ScenarioError::Failed { check, reason }
+            }
+            other => ScenarioError::Error(Chain(&other).to_string()),
+        }
     }
 }
 

@@ -6,7 +6,6 @@ pub mod node_failure;
 pub mod pod_scheduling;
 pub mod rebuild_rollback;
 pub mod runner;
-pub mod switches;
 pub mod vocabulary;
 
 pub use ctx::{Ctx, ScenarioError};

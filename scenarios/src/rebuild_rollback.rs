@@ -132,7 +132,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
         .artifacts
         .write_journal(&name, &format!("{unit}-broken-generation"), &evidence);
 
-    // Roll back to the generation it ran before (by number: see crate::switches).
+    // Roll back to the generation it ran before (by number: see harness::nix::switches).
     let activation = ctx.switches.roll_back(&profile, machine.as_ref()).await?;
     ctx.note(
         "rollback",

@@ -24,8 +24,8 @@
 //!   built-in rebuild-rollback does. A non-zero `switch-to-configuration` is recorded, not
 //!   failed: the generation may be meant to break a unit (follow with `wait`/`expect`).
 //!   `rollback`: back to the generation the machine ran before this file's last `rebuild` of it
-//!   (by number, not `nix-env --rollback`'s next-lower one; see crate::switches). When the file
-//!   ends, every machine it rebuilt goes back to the generation it started on.
+//!   (by number, not `nix-env --rollback`'s next-lower one; see harness::nix::switches). When
+//!   the file ends, every machine it rebuilt goes back to the generation it started on.
 //! * `expect`: looked at once; failing says what was expected and what was seen.
 //! * `sleep`: lets time pass.
 //!

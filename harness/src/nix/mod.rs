@@ -13,6 +13,7 @@
 pub mod generation;
 mod machine;
 pub mod progress;
+pub mod switches;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,6 +27,7 @@ pub use generation::{
     SystemProfile,
 };
 pub use progress::{BuildProgress, ProgressParser};
+pub use switches::{SwitchError, Switches};
 
 const EXPERIMENTAL: &str = "nix-command flakes";
 /// How long Nix gets to stop its builders after SIGTERM before the group is killed outright.

@@ -1,7 +1,7 @@
 //! Hand-written runs for the snapshot tests. Times are fixed so every rendering is
 //! deterministic; the runs cover each way a scenario can end.
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::events::{
     Event, EventKind, GuestUse, HostUse, Measured, Outcome, Phase, ProcessUse, QemuUse, Stream,
@@ -9,6 +9,8 @@ use crate::events::{
 use crate::fault::Fault;
 
 const SCENARIOS: [&str; 3] = ["pod-scheduling", "node-failure", "rebuild-rollback"];
+/// Every run starts at the same wall-clock time, 2026-12-03T05:36:00.250Z, so snapshots hold.
+const STARTED_AT_MS: u64 = 1_796_276_160_250;
 
 struct Run(Vec<Event>);
 
@@ -24,6 +26,9 @@ impl Run {
             EventKind::RunStarted {
                 lab: lab.into(),
                 scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+                started_at: Some(crate::utc::rfc3339(
+                    UNIX_EPOCH + Duration::from_millis(STARTED_AT_MS),
+                )),
             },
         );
         run.at(

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::summary::{RunResult, ScenarioResult, Summary};
 use super::ReportError;
-use crate::events::{secs, Measured, Phase};
+use crate::events::{Measured, Phase};
+use crate::secs;
 
 /// How many runs the file keeps; older ones are dropped when it grows past this.
 pub const KEEP: usize = 200;
@@ -220,14 +221,14 @@ mod opt_secs {
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => crate::events::secs::serialize(d, s),
+            Some(d) => crate::secs::serialize(d, s),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         #[derive(Deserialize)]
-        struct Secs(#[serde(with = "crate::events::secs")] Duration);
+        struct Secs(#[serde(with = "crate::secs")] Duration);
         Ok(Option::<Secs>::deserialize(d)?.map(|Secs(d)| d))
     }
 }

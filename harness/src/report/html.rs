@@ -23,8 +23,9 @@ use serde::Serialize;
 use super::history::RunRecord;
 use super::summary::{CheckRecord, FailedCheck, RunResult, ScenarioResult, Summary};
 use super::{fmt_duration, fmt_measured, ARTIFACTS_FOLDER};
-use crate::events::{secs, Event, EventKind, Measured, Outcome};
+use crate::events::{Event, EventKind, Measured, Outcome};
 use crate::fault::Fault;
+use crate::secs;
 
 /// What the timeline shows, in run time (since the run started).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1225,7 +1226,11 @@ fn history_section(out: &mut String, s: &Summary, history: &[RunRecord]) {
             "<tr class=\"{}{}\"><td>{}</td><td class=\"result\">{}</td>",
             esc(&r.result),
             if this { " current" } else { "" },
-            if this { "this run".into() } else { utc(r.unix) },
+            if this {
+                "this run".into()
+            } else {
+                crate::utc::minutes(r.unix)
+            },
             esc(&r.result)
         );
         for (_, get) in &metrics {
@@ -1273,26 +1278,6 @@ fn sparkline(values: &[Option<f64>]) -> String {
         "<svg class=\"spark\" width=\"{}\" height=\"{h}\"><polyline points=\"{}\"/>{dots}</svg>",
         w + 8.0,
         points.trim_end()
-    )
-}
-
-/// `2026-12-03 05:56`, from the civil-from-days algorithm (Howard Hinnant's).
-fn utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let rem = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
     )
 }
 
@@ -1594,6 +1579,7 @@ mod tests {
                 EventKind::RunStarted {
                     lab: hostile.into(),
                     scenarios: vec![hostile.into()],
+                    started_at: None,
                 },
             ),
             at(
@@ -1652,12 +1638,5 @@ mod tests {
         let page = render(&events, &summary, &[earlier, appended]);
         assert_eq!(page.matches("<tr class=\"failed current\">").count(), 1);
         assert!(page.contains("2026-12-03 03:53"));
-    }
-
-    #[test]
-    fn dates_read_as_utc() {
-        assert_eq!(utc(0), "1970-01-01 00:00");
-        assert_eq!(utc(951_782_400 + 3_661), "2000-02-29 01:01");
-        assert_eq!(utc(1_796_276_160), "2026-12-03 05:36");
     }
 }

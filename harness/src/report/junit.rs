@@ -337,6 +337,7 @@ mod tests {
                 EventKind::RunStarted {
                     lab: "lab".into(),
                     scenarios: Vec::new(),
+                    started_at: None,
                 },
             ),
             at(

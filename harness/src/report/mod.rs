@@ -22,7 +22,11 @@
 //! let recorder = events.record();
 //! let view = live::spawn(&events, live::Mode::detect());
 //! let artifacts = ArtifactsDir::create("target/labtest/run-1", &events)?;
-//! events.emit(EventKind::RunStarted { lab: ".".into(), scenarios: vec!["pod-scheduling".into()] });
+//! events.emit(EventKind::RunStarted {
+//!     lab: ".".into(),
+//!     scenarios: vec!["pod-scheduling".into()],
+//!     started_at: Some(harness::utc::rfc3339(events.started_at())),
+//! });
 //! // ... boot, wait, run scenarios: every layer emits ...
 //! events.emit(EventKind::RunFinished { aborted: None });
 //! let _ = view.join();

@@ -25,7 +25,7 @@ use crate::events::{Event, EventKind, Outcome};
 /// ```
 pub fn render_plain_line(event: &Event) -> Option<String> {
     let body = match &event.kind {
-        EventKind::RunStarted { lab, scenarios } => {
+        EventKind::RunStarted { lab, scenarios, .. } => {
             format!("run: lab {lab}, scenarios: {}", list(scenarios))
         }
         EventKind::RunFinished { aborted: None } => "run finished".to_string(),

@@ -9,12 +9,16 @@ use serde::Serialize;
 
 use super::cpu::{CpuFold, CpuSummary};
 use super::{fmt_duration, fmt_measured, ARTIFACTS_FOLDER};
-use crate::events::{secs, Event, EventKind, Measured, Outcome, Phase, Stream};
+use crate::events::{Event, EventKind, Measured, Outcome, Phase, Stream};
+use crate::secs;
 
 /// A whole run, built by [`Summary::from_events`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub lab: String,
+    /// The run's wall-clock start, RFC 3339 UTC, as [`EventKind::RunStarted`] has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
     pub result: RunResult,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
@@ -239,7 +243,7 @@ impl Summary {
     /// The table printed at the end of a run and written to `summary.txt`.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
+        let _ = write!(
             out,
             "labtest: lab {}, {} scenario{}, {}",
             self.lab,
@@ -247,6 +251,13 @@ impl Summary {
             if self.scenarios.len() == 1 { "" } else { "s" },
             fmt_duration(self.duration)
         );
+        // The wall clock of `elapsed` zero, to find a run's moments in guests' journals.
+        match &self.started_at {
+            Some(at) => {
+                let _ = writeln!(out, ", started {at}");
+            }
+            None => out.push('\n'),
+        }
         if !self.phases.is_empty() {
             let phases: Vec<String> = self
                 .phases
@@ -472,6 +483,7 @@ fn describe_checks(out: &mut String, checks: &[FailedCheck]) {
 #[derive(Default)]
 struct Fold {
     lab: String,
+    started_at: Option<String>,
     planned: Vec<String>,
     aborted: Option<String>,
     finished: bool,
@@ -496,8 +508,13 @@ impl Fold {
     fn add(&mut self, event: &Event) {
         let at = event.elapsed;
         match &event.kind {
-            EventKind::RunStarted { lab, scenarios } => {
+            EventKind::RunStarted {
+                lab,
+                scenarios,
+                started_at,
+            } => {
                 self.lab = lab.clone();
+                self.started_at = started_at.clone();
                 self.planned = scenarios.clone();
             }
             EventKind::RunFinished { aborted } => {
@@ -739,6 +756,7 @@ impl Fold {
         };
         Summary {
             lab: self.lab,
+            started_at: self.started_at,
             result,
             aborted: self.aborted,
             duration: end,
@@ -777,7 +795,7 @@ mod opt_secs {
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => crate::events::secs::serialize(d, s),
+            Some(d) => crate::secs::serialize(d, s),
             None => s.serialize_none(),
         }
     }

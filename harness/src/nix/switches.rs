@@ -1,9 +1,9 @@
-//! The system generations a scenario switches its machines through.
+//! The system generations a scenario, or `labtest rebuild`/`rollback`, switches machines through.
 //!
 //! `nix-env --rollback` (what `nixos-rebuild switch --rollback` runs) goes to the next-lower
 //! generation *number*, which is the generation that was current before only while nobody has
 //! switched back and forth: once a run has rolled back from 3 to 2 and switches again (4), a
-//! rollback lands on 3. Scenarios therefore remember, per machine, the generation numbers they
+//! rollback lands on 3. Scenarios (and the lab's server, for `labtest rollback`) therefore remember, per machine, the generation numbers they
 //! switched away from; a rollback returns to the last of them by number, and when the scenario
 //! ends every machine goes back to the generation it started on, so the next scenario or file
 //! sees the lab as booted.
@@ -11,10 +11,39 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use harness::nix::{Activation, Nix, SystemProfile};
-use harness::vm::Machine;
+use super::{Activation, GenerationError, Nix, SystemProfile};
+use crate::vm::Machine;
 
-use crate::ctx::ScenarioError;
+/// Why a switch, a rollback or the return to the start generations did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// A bookkeeping step failed (reading or switching a generation): says nothing about the lab.
+    #[error("{context}")]
+    Step {
+        context: String,
+        #[source]
+        source: GenerationError,
+    },
+    /// A rollback with no switch of the machine to go back from.
+    #[error(
+        "rollback of {machine}: expected an earlier rebuild of it in this scenario to go back \
+         from, saw none"
+    )]
+    NothingToRollBack { machine: String },
+    /// A machine's start generation did not activate cleanly: what follows would start on a
+    /// broken lab. The lab misbehaved, unlike the other variants.
+    #[error("{check}: {reason}")]
+    StartGeneration { check: String, reason: String },
+    #[error("switch history lock poisoned")]
+    Poisoned,
+}
+
+impl SwitchError {
+    fn step(context: impl Into<String>) -> impl FnOnce(GenerationError) -> Self {
+        let context = context.into();
+        move |source| SwitchError::Step { context, source }
+    }
+}
 
 /// Per machine, the generation numbers switched away from, oldest first.
 #[derive(Debug, Default)]
@@ -33,12 +62,12 @@ impl Switches {
         nix: &Nix,
         machine: &Machine,
         toplevel: &Path,
-    ) -> Result<Activation, ScenarioError> {
+    ) -> Result<Activation, SwitchError> {
         let leaving = current(profile, machine).await?;
         let activation = profile
             .switch_to(nix, machine, toplevel)
             .await
-            .map_err(|e| ScenarioError::error(&format!("switching {}", machine.name()), e))?;
+            .map_err(SwitchError::step(format!("switching {}", machine.name())))?;
         if let Some(number) = leaving {
             self.stack(machine.name(), |s| s.push(number));
         }
@@ -49,19 +78,17 @@ impl Switches {
     /// of it.
     ///
     /// # Errors
-    /// [`ScenarioError::Error`] when this scenario has not switched the machine (there is no
+    /// [`SwitchError::NothingToRollBack`] when this scenario has not switched the machine (there is no
     /// "before" to return to), or a bookkeeping step failing.
     pub async fn roll_back(
         &self,
         profile: &SystemProfile,
         machine: &Machine,
-    ) -> Result<Activation, ScenarioError> {
+    ) -> Result<Activation, SwitchError> {
         let Some(number) = self.stack(machine.name(), |s| s.last().copied()) else {
-            return Err(ScenarioError::Error(format!(
-                "rollback of {}: expected an earlier rebuild of it in this scenario to go back \
-                 from, saw none",
-                machine.name()
-            )));
+            return Err(SwitchError::NothingToRollBack {
+                machine: machine.name().to_string(),
+            });
         };
         let activation = switch_generation(profile, machine, number).await?;
         self.stack(machine.name(), |s| s.pop());
@@ -72,19 +99,19 @@ impl Switches {
     /// what it did (one line per machine). Called when a scenario ends, passed or not.
     ///
     /// # Errors
-    /// [`ScenarioError::Failed`] when a machine's start generation does not activate cleanly: the
+    /// [`SwitchError::StartGeneration`] when a machine's start generation does not activate cleanly: the
     /// next scenario would start on a broken lab.
     pub async fn return_to_start(
         &self,
         profile: &SystemProfile,
         machines: &[&Machine],
-    ) -> Result<Vec<String>, ScenarioError> {
+    ) -> Result<Vec<String>, SwitchError> {
         let starts: Vec<(String, u32)> = match self.left.lock() {
             Ok(left) => left
                 .iter()
                 .filter_map(|(m, s)| s.first().map(|n| (m.clone(), *n)))
                 .collect(),
-            Err(_) => return Err(ScenarioError::Error("switch history lock poisoned".into())),
+            Err(_) => return Err(SwitchError::Poisoned),
         };
         let mut done = Vec::new();
         for (name, number) in starts {
@@ -96,12 +123,12 @@ impl Switches {
             } else {
                 let activation = switch_generation(profile, machine, number).await?;
                 if !activation.succeeded() {
-                    return Err(ScenarioError::Failed {
+                    return Err(SwitchError::StartGeneration {
                         check: format!("{name} back on its start generation {number}"),
                         reason: format!(
                             "switch-to-configuration exited {}, expected 0: {}",
                             activation.status,
-                            harness::wait::tail_chars(activation.stderr.trim(), 400)
+                            crate::wait::tail_chars(activation.stderr.trim(), 400)
                         ),
                     });
                 }
@@ -128,25 +155,23 @@ impl Switches {
     }
 }
 
-async fn current(profile: &SystemProfile, machine: &Machine) -> Result<Option<u32>, ScenarioError> {
+async fn current(profile: &SystemProfile, machine: &Machine) -> Result<Option<u32>, SwitchError> {
     profile
         .current_generation(machine)
         .await
-        .map_err(|e| ScenarioError::error("reading the current generation", e))
+        .map_err(SwitchError::step("reading the current generation"))
 }
 
 async fn switch_generation(
     profile: &SystemProfile,
     machine: &Machine,
     number: u32,
-) -> Result<Activation, ScenarioError> {
+) -> Result<Activation, SwitchError> {
     profile
         .switch_generation(machine, number)
         .await
-        .map_err(|e| {
-            ScenarioError::error(
-                &format!("switching {} to generation {number}", machine.name()),
-                e,
-            )
-        })
+        .map_err(SwitchError::step(format!(
+            "switching {} to generation {number}",
+            machine.name()
+        )))
 }
