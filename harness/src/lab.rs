@@ -363,12 +363,12 @@ impl LabSpec {
 /// The roles a machine may have: `master` runs the control plane, `node` a kubelet.
 const ROLES: [&str; 2] = ["master", "node"];
 
-/// The nice value of every machine's QEMU but the master's. On real hardware each machine has
-/// its own CPUs; on a host with fewer CPUs than the lab has vCPUs the machines compete, and a
-/// node starting pods took the master's CPU until the control plane could not take the nodes'
-/// status within the grace period (workers NotReady, evictions). At 5 (CFS weight 335 against
-/// the master's 1024) the master gets 60 % of a contended CPU and each node 20 %; the nodes
-/// lose nothing while the master idles.
+/// How much nicer than the master's every other machine's QEMU runs. On real hardware each
+/// machine has its own CPUs; on a host with fewer CPUs than the lab has vCPUs the machines
+/// compete, and a node starting pods took the master's CPU until the control plane could not
+/// take the nodes' status within the grace period (workers NotReady, evictions). At 5 (CFS
+/// weight 335 against the master's 1024) the master gets 60 % of a contended CPU and each node
+/// 20 %; the nodes lose nothing while the master idles.
 pub const NODE_NICE: i32 = 5;
 
 /// Every rule a lab.toml must meet before anything builds or boots: a mistake found after a

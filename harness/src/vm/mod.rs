@@ -139,8 +139,8 @@ pub struct MachineConfig {
     pub restore: Option<state::SavedState>,
     /// Confine QEMU to these host CPUs ([`cpus`]).
     pub host_cpus: Option<cpus::HostCpus>,
-    /// The QEMU process's nice value (0 = the harness's own): its CPU share when the host is
-    /// short of CPU. See [`MachineBuilder::nice`].
+    /// How much nicer than the harness the QEMU process runs (0: as nice as the harness): its
+    /// CPU share when the host is short of CPU. See [`MachineBuilder::nice`].
     pub nice: i32,
 }
 
@@ -214,8 +214,8 @@ impl MachineBuilder {
         self
     }
 
-    /// Runs the machine's QEMU (every thread of it) at this nice value. On a host with fewer
-    /// free CPUs than the lab has vCPUs, a higher value yields CPU to the machines at 0: the
+    /// Runs the machine's QEMU (every thread of it) this much nicer than the harness. On a host
+    /// with fewer free CPUs than the lab has vCPUs, a higher value yields CPU to those at 0: the
     /// lab gives it to the machines that are not the master, so the control plane keeps taking
     /// the nodes' status while they start pods, as a master with a CPU of its own would.
     pub fn nice(mut self, nice: i32) -> Self {
@@ -492,22 +492,11 @@ impl Machine {
             Some(socket) => command.env("LABTEST_LAB_SOCKET", socket),
             None => command.env_remove("LABTEST_LAB_SOCKET"),
         };
-        let nice = self.config.nice;
-        if nice != 0 {
-            // Set before exec, so every thread QEMU creates (its vCPUs) inherits it.
-            // SAFETY: the closure only makes an async-signal-safe system call (setpriority).
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                    if ::nix::libc::setpriority(::nix::libc::PRIO_PROCESS, 0, nice) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let cpus = self.config.host_cpus.map(|c| c.cpu_set());
-        let child = spawn::spawn_confined(command, cpus).map_err(|source| VmError::Spawn {
+        let placement = spawn::Placement {
+            cpus: self.config.host_cpus.map(|c| c.cpu_set()),
+            nice: self.config.nice,
+        };
+        let child = spawn::spawn_placed(command, placement).map_err(|source| VmError::Spawn {
             machine: self.config.name.clone(),
             path: self.config.run_script.clone(),
             source,

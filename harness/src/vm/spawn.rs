@@ -6,7 +6,8 @@
 //! as the process: the child then dies with SIGKILL when the harness dies in any way, SIGKILL
 //! included. Each child also gets its own process group so a terminal's Ctrl-C reaches the harness
 //! (which tears down in order) and not QEMU directly. A child may be confined to some host CPUs
-//! ([`super::cpus`]) before it execs, so QEMU and all its threads inherit the affinity.
+//! ([`super::cpus`]) and given a nice value before it execs, so QEMU and all its threads inherit
+//! both ([`Placement`]).
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -39,17 +40,28 @@ fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
         .map_err(|e| io::Error::other(e.clone()))
 }
 
-/// Spawns `command` tied to the harness's life (SIGKILL on harness death) in a new process group.
-pub fn spawn_guarded(command: Command) -> io::Result<Child> {
-    spawn_confined(command, None)
+/// Where a child runs on the host: set in the child before it execs, so every thread it creates
+/// (QEMU's vCPUs) inherits it.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// Only these host CPUs; all of them when `None`.
+    pub cpus: Option<CpuSet>,
+    /// How much nicer than the harness it runs (0: as nice as the harness). Relative, so a
+    /// harness started under `nice` keeps the same order between its children.
+    pub nice: i32,
 }
 
-/// [`spawn_guarded`], confined to the host CPUs `cpus` when given.
-pub fn spawn_confined(mut command: Command, cpus: Option<CpuSet>) -> io::Result<Child> {
+/// Spawns `command` tied to the harness's life (SIGKILL on harness death) in a new process group.
+pub fn spawn_guarded(command: Command) -> io::Result<Child> {
+    spawn_placed(command, Placement::default())
+}
+
+/// [`spawn_guarded`], placed on the host as `placement` says.
+pub fn spawn_placed(mut command: Command, placement: Placement) -> io::Result<Child> {
     let parent = Pid::this();
     command.process_group(0);
     // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid,
-    // sched_setaffinity, _exit).
+    // sched_setaffinity, setpriority, _exit).
     unsafe {
         command.pre_exec(move || {
             ::nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
@@ -57,8 +69,20 @@ pub fn spawn_confined(mut command: Command, cpus: Option<CpuSet>) -> io::Result<
             if getppid() != parent {
                 ::nix::libc::_exit(1);
             }
-            if let Some(cpus) = &cpus {
+            if let Some(cpus) = &placement.cpus {
                 sched_setaffinity(Pid::from_raw(0), cpus).map_err(io::Error::from)?;
+            }
+            if placement.nice != 0 {
+                use ::nix::libc::{__errno_location, getpriority, setpriority, PRIO_PROCESS};
+                // getpriority may return -1 as a value: errno alone tells a failure.
+                *__errno_location() = 0;
+                let own = getpriority(PRIO_PROCESS, 0);
+                if own == -1 && *__errno_location() != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if setpriority(PRIO_PROCESS, 0, own + placement.nice) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
