@@ -24,12 +24,12 @@ fn repo_root() -> PathBuf {
 
 /// Flakes and an empty substituter list, as the notes on Debian's Nix 2.8 prescribe: no
 /// download is ever attempted. An empty build-users-group lets root evaluate without a daemon.
+const NIX_CONFIG: &str =
+    "experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\n";
+
 fn nix_command(tool: &Path) -> Command {
     let mut cmd = Command::new(tool);
-    cmd.env(
-        "NIX_CONFIG",
-        "experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\n",
-    );
+    cmd.env("NIX_CONFIG", NIX_CONFIG);
     cmd
 }
 
@@ -239,8 +239,7 @@ fn flake_outputs_have_the_names_the_harness_uses() {
 
     // Every attribute lab.toml names must be one the flake has.
     let spec_path = root.join("lab.toml");
-    let spec = fs::read_to_string(&spec_path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", spec_path.display()));
+    let spec = read(&spec_path);
     for line in spec.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
         let Some((key, value)) = line.split_once('=') else {
@@ -297,9 +296,7 @@ const CONTROL_PLANE_UNITS: [&str; 4] = [
 
 fn read_tuning() -> serde_json::Map<String, serde_json::Value> {
     let path = repo_root().join("vm-configs/tuning.json");
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    match serde_json::from_str(&text) {
+    match serde_json::from_str(&read(&path)) {
         Ok(serde_json::Value::Object(map)) => map,
         other => panic!("{}: expected a JSON object, got {other:?}", path.display()),
     }
@@ -331,16 +328,10 @@ fn build_fixture(attrs: &[&str]) -> Vec<PathBuf> {
         String::from_utf8_lossy(&prepare.stderr).trim()
     );
     let mut cmd = nix_command(&find_tool("nix"));
-    cmd.env(
-        "NIX_CONFIG",
-        "experimental-features = nix-command flakes\nsubstituters =\nbuild-users-group =\nsandbox = false\n",
-    )
-    .args(["build", "--no-link", "--json"])
-    .args(
-        attrs
-            .iter()
-            .map(|a| format!("path:{}#{a}", lab.display())),
-    );
+    // The fixture's builders use the host's tools (its lab.toml: sandbox = false).
+    cmd.env("NIX_CONFIG", format!("{NIX_CONFIG}sandbox = false\n"))
+        .args(["build", "--no-link", "--json"])
+        .args(attrs.iter().map(|a| format!("path:{}#{a}", lab.display())));
     let out = run(cmd, "nix build of the fixture lab");
     assert!(
         out.status.success(),
