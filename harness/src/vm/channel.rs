@@ -110,12 +110,30 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The guest's runtime directory for the channel's files (tests point it elsewhere).
+const RUN_DIR: &str = "${LABTEST_RUN:-/run/labtest}";
+
+/// One request: the command runs in a subshell that records its pid under the request's marker
+/// for as long as it runs, so a rescue ([`rescue_command`]) can kill exactly this command.
 fn request_line(command: &str, marker: &str) -> String {
     format!(
-        "( eval {} ) </dev/null 2>\"${{LABTEST_RUN:-/run/labtest}}/err.$$\"; __lt_rc=$?; __lt_err=; \
-         IFS= read -r -d '' __lt_err <\"${{LABTEST_RUN:-/run/labtest}}/err.$$\"; \
+        "( echo $BASHPID >\"{RUN_DIR}/cmd.{marker}\"; eval {} ) </dev/null 2>\"{RUN_DIR}/err.$$\"; __lt_rc=$?; \
+         rm -f \"{RUN_DIR}/cmd.{marker}\"; __lt_err=; \
+         IFS= read -r -d '' __lt_err <\"{RUN_DIR}/err.$$\"; \
          printf '\\n%s %d %d\\n%s' {marker} \"$__lt_rc\" \"${{#__lt_err}}\" \"$__lt_err\"\n",
         ansi_c_quote(command)
+    )
+}
+
+/// A command for the guest's other channel that kills the request `marker` belongs to, with
+/// everything it started, if it still runs - and nothing else. Under TCG a starved guest may
+/// run a rescue seconds after the harness gave up waiting for it; killing "whatever the shell
+/// runs now" then killed the next command instead (a node's join exited 137 during bring-up).
+pub fn rescue_command(marker: &str) -> String {
+    format!(
+        "kill_tree() {{ local c; for c in $(pgrep -P \"$1\"); do kill_tree \"$c\"; done; \
+         kill -KILL \"$1\" 2>/dev/null; }}; \
+         p=$(cat \"{RUN_DIR}/cmd.{marker}\" 2>/dev/null) && kill_tree \"$p\"; true"
     )
 }
 
@@ -185,6 +203,11 @@ impl Channel {
     /// caller stopped waiting).
     pub fn is_busy(&self) -> bool {
         self.unanswered.is_some()
+    }
+
+    /// The marker of the request whose reply is still outstanding, for [`rescue_command`].
+    pub fn unanswered_marker(&self) -> Option<&str> {
+        self.unanswered.as_ref().map(|u| u.marker.as_str())
     }
 
     /// Runs `command` with bash in the guest, stdin from /dev/null.
@@ -423,6 +446,59 @@ mod tests {
             .unwrap();
         assert_eq!(out.stdout_str(), "next\n");
         assert!(!channel.is_busy());
+        bash.kill().ok();
+        bash.wait().ok();
+    }
+
+    /// Runs a rescue the way the guest's `labtest.ctl` shell does: another bash, same run dir.
+    fn run_rescue(marker: &str, dir: &Path) {
+        let status = std::process::Command::new("bash")
+            .args(["--noprofile", "--norc", "-c", &rescue_command(marker)])
+            .env("LABTEST_RUN", dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the rescue itself failed: {status}");
+    }
+
+    /// A rescue kills the request it names; one that arrives after that request is over (a
+    /// starved guest runs it late) must not kill the command that runs by then.
+    #[tokio::test]
+    async fn a_rescue_kills_its_own_request_and_nothing_that_runs_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut channel, server) = channel_pair(dir.path()).await;
+        let mut bash = guest_bash(server, dir.path());
+        let err = channel
+            .exec("sleep 30; echo never", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChannelError::Timeout { .. }), "{err}");
+        let overrun = channel.unanswered_marker().unwrap().to_string();
+        run_rescue(&overrun, dir.path());
+        let out = channel
+            .exec("echo next", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            out.stdout_str(),
+            "next\n",
+            "the killed request's reply is discarded"
+        );
+
+        let late = tokio::spawn(async move {
+            let out = channel
+                .exec("sleep 1; echo survived", Duration::from_secs(20))
+                .await;
+            (channel, out)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run_rescue(&overrun, dir.path());
+        let (_channel, out) = late.await.unwrap();
+        let out = out.unwrap();
+        assert_eq!(
+            (out.status, out.stdout_str().as_str()),
+            (0, "survived\n"),
+            "a late rescue of a finished request killed the next command"
+        );
         bash.kill().ok();
         bash.wait().ok();
     }

@@ -674,29 +674,29 @@ impl Machine {
                 self.config.name
             ))
         })?;
-        if shell.is_busy() {
-            self.kill_shell_command().await;
+        if let Some(marker) = shell.unanswered_marker() {
+            self.kill_shell_command(marker).await;
         }
         match shell.exec(command, timeout).await {
             Ok(out) => Ok(out),
             Err(err @ ChannelError::Timeout { .. }) => {
-                self.kill_shell_command().await;
+                if let Some(marker) = shell.unanswered_marker() {
+                    self.kill_shell_command(marker).await;
+                }
                 Err(self.channel_error(err))
             }
             Err(e) => Err(self.channel_error(e)),
         }
     }
 
-    /// Kills the process tree of the command the shell channel runs, through the `labtest.ctl`
-    /// port, so the shell reads the next request. Best effort: if it fails, the next command
-    /// waits for the old one's reply (within its own deadline) and says it is busy.
-    async fn kill_shell_command(&self) {
-        let rescue =
-            "kill_tree() { local c; for c in $(pgrep -P \"$1\"); do kill_tree \"$c\"; done; \
-                      [ \"$1\" = \"$2\" ] || kill -KILL \"$1\" 2>/dev/null; }; \
-                      p=$(cat /run/labtest/labtest.shell.pid) && kill_tree \"$p\" \"$p\"";
+    /// Kills the shell channel's request `marker` with everything it started, through the
+    /// `labtest.ctl` port, so the shell reads the next request. Best effort: if it fails, the
+    /// next command waits for the old one's reply (within its own deadline) and says it is busy.
+    /// A rescue that reaches the guest late kills nothing else: it names its request.
+    async fn kill_shell_command(&self, marker: &str) {
+        let rescue = channel::rescue_command(marker);
         if let Some(ctl) = self.links.ctl.lock().await.as_mut() {
-            let _ = ctl.exec(rescue, Duration::from_secs(5)).await;
+            let _ = ctl.exec(&rescue, Duration::from_secs(5)).await;
         }
     }
 
