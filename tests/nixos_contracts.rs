@@ -273,6 +273,117 @@ async fn the_admin_kubeconfig_is_read_once_the_certificates_it_names_exist() {
     );
 }
 
+/// switch-to-configuration-ng exits 4 when any unit of the system is failed once the switch is
+/// done - a failed unit the switch never touched, or a service in auto-restart whose last run
+/// failed - not only a unit it changed (pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs,
+/// NixOS/nixpkgs 00401fd7e581bc669e0cc61c088427d336031312: ListUnits, `failed` or `auto-restart`
+/// with ExecMainStatus != 0). The fixture lab's switch-to-configuration, in a minimal generation
+/// on a fixture guest, must be as strict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixture_switch_exits_4_when_any_unit_is_failed() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let machine = MachineBuilder::new(
+        "grey-area",
+        support::run_dir().join("bin/run-grey-area-vm"),
+        state.path().join("grey-area"),
+    )
+    .boot_timeout(Duration::from_secs(240))
+    .start(&Events::discard())
+    .await
+    .expect("the fixture guest boots");
+    let script =
+        std::fs::read(support::repo_root().join("fixtures/lab/guest/switch-to-configuration"))
+            .expect("the fixture's switch-to-configuration");
+    let top = "/tmp/labtest-generation";
+    machine
+        .succeed(&format!(
+            "mkdir -p {top}/bin {top}/etc/labtest-test {top}/units && echo 'test generation' >{top}/name \
+             && echo hello >{top}/etc/labtest-test/file \
+             && printf '[Unit]\\nDescription=the generation target\\n' >{top}/units/labtest.target"
+        ))
+        .await
+        .expect("a minimal generation");
+    machine
+        .copy_in(
+            &script,
+            &format!("{top}/bin/switch-to-configuration"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("copy switch-to-configuration");
+    let switch = || async {
+        machine
+            .exec(
+                &format!("chmod +x {top}/bin/switch-to-configuration && {top}/bin/switch-to-configuration switch"),
+                Duration::from_secs(120),
+            )
+            .await
+            .expect("switch-to-configuration runs")
+    };
+
+    // Nothing failed: 0. (reset-failed: whatever the guest's own boot left is not this test's.)
+    machine
+        .succeed("systemctl reset-failed")
+        .await
+        .expect("reset-failed");
+    let clean = switch().await;
+    assert_eq!(
+        clean.status,
+        0,
+        "{}{}",
+        clean.stdout_str(),
+        clean.stderr_str()
+    );
+
+    // A failed unit the switch does not touch.
+    machine
+        .succeed(
+            "systemd-run --unit=labtest-unrelated-failure false; \
+             for i in $(seq 1 50); do systemctl is-failed -q labtest-unrelated-failure && exit 0; sleep 0.2; done; exit 1",
+        )
+        .await
+        .expect("a failed unit");
+    let failed = switch().await;
+    assert_eq!(
+        failed.status,
+        4,
+        "{}{}",
+        failed.stdout_str(),
+        failed.stderr_str()
+    );
+    assert!(
+        failed
+            .stderr_str()
+            .contains("warning: the following units failed: labtest-unrelated-failure.service"),
+        "{}",
+        failed.stderr_str()
+    );
+
+    // A service restarting after a failed run counts too.
+    machine
+        .succeed(
+            "systemctl reset-failed && systemd-run --unit=labtest-crash-loop -p Restart=always -p RestartSec=60 false; \
+             for i in $(seq 1 50); do [ \"$(systemctl show -P SubState labtest-crash-loop)\" = auto-restart ] && exit 0; sleep 0.2; done; exit 1",
+        )
+        .await
+        .expect("a service in auto-restart");
+    let restarting = switch().await;
+    assert_eq!(
+        restarting.status,
+        4,
+        "{}{}",
+        restarting.stdout_str(),
+        restarting.stderr_str()
+    );
+    assert!(
+        restarting
+            .stderr_str()
+            .contains("labtest-crash-loop.service"),
+        "{}",
+        restarting.stderr_str()
+    );
+}
+
 /// top.lib.mkKubeConfig "cluster-admin" (nixpkgs services/cluster/kubernetes/default.nix): JSON
 /// naming the CA, certificate and key by path.
 fn nixos_admin_kubeconfig(secrets: &str) -> String {
