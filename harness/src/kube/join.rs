@@ -5,7 +5,8 @@
 //! `nixos-kubernetes-node-join`). The guest channel runs commands with stdin from /dev/null, so
 //! the token travels inside the command line as a quoted `printf` argument.
 //!
-//! A join that fails is run again until it succeeds or the deadline passes, as nixpkgs' own
+//! A join that fails is run again until it succeeds, for at most [`JOIN_RETRY_WINDOW`] after its
+//! first failure (and never past the deadline), as nixpkgs' own
 //! multi-node Kubernetes tests do (`machine2.wait_until_succeeds("cat /tmp/shared/apitoken.secret
 //! | nixos-kubernetes-node-join")`, nixos/tests/kubernetes/{dns,rbac}.nix): on a fresh node
 //! `nixos-kubernetes-node-join` restarts certmgr under `set -e`
@@ -30,6 +31,14 @@ use crate::wait::tail_chars;
 /// The pause between two attempts of one node's join. nixpkgs' `wait_until_succeeds` retries
 /// every second for up to 900 s; a join attempt costs a certmgr restart, so a few seconds apart.
 pub const JOIN_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a node's join keeps being retried after its first failure. What it waits for is
+/// kube-certmgr-bootstrap fetching ca.pem, which pki.nix restarts every 10 s (`RestartSec`)
+/// once the master's cfssl answers - and the token the join gets is made by cfssl's preStart,
+/// so cfssl is starting by then. Two minutes is a dozen of those restarts; a join that fails
+/// for longer fails for a reason of its own, and the run should say so without waiting out
+/// the whole join deadline.
+pub const JOIN_RETRY_WINDOW: Duration = Duration::from_secs(120);
 
 /// One node that did not join.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,8 +115,8 @@ pub fn join_line(token: &str, join_command: &str) -> String {
 }
 
 /// Runs `token_command` on `master` and pipes its stdout (trimmed) into `join_command` on every
-/// node, all nodes at once, each retried every [`JOIN_RETRY_INTERVAL`] until it exits 0, within
-/// `deadline` overall.
+/// node, all nodes at once, each retried every [`JOIN_RETRY_INTERVAL`] until it exits 0 (for at
+/// most [`JOIN_RETRY_WINDOW`] after its first failure), within `deadline` overall.
 ///
 /// # Errors
 /// [`KubeError::JoinToken`] when the token command fails or prints nothing;
@@ -160,7 +169,7 @@ pub async fn join_nodes(
     let results = futures::future::join_all(
         nodes
             .iter()
-            .map(|node| join_node(*node, token, join_command, until, JOIN_RETRY_INTERVAL)),
+            .map(|node| join_node(*node, token, join_command, until, RETRY)),
     )
     .await;
     let (mut joined, mut failures) = (Vec::new(), Vec::new());
@@ -180,17 +189,30 @@ pub async fn join_nodes(
     }
 }
 
-/// One node's join, run again `interval` after each failure until it exits 0 or `until`
-/// passes; the error is the last attempt's.
+/// How a failed join is retried: every `interval`, for at most `window` after the first failure.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    interval: Duration,
+    window: Duration,
+}
+
+const RETRY: Retry = Retry {
+    interval: JOIN_RETRY_INTERVAL,
+    window: JOIN_RETRY_WINDOW,
+};
+
+/// One node's join, run again after each failure as `retry` says, never past `until`; the error
+/// is the last attempt's.
 async fn join_node<G: Guest>(
     node: &G,
     token: &str,
     join_command: &str,
     until: Instant,
-    interval: Duration,
+    retry: Retry,
 ) -> Result<Joined, JoinFailure> {
     let line = join_line(token, join_command);
     let mut first_failure = None;
+    let mut stop_retrying = until;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -221,11 +243,12 @@ async fn join_node<G: Guest>(
         };
         if first_failure.is_none() {
             first_failure = Some(failure.to_string());
+            stop_retrying = until.min(Instant::now() + retry.window);
         }
-        if Instant::now() + interval >= until {
+        if Instant::now() + retry.interval >= stop_retrying {
             return Err(failure);
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(retry.interval).await;
     }
 }
 
@@ -299,7 +322,10 @@ mod tests {
             "0f1e",
             "nixos-kubernetes-node-join",
             until,
-            Duration::from_millis(1),
+            Retry {
+                interval: Duration::from_millis(1),
+                window: Duration::from_secs(10),
+            },
         )
         .await
         .expect("joins on the third attempt");
@@ -320,7 +346,10 @@ mod tests {
             "0f1e",
             "nixos-kubernetes-node-join",
             started + Duration::from_millis(300),
-            Duration::from_millis(50),
+            Retry {
+                interval: Duration::from_millis(50),
+                window: Duration::from_secs(10),
+            },
         )
         .await
         .expect_err("never joins");
@@ -333,6 +362,30 @@ mod tests {
             failure.stderr.contains("certmgr.service failed"),
             "{failure}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_join_that_keeps_failing_stops_at_the_end_of_its_retry_window() {
+        let n = node(u32::MAX);
+        let started = Instant::now();
+        let failure = join_node(
+            &n,
+            "0f1e",
+            "nixos-kubernetes-node-join",
+            started + Duration::from_secs(60),
+            Retry {
+                interval: Duration::from_millis(50),
+                window: Duration::from_millis(300),
+            },
+        )
+        .await
+        .expect_err("never joins");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "retried past its window: {:?}",
+            started.elapsed()
+        );
+        assert!(failure.attempts >= 2, "{failure}");
     }
 
     #[test]
