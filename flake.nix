@@ -48,7 +48,14 @@
       generations = {
         limiting-factor = {
           node-label = [ ./vm-configs/generations/node-label.nix ];
-          broken-kubelet = [ ./vm-configs/generations/broken-kubelet.nix ];
+          # On top of node-label: the scenario file switches node-label -> broken-kubelet ->
+          # rollback, so broken-kubelet must differ from node-label only in its kubelet. Alone it
+          # would also drop the node label (the reconciler in common.nix removes labtest.io/
+          # labels a generation does not set), and the rollback would test two changes at once.
+          broken-kubelet = [
+            ./vm-configs/generations/node-label.nix
+            ./vm-configs/generations/broken-kubelet.nix
+          ];
         };
       };
 

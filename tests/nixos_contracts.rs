@@ -68,29 +68,125 @@ fn nixos_kubernetes_node_join_refuses_a_token_without_a_newline_silently() {
     assert!(!installed.exists());
 }
 
+/// The fixture's join script in a toplevel of its own: its config.env points KUBELET_DIR into
+/// the temp dir, and a `systemctl` double on PATH says every unit is active and logs its calls.
+struct FixtureJoin {
+    dir: tempfile::TempDir,
+}
+
+impl FixtureJoin {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for sub in ["bin", "kubelet", "path"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("a temp subdir");
+        }
+        std::fs::copy(
+            support::repo_root().join("fixtures/lab/guest/labtest-join"),
+            dir.path().join("bin/labtest-join"),
+        )
+        .expect("copy labtest-join");
+        std::fs::write(
+            dir.path().join("config.env"),
+            format!(
+                "MACHINE=limiting-factor\nMASTER_ADDRESS=10.77.0.10\nAPISERVER_PORT=6443\nKUBELET_DIR={}\n",
+                dir.path().join("kubelet").display()
+            ),
+        )
+        .expect("config.env");
+        let systemctl = dir.path().join("path/systemctl");
+        std::fs::write(
+            &systemctl,
+            format!(
+                "#!/bin/sh\necho \"$*\" >>{}\nexit 0\n",
+                dir.path().join("systemctl.log").display()
+            ),
+        )
+        .expect("the systemctl double");
+        let made_executable = Command::new("chmod")
+            .args(["+x"])
+            .arg(&systemctl)
+            .status()
+            .expect("chmod runs");
+        assert!(made_executable.success());
+        Self { dir }
+    }
+
+    /// Pipes `input` (a printf format and its argument) into the join.
+    fn run(&self, printf: &str) -> std::process::Output {
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("path").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "{printf} | {}",
+                    self.dir.path().join("bin/labtest-join").display()
+                ),
+            ])
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash runs")
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default()
+    }
+}
+
 /// The fixture lab's join command is at least as strict at the same point (and says why).
 #[test]
 fn the_fixture_join_refuses_a_token_without_a_newline_too() {
-    let toplevel = tempfile::tempdir().expect("temp dir");
-    std::fs::create_dir(toplevel.path().join("bin")).expect("bin");
-    let join = toplevel.path().join("bin/labtest-join");
-    std::fs::copy(
-        support::repo_root().join("fixtures/lab/guest/labtest-join"),
-        &join,
-    )
-    .expect("copy labtest-join");
-    std::fs::write(
-        toplevel.path().join("config.env"),
-        "MACHINE=limiting-factor\nMASTER_ADDRESS=10.77.0.10\nAPISERVER_PORT=6443\n",
-    )
-    .expect("config.env");
-    let out = bash(
-        &format!("printf '%s' labtest1.Zm9v.abc | {}", join.display()),
-        &[],
-    );
+    let join = FixtureJoin::new();
+    let out = join.run("printf '%s' labtest1.Zm9v.abc");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ending in a newline"), "{stderr}");
+}
+
+/// A fresh NixOS node's `nixos-kubernetes-node-join` fails while kube-certmgr-bootstrap has not
+/// fetched ca.pem yet (pki.nix: `systemctl restart certmgr` under `set -e`), so the harness
+/// retries it (harness/src/kube/join.rs). The fixture's join fails a fresh node's first attempt
+/// the same way and succeeds on the next, so every fixture lab boot exercises that retry.
+#[test]
+fn the_fixture_join_fails_a_fresh_nodes_first_attempt_and_succeeds_on_the_next() {
+    let join = FixtureJoin::new();
+    // base64 of a PEM-looking certificate: the join only checks for the header.
+    let ca = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCnRlc3QKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=";
+    let token = format!("printf '%s\\n' labtest1.{ca}.0f1e2d");
+    let first = join.run(&token);
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("no CA yet"), "{stderr}");
+    assert!(
+        !join.read("systemctl.log").contains("restart kubelet"),
+        "the failed attempt restarted the kubelet"
+    );
+    assert!(join.read("kubelet/ca.crt").contains("BEGIN CERTIFICATE"));
+
+    let second = join.run(&token);
+    assert!(second.status.success(), "{second:?}");
+    assert!(
+        join.read("kubelet/bootstrap-kubeconfig")
+            .contains("token: 0f1e2d"),
+        "no bootstrap kubeconfig"
+    );
+    assert!(join
+        .read("systemctl.log")
+        .contains("restart kubelet.service"));
+    let attempts = join.read("kubelet/join-attempts");
+    let lines: Vec<&str> = attempts.lines().collect();
+    assert_eq!(lines.len(), 2, "{attempts}");
+    assert!(lines[0].contains("failed: no CA yet"), "{attempts}");
+    assert!(lines[1].contains("joined"), "{attempts}");
+
+    // Idempotent: a third run changes nothing and succeeds.
+    let third = join.run(&token);
+    assert!(third.status.success(), "{third:?}");
+    assert!(String::from_utf8_lossy(&third.stdout).contains("bootstrap kubeconfig no"));
 }
 
 /// On NixOS the admin kubeconfig is a store file present from activation, and certmgr writes
@@ -174,6 +270,117 @@ async fn the_admin_kubeconfig_is_read_once_the_certificates_it_names_exist() {
     assert!(
         !written.contains(secrets),
         "file references left in: {written}"
+    );
+}
+
+/// switch-to-configuration-ng exits 4 when any unit of the system is failed once the switch is
+/// done - a failed unit the switch never touched, or a service in auto-restart whose last run
+/// failed - not only a unit it changed (pkgs/by-name/sw/switch-to-configuration-ng/src/src/main.rs,
+/// NixOS/nixpkgs 00401fd7e581bc669e0cc61c088427d336031312: ListUnits, `failed` or `auto-restart`
+/// with ExecMainStatus != 0). The fixture lab's switch-to-configuration, in a minimal generation
+/// on a fixture guest, must be as strict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixture_switch_exits_4_when_any_unit_is_failed() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let machine = MachineBuilder::new(
+        "grey-area",
+        support::run_dir().join("bin/run-grey-area-vm"),
+        state.path().join("grey-area"),
+    )
+    .boot_timeout(Duration::from_secs(240))
+    .start(&Events::discard())
+    .await
+    .expect("the fixture guest boots");
+    let script =
+        std::fs::read(support::repo_root().join("fixtures/lab/guest/switch-to-configuration"))
+            .expect("the fixture's switch-to-configuration");
+    let top = "/tmp/labtest-generation";
+    machine
+        .succeed(&format!(
+            "mkdir -p {top}/bin {top}/etc/labtest-test {top}/units && echo 'test generation' >{top}/name \
+             && echo hello >{top}/etc/labtest-test/file \
+             && printf '[Unit]\\nDescription=the generation target\\n' >{top}/units/labtest.target"
+        ))
+        .await
+        .expect("a minimal generation");
+    machine
+        .copy_in(
+            &script,
+            &format!("{top}/bin/switch-to-configuration"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("copy switch-to-configuration");
+    let switch = || async {
+        machine
+            .exec(
+                &format!("chmod +x {top}/bin/switch-to-configuration && {top}/bin/switch-to-configuration switch"),
+                Duration::from_secs(120),
+            )
+            .await
+            .expect("switch-to-configuration runs")
+    };
+
+    // Nothing failed: 0. (reset-failed: whatever the guest's own boot left is not this test's.)
+    machine
+        .succeed("systemctl reset-failed")
+        .await
+        .expect("reset-failed");
+    let clean = switch().await;
+    assert_eq!(
+        clean.status,
+        0,
+        "{}{}",
+        clean.stdout_str(),
+        clean.stderr_str()
+    );
+
+    // A failed unit the switch does not touch.
+    machine
+        .succeed(
+            "systemd-run --unit=labtest-unrelated-failure false; \
+             for i in $(seq 1 50); do systemctl is-failed -q labtest-unrelated-failure && exit 0; sleep 0.2; done; exit 1",
+        )
+        .await
+        .expect("a failed unit");
+    let failed = switch().await;
+    assert_eq!(
+        failed.status,
+        4,
+        "{}{}",
+        failed.stdout_str(),
+        failed.stderr_str()
+    );
+    assert!(
+        failed
+            .stderr_str()
+            .contains("warning: the following units failed: labtest-unrelated-failure.service"),
+        "{}",
+        failed.stderr_str()
+    );
+
+    // A service restarting after a failed run counts too.
+    machine
+        .succeed(
+            "systemctl reset-failed && systemd-run --unit=labtest-crash-loop -p Restart=always -p RestartSec=60 false; \
+             for i in $(seq 1 50); do [ \"$(systemctl show -P SubState labtest-crash-loop)\" = auto-restart ] && exit 0; sleep 0.2; done; exit 1",
+        )
+        .await
+        .expect("a service in auto-restart");
+    let restarting = switch().await;
+    assert_eq!(
+        restarting.status,
+        4,
+        "{}{}",
+        restarting.stdout_str(),
+        restarting.stderr_str()
+    );
+    assert!(
+        restarting
+            .stderr_str()
+            .contains("labtest-crash-loop.service"),
+        "{}",
+        restarting.stderr_str()
     );
 }
 

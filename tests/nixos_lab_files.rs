@@ -442,3 +442,99 @@ fn every_tuned_setting_reaches_both_labs() {
         }
     }
 }
+
+/// A `.nix` file's code without its comments (`#` to the end of the line) and with whitespace
+/// collapsed, so a check of an assignment cannot be satisfied by a comment quoting it. None of
+/// the strings these checks look at contain a `#`.
+fn nix_code(relative: &str) -> String {
+    read(&repo_root().join(relative))
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A generation `labtest rebuild` imports must survive a power cycle of the NixOS guest:
+/// qemu-vm.nix's default `writableStoreUseTmpfs = true` mounts the overlay's upper layer
+/// (/nix/.rw-store) as a tmpfs, while the Nix database that registers the imported paths is on
+/// the root disk. tests/lab_api.rs power-cycles the fixture lab through the same promise.
+#[test]
+fn the_nixos_guests_keep_imported_store_paths_on_their_disk() {
+    let vm = nix_code("vm-configs/vm.nix");
+    for line in [
+        "useNixStoreImage = true;",
+        "writableStore = true;",
+        "writableStoreUseTmpfs = false;",
+    ] {
+        assert!(vm.contains(line), "vm-configs/vm.nix lacks `{line}`");
+    }
+    assert!(
+        !vm.contains("writableStoreUseTmpfs = true"),
+        "vm-configs/vm.nix puts the writable store on a tmpfs"
+    );
+}
+
+/// The cluster NIC and the user-mode NIC are named by MAC address, never by the order QEMU
+/// creates them in: nothing in the VM overlay may address eth0 or eth1.
+#[test]
+fn the_nixos_guests_name_their_nics_by_mac_address() {
+    let vm = nix_code("vm-configs/vm.nix");
+    for line in [
+        "\"10-labtest-hub\" = { matchConfig.MACAddress = mac; linkConfig.Name = \"hub0\"; };",
+        "\"10-labtest-user\" = { matchConfig.MACAddress = \"52:54:00:12:34:56\"; linkConfig.Name = \"user0\"; };",
+        "labtest.clusterInterface = lib.mkVMOverride \"hub0\";",
+        "networking.interfaces.user0.ipv4.addresses",
+        "interface = config.labtest.clusterInterface;",
+        "virtio-net-pci,netdev=lab,mac=${mac}",
+    ] {
+        assert!(vm.contains(line), "vm-configs/vm.nix lacks `{line}`");
+    }
+    for name in ["eth0", "eth1"] {
+        assert!(
+            !vm.contains(name),
+            "vm-configs/vm.nix names a NIC by its order ({name})"
+        );
+    }
+}
+
+/// The Corefile's ports are read from the DNS addon's own Deployment; if a newer nixpkgs renames
+/// the Deployment, the container or its port, the evaluation must fail rather than pass on the
+/// fallbacks (addons/dns.nix: `coredns-deploy`, container `coredns`, port `dns`).
+#[test]
+fn the_coredns_ports_come_from_a_deployment_that_was_found() {
+    let common = nix_code("vm-configs/common.nix");
+    for line in [
+        "corednsDeployment = k8s.addonManager.addons.coredns-deploy or null;",
+        "corednsFound = lib.findFirst (c: (c.name or \"\") == \"coredns\") null",
+        "corednsDnsPort = lib.findFirst (p: (p.name or \"\") == \"dns\") null",
+        "assertion = !k8s.addons.dns.enable || (corednsFound != null && corednsDnsPort != null);",
+    ] {
+        assert!(
+            common.contains(line),
+            "vm-configs/common.nix lacks `{line}`"
+        );
+    }
+}
+
+/// broken-kubelet is built on top of node-label in both labs, so the scenario file's
+/// node-label -> broken-kubelet -> rollback changes the kubelet only and keeps the label.
+#[test]
+fn broken_kubelet_is_built_on_top_of_node_label_in_both_labs() {
+    let flake = nix_code("flake.nix");
+    assert!(
+        flake.contains(
+            "broken-kubelet = [ ./vm-configs/generations/node-label.nix ./vm-configs/generations/broken-kubelet.nix ];"
+        ),
+        "flake.nix: broken-kubelet is not node-label plus the broken kubelet"
+    );
+    let fixture = nix_code("fixtures/lab/flake.nix");
+    assert!(
+        fixture.contains(
+            "broken-kubelet = { suffix = \"-broken-kubelet\"; nodeLabels = \"labtest.io/generation=node-label\";"
+        ),
+        "fixtures/lab/flake.nix: broken-kubelet drops node-label's label"
+    );
+}

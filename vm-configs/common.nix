@@ -51,9 +51,14 @@ let
   # 136283b55aa0c52938e6d4154521570b391726bf (the only dns.nix stored where this was written;
   # 26.05's corednsImage version could not be read): ports dns 10053, health 10054, metrics
   # 10055; a livenessProbe httpGet /health on 10054; no readinessProbe.
-  corednsContainer = lib.findFirst (c: (c.name or "") == "coredns") { } (
-    k8s.addonManager.addons.coredns-deploy.spec.template.spec.containers or [ ]
+  # Found or null: a Deployment or container renamed in a newer nixpkgs must fail the
+  # evaluation (the assertion below), not silently leave the Corefile on the fallback ports.
+  corednsDeployment = k8s.addonManager.addons.coredns-deploy or null;
+  corednsFound = lib.findFirst (c: (c.name or "") == "coredns") null (
+    if corednsDeployment == null then [ ] else corednsDeployment.spec.template.spec.containers or [ ]
   );
+  corednsContainer = if corednsFound == null then { } else corednsFound;
+  corednsDnsPort = lib.findFirst (p: (p.name or "") == "dns") null (corednsContainer.ports or [ ]);
   corednsPort =
     name: fallback:
     (lib.findFirst (p: (p.name or "") == name) { containerPort = fallback; } (
@@ -76,7 +81,7 @@ let
   dnsLiveness = corednsProbe "livenessProbe";
   dnsReadiness = corednsProbe "readinessProbe";
   dnsPorts = {
-    dns = corednsPort "dns" 10053;
+    dns = if corednsDnsPort == null then 10053 else corednsDnsPort.containerPort;
     metrics = corednsPort "metrics" 10055;
     # CoreDNS's health plugin answers /health, its ready plugin /ready (8181 is its default).
     health = if dnsLiveness != null then dnsLiveness.port else 10054;
@@ -132,8 +137,8 @@ in
       type = lib.types.str;
       default = "eth1";
       description = ''
-        The NIC on the cluster network. eth1 in the VMs (qemu-vm.nix turns predictable interface
-        names off; eth0 is QEMU's user-mode NIC). On the real hardware set it to the real name.
+        The NIC on the cluster network. On the real hardware set it to the real name. The VMs
+        name theirs `hub0` by its MAC address (vm.nix), whatever order QEMU creates NICs in.
       '';
     };
     nodeLabels = lib.mkOption {
@@ -152,6 +157,23 @@ in
   config = lib.mkMerge [
     {
       assertions = [
+        {
+          # The Corefile below is only right if it was derived from the addon's Deployment:
+          # assert that it was found (addons/dns.nix names them `coredns-deploy`, container
+          # `coredns`, containerPort `dns`), instead of passing on the fallbacks.
+          assertion = !k8s.addons.dns.enable || (corednsFound != null && corednsDnsPort != null);
+          message = ''
+            labtest: services.kubernetes.addons.dns is enabled, but ${
+              if corednsDeployment == null then
+                "services.kubernetes.addonManager.addons has no coredns-deploy"
+              else if corednsFound == null then
+                "the coredns-deploy Deployment has no container named coredns"
+              else
+                "the coredns container has no containerPort named dns"
+            }; vm-configs/common.nix derives the Corefile's ports from it. Adapt common.nix to
+            this nixpkgs' nixos/modules/services/cluster/kubernetes/addons/dns.nix.
+          '';
+        }
         {
           # The Corefile's health/ready plugins answer only these paths.
           assertion =

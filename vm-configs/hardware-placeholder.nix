@@ -2,9 +2,11 @@
 #
 # flake.nix imports this module for a machine only when vm-configs/hardware/<machine>.nix does
 # not exist (this repository ships none: disks and boot loader are the lab owner's). It exists so
-# that `nixosConfigurations.<machine>` evaluates - `nix flake check` builds every
-# nixosConfiguration's toplevel, and without a root file system and a GRUB target two assertions
-# fire:
+# that `nixosConfigurations.<machine>` evaluates - `nix flake check` evaluates (it does not build)
+# every nixosConfiguration's `config.system.build.toplevel` and requires it to be a derivation
+# (checkNixOSConfiguration in Nix's src/nix/flake.cc; only `checks` outputs are built), and
+# evaluating the toplevel evaluates the assertions: without a root file system and a GRUB target
+# two of them fire:
 #   * nixos/modules/system/boot/stage-1.nix (read at NixOS/nixpkgs
 #     4c853b32a3f2de2be5dde5482a4f23454701e477): `any (fs: fs.mountPoint == "/") fileSystems`,
 #     "The 'fileSystems' option does not specify your root file system." (systemd stage 1,

@@ -58,14 +58,23 @@ in
     # The store must stay writable: a rebuild copies closures into the guest store with
     # `nix-store --import` over the guest channel. writableStore defaults to mountHostNixStore
     # (false now), so say it: /nix/store becomes an overlay of the read-only image with
-    # /nix/.rw-store/{upper,work}. writableStoreUseTmpfs (default true) puts that upper layer on
-    # a tmpfs, not on 9p; RAM-backed, which is fine because the generations the lab switches to
-    # are already in the image (flake.nix: additionalPaths), so an import adds little. The Nix
-    # database (/nix/var/nix/db) lives on the root disk, which is writable; the closure of
-    # additionalPaths is registered there at boot by qemu-vm.nix's `nix-store --load-db` of
-    # regInfo (boot.postBootCommands).
+    # /nix/.rw-store/{upper,work} (qemu-vm.nix's `"/nix/store"` fileSystems entry).
+    # writableStoreUseTmpfs must be false. Its default (true) mounts /nix/.rw-store as a tmpfs
+    # (qemu-vm.nix: `"/nix/.rw-store" = lib.mkIf (cfg.writableStore && cfg.writableStoreUseTmpfs)
+    # { fsType = "tmpfs"; ... }`), while the Nix database (/nix/var/nix/db) lives on the qcow2
+    # root disk: a closure `labtest rebuild` imports would stay registered as valid but be gone
+    # after a power-loss restart or `labtest start`, so the next switch to it finds no
+    # bin/switch-to-configuration and a re-import skips it as present. (The tmpfs is also capped
+    # at half the guest's RAM.) With false there is no mount for /nix/.rw-store, so upper and work
+    # are directories on the root ext4 of NIX_DISK_IMAGE, which persists with the database and is
+    # frozen with it by a snapshot; nixos/modules/tasks/filesystems/overlayfs.nix creates them
+    # (`mkdir -p` of upperdir and workdir before the mount). The fixture lab's guests keep their
+    # upper layer on the root disk the same way (fixtures/guest/build.sh, labtest-guest-setup),
+    # and tests/lab_api.rs power-cycles a machine after switching to an imported generation.
+    # The closure of additionalPaths is registered at every boot by qemu-vm.nix's
+    # `nix-store --load-db` of regInfo (boot.postBootCommands).
     writableStore = true;
-    writableStoreUseTmpfs = true;
+    writableStoreUseTmpfs = false;
     # Not 9p, but relevant to snapshots: qemu-vm.nix attaches store.img as a writable raw drive,
     # which a `migrate` to a file accepts but QEMU's internal `savevm` does not (every writable
     # drive must support snapshots, i.e. be qcow2). Use migration for lab snapshots.
@@ -75,19 +84,43 @@ in
     restrictNetwork = true;
     # The cluster NIC comes from the harness's L2 hub. qemu-vm.nix splices networkingOptions
     # unquoted into the run script (`${concatStringsSep " " networkingOptions}`), so the shell
-    # expands this at run time: no socket in the environment, no second NIC. Appended after the
-    # user-mode NIC, which therefore stays eth0 (qemu-vm.nix sets usePredictableInterfaceNames =
-    # false). The netdev id must stay `lab`: the harness cuts links with QMP `set_link lab`.
+    # expands this at run time: no socket in the environment, no second NIC. Which of the two
+    # NICs the kernel calls eth0 depends on the order QEMU puts them on the PCI bus, so neither
+    # is named by order: see systemd.network.links below. The netdev id must stay `lab`: the
+    # harness cuts links with QMP `set_link lab`.
     qemu.networkingOptions = [
       "\${LABTEST_LAB_SOCKET:+-netdev stream,id=lab,server=off,addr.type=unix,addr.path=$LABTEST_LAB_SOCKET -device virtio-net-pci,netdev=lab,mac=${mac}}"
     ];
   };
 
+  # Both NICs named by MAC address, so the order QEMU creates them in (the user-mode `-net nic`
+  # first, today) cannot swap them. .link files are applied by udev whether or not networkd runs
+  # (nixos/modules/system/boot/networkd.nix: ".link units are honored by udev, no matter if
+  # systemd-networkd is enabled or not"), and `Name=` applies under qemu-vm.nix's
+  # usePredictableInterfaceNames = false (net.ifnames=0 only turns NamePolicy= off). Names the
+  # kernel never gives (ethN would race with its own naming, systemd.link(5)): `hub0` for the
+  # harness's hub NIC (the MAC above), `user0` for QEMU's user-mode NIC, which has no mac= in
+  # qemu-vm.nix's networkingOptions and so gets QEMU's first default MAC, 52:54:00:12:34:56
+  # (qemu_macaddr_default_if_unset in QEMU's net/net.c; the hub NIC's explicit mac= takes none).
+  systemd.network.links = {
+    "10-labtest-hub" = {
+      matchConfig.MACAddress = mac;
+      linkConfig.Name = "hub0";
+    };
+    "10-labtest-user" = {
+      matchConfig.MACAddress = "52:54:00:12:34:56";
+      linkConfig.Name = "user0";
+    };
+  };
+  # mkVMOverride (qemu-vm.nix's priority for VM-only values): a machine module may set its real
+  # NIC's name for the hardware without clashing with this one.
+  labtest.clusterInterface = lib.mkVMOverride "hub0";
+
   # No DHCP anywhere: QEMU's DHCP would hand out 10.0.2.3 as resolver and 10.0.2.2 as default
-  # gateway. eth0 gets the address QEMU's hostfwd targets (10.0.2.15); names come from
+  # gateway. user0 gets the address QEMU's hostfwd targets (10.0.2.15); names come from
   # networking.hosts (common.nix), so there is no nameserver at all.
   networking.useDHCP = false;
-  networking.interfaces.eth0.ipv4.addresses = [
+  networking.interfaces.user0.ipv4.addresses = [
     {
       address = "10.0.2.15";
       prefixLength = 24;

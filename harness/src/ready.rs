@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 
 use crate::error::Chain;
-use crate::events::{EventKind, Events, Phase};
+use crate::events::{EventKind, Events, Phase, Stream};
 use crate::kube::{
     conditions::look, gate, join_nodes, GateBudgets, GateError, KubeAccess, KubeError,
     ReadinessGate,
@@ -609,13 +609,27 @@ async fn make_ready(
             .filter(|m| m.name() != k8s.master)
             .map(|m| m.as_ref())
             .collect();
-        bring_up_step(
+        let joined = bring_up_step(
             events,
             "nodes join",
             JOIN_DEADLINE,
             join_nodes(master, &nodes, token, join, JOIN_DEADLINE),
         )
         .await?;
+        // A retried join is normal on a fresh node (kube::join); the reports say it happened.
+        for j in joined.iter().filter(|j| j.attempts > 1) {
+            events.emit(EventKind::StepOutput {
+                scope: gate::SCOPE.to_string(),
+                step: "nodes join".into(),
+                stream: Stream::Stdout,
+                text: format!(
+                    "{} joined on attempt {}; the first failed: {}",
+                    j.node,
+                    j.attempts,
+                    j.first_failure.as_deref().unwrap_or("-")
+                ),
+            });
+        }
     }
     let access = bring_up_step(
         events,

@@ -37,6 +37,16 @@ const META: &str = "snapshot.json";
 /// Beside a lab's snapshots: the key its inputs made last.
 const CURRENT_KEY: &str = ".current-key";
 const FAILED_BRING_UP: &str = ".ready-failed.json";
+/// The oldest snapshot that is restored, in seconds. A restored guest's clock resumes at the
+/// save time and renews nothing, while the harness checks the cluster's certificates against the
+/// host's clock: nixpkgs' kubernetes/pki.nix signs every certificate certmgr requests with the
+/// cfssl profile `expiry = "720h"` (nixos/modules/services/cluster/kubernetes/pki.nix,
+/// NixOS/nixpkgs 0490065f6ac60793bfb12e110bd6506aaca0e9f5), and the fixture's pki.sh gives its
+/// leaf certificates the same 30 days. They are issued before the save (at the first boot, minutes
+/// before a Ready snapshot), so a snapshot younger than 29 days leaves at least a day for what
+/// runs on it. The harness refuses older ones rather than extending the expiry in the lab's
+/// overlay: the NixOS lab stays as nixpkgs configures it.
+pub const MAX_AGE_SECS: u64 = 29 * 24 * 3600;
 /// How long a failed bring-up of a key stops the next ones: long enough to cover one test suite
 /// (every tier-4 test would otherwise spend its own half hour failing the same way), short
 /// enough that a later run tries again by itself.
@@ -280,7 +290,7 @@ impl SnapshotStore {
     ///
     /// # Errors
     /// [`SnapshotError::Unusable`] saying why not in one line: missing, another key (and which
-    /// input changed), another format, a missing or truncated file.
+    /// input changed), another format, older than [`MAX_AGE_SECS`], a missing or truncated file.
     pub fn lookup(
         &self,
         lab: &str,
@@ -315,6 +325,17 @@ impl SnapshotStore {
             return Err(unusable(format!(
                 "made in format {:?}, this labtest reads {FORMAT:?}",
                 meta.format
+            )));
+        }
+        let age = now_secs().saturating_sub(meta.created);
+        if age > MAX_AGE_SECS {
+            return Err(unusable(format!(
+                "saved {} days ago ({} UTC), more than {} days: its cluster certificates live \
+                 30 days (nixpkgs kubernetes/pki.nix: expiry 720h) and its guests, resuming at \
+                 the save time, renew none, so they may have expired against the host's clock",
+                age / 86_400,
+                crate::utc::minutes(meta.created),
+                MAX_AGE_SECS / 86_400
             )));
         }
         if meta.key != key.hash {
@@ -572,7 +593,7 @@ mod tests {
             key: key.hash.clone(),
             inputs: key.inputs.clone(),
             machines: vec!["a".into()],
-            created: 0,
+            created: now_secs(),
             save_secs: 0.0,
             bytes: 0,
         }
@@ -676,6 +697,44 @@ mod tests {
         assert!(err.to_string().contains("corrupt"), "{err}");
         assert!(store.remove("t", &name("ready")).unwrap());
         assert!(!store.remove("t", &name("ready")).unwrap());
+    }
+
+    /// A restored guest renews no certificate: a snapshot older than they live is refused with
+    /// a line saying so, one a little younger is restored.
+    #[test]
+    fn a_snapshot_older_than_its_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let k = key("one");
+        let save = |created: u64| {
+            let part = store.begin("t", &name("ready")).unwrap();
+            std::fs::write(part.join("a.state"), b"QEVM\0\0\0\x03rest").unwrap();
+            std::fs::write(part.join("a.qcow2"), b"QFI\xfb").unwrap();
+            let _ = store.remove("t", &name("ready"));
+            store
+                .commit(
+                    &part,
+                    &SnapshotMeta {
+                        created,
+                        ..meta(&k)
+                    },
+                )
+                .unwrap();
+        };
+        let day = 86_400;
+        save(now_secs() - 28 * day);
+        store
+            .lookup("t", &name("ready"), &k)
+            .expect("28 days old: restored");
+        save(now_secs() - 31 * day);
+        let err = store.lookup("t", &name("ready"), &k).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("saved 31 days ago")
+                && text.contains("more than 29 days")
+                && text.contains("expiry 720h"),
+            "{text}"
+        );
     }
 
     #[test]

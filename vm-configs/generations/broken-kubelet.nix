@@ -1,5 +1,8 @@
 # A bad change for limiting-factor: the kubelet is given a flag it does not know, so it exits at
-# once with "unknown flag" (kubelet.nix splices extraOpts into ExecStart).
+# once with "unknown flag" (kubelet.nix splices extraOpts into ExecStart). flake.nix builds it on
+# top of ./node-label.nix, so switching node-label -> broken-kubelet changes the kubelet only and
+# keeps the node label. extraOpts is `separatedString " "` (kubelet.nix), so this flag joins
+# node-label's --node-labels instead of replacing it (common.nix sets extraOpts from nodeLabels).
 #
 # kubelet.nix keeps Restart=on-failure with StartLimitIntervalSec=0, so on its own the unit would
 # cycle through "activating (auto-restart)" forever and never read `failed`. For this generation

@@ -50,7 +50,7 @@ use std::path::PathBuf;
 pub use access::{apiserver_version, KubeAccess, ServerVersion};
 pub use conditions::{wait_for, Summary};
 pub use gate::{Budget, GateBudgets, GateError, GateReport, ReadinessGate};
-pub use join::{join_nodes, JoinFailure};
+pub use join::{join_nodes, JoinFailure, Joined};
 
 use crate::vm::VmError;
 use crate::wait::WaitError;

@@ -73,7 +73,16 @@ pub struct AccelVerdict {
 
 /// The kernel line that proves a guest got far past early boot under the accelerator.
 const PROBE_MARKER: &str = "Freeing unused kernel";
+/// From QEMU's start to the marker.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// From the run script's start to its `exec` of QEMU. That part is the script's, not KVM's:
+/// qemu-vm.nix's startVM (useNixStoreImage) pipes the whole closure through `tar | mkfs.erofs`
+/// into a new store image on every start (nixos/modules/virtualisation/qemu-vm.nix, NixOS/nixpkgs
+/// 00008e8eb762c5def2670c20231de50db9bb75b3). Measured with Debian's erofs-utils over the fixture
+/// lab's 345 MiB closure on the 2-core build host: 1.1-2.6 s; a NixOS Kubernetes closure is
+/// several times larger. On a slow disk that alone could outlast PROBE_TIMEOUT and turn a working
+/// KVM into a TCG fallback, so the probe's timer starts when QEMU does.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Picks the accelerator. `probe_script` is a run script of the lab being started: booting the
 /// lab's own kernel is the only honest test.
@@ -137,7 +146,7 @@ fn kvm_verdict(probe_script: &Path, cache_dir: &Path) -> Result<(), String> {
             }
         }
     }
-    let verdict = probe(probe_script);
+    let verdict = probe(probe_script, PREPARE_TIMEOUT, PROBE_TIMEOUT);
     let line = match &verdict {
         Ok(()) => format!("{boot} ok"),
         Err(reason) => format!("{boot} {reason}"),
@@ -147,8 +156,22 @@ fn kvm_verdict(probe_script: &Path, cache_dir: &Path) -> Result<(), String> {
     verdict
 }
 
-/// Boots `script` under KVM alone, on a throwaway disk, until the kernel frees its init memory.
-fn probe(script: &Path) -> Result<(), String> {
+/// Whether process `pid` is running QEMU: the run scripts `exec` it (qemu-vm.nix's startVM,
+/// fixtures/guest/mkrunvm.sh), so the script's own process becomes `qemu-system-*`
+/// (nixpkgs' `qemu-kvm` is a symlink to it).
+fn runs_qemu(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|exe| {
+            exe.file_name()
+                .map(|n| n.to_string_lossy().starts_with("qemu-system"))
+        })
+        .unwrap_or(false)
+}
+
+/// Boots `script` under KVM alone, on a throwaway disk, until the kernel frees its init memory:
+/// within `prepare` until the script has exec'd QEMU, then within `boot` of QEMU's start.
+fn probe(script: &Path, prepare: Duration, boot: Duration) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("labtest-kvm-probe-")
         .tempdir()
@@ -172,7 +195,8 @@ fn probe(script: &Path) -> Result<(), String> {
         .stderr(console_err);
     let mut child =
         super::spawn::spawn_guarded(command).map_err(|e| format!("probe did not start: {e}"))?;
-    let start = Instant::now();
+    let spawned = Instant::now();
+    let mut qemu_started: Option<Instant> = None;
     let outcome = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains(PROBE_MARKER) {
@@ -184,11 +208,24 @@ fn probe(script: &Path) -> Result<(), String> {
                 crate::wait::tail_chars(&text, 200)
             ));
         }
-        if start.elapsed() > PROBE_TIMEOUT {
-            break Err(format!(
-                "a KVM boot did not reach {PROBE_MARKER:?} within {}s",
-                PROBE_TIMEOUT.as_secs()
-            ));
+        if qemu_started.is_none() && runs_qemu(child.id()) {
+            qemu_started = Some(Instant::now());
+        }
+        match qemu_started {
+            None if spawned.elapsed() > prepare => {
+                break Err(format!(
+                    "the run script did not start QEMU within {:.1}s; its output: {}",
+                    prepare.as_secs_f64(),
+                    crate::wait::tail_chars(&text, 200)
+                ))
+            }
+            Some(at) if at.elapsed() > boot => {
+                break Err(format!(
+                    "a KVM boot did not reach {PROBE_MARKER:?} within {}s of QEMU's start",
+                    boot.as_secs()
+                ))
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -206,6 +243,48 @@ mod tests {
         assert_eq!("".parse::<AccelChoice>().unwrap(), AccelChoice::Auto);
         let err = "fast".parse::<AccelChoice>().unwrap_err();
         assert!(err.to_string().contains("auto, kvm, tcg"), "{err}");
+    }
+
+    /// A stand-in run script: `prepare` seconds of work (qemu-vm.nix's mkfs.erofs), then it
+    /// execs a program named qemu-system-x86_64 (a copy of bash) that prints `line` and stays
+    /// (`sleep` not last: bash would exec a last command and stop being qemu-system-x86_64).
+    fn fake_run_script(dir: &Path, prepare: &str, line: &str) -> PathBuf {
+        let qemu = dir.join("qemu-system-x86_64");
+        std::fs::copy("/bin/bash", &qemu).unwrap();
+        let script = dir.join("run-probe-vm");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/bash\nsleep {prepare}\nexec {} -c 'echo \"{line}\"; sleep 30; exit 0'\n",
+                qemu.display()
+            ),
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .unwrap();
+        script
+    }
+
+    #[test]
+    fn the_probe_does_not_count_the_run_scripts_preparation() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = fake_run_script(dir.path(), "2", "[ 0.5] Freeing unused kernel image");
+        // Two seconds of preparation, a one-second boot budget: only QEMU's time counts.
+        probe(&script, Duration::from_secs(30), Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_probe_that_never_reaches_qemu_or_the_marker_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = fake_run_script(dir.path(), "30", "never printed");
+        let err = probe(&script, Duration::from_millis(500), Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("did not start QEMU within 0.5s"), "{err}");
+        let script = fake_run_script(dir.path(), "0", "a kernel that hangs");
+        let err = probe(&script, Duration::from_secs(30), Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("within 1s of QEMU's start"), "{err}");
     }
 
     #[test]
