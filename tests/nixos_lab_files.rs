@@ -269,7 +269,7 @@ fn flake_outputs_have_the_names_the_harness_uses() {
 /// vm-configs/tuning.json, the settings both labs share, and where each key lands in the NixOS
 /// lab: the line of vm-configs/vm.nix that assigns it to the nixpkgs option carrying it. A key
 /// added to the file without a row here fails the test, so no setting reaches one lab only.
-const TUNING_IN_NIXOS: [(&str, &str); 4] = [
+const TUNING_IN_NIXOS: [(&str, &str); 5] = [
     ("kernelParams", "boot.kernelParams = tuning.kernelParams;"),
     (
         "apiserverFlags",
@@ -278,6 +278,10 @@ const TUNING_IN_NIXOS: [(&str, &str); 4] = [
     (
         "controllerManagerFlags",
         "lib.concatStringsSep \" \" tuning.controllerManagerFlags",
+    ),
+    (
+        "leaderElect",
+        "services.kubernetes.controllerManager.leaderElect = tuning.leaderElect; services.kubernetes.scheduler.leaderElect = tuning.leaderElect;",
     ),
     (
         "controlPlaneEnvironment",
@@ -422,6 +426,19 @@ fn every_tuned_setting_reaches_both_labs() {
                 "the fixture's {name}.service lacks {flag} (tuning.json {key}):\n{text}"
             );
         }
+    }
+    let leader_elect = format!(
+        "--leader-elect={}",
+        tuning["leaderElect"]
+            .as_bool()
+            .expect("tuning.json: leaderElect should be true or false")
+    );
+    for name in ["kube-controller-manager", "kube-scheduler"] {
+        let text = unit(name);
+        assert!(
+            text.split_whitespace().any(|w| w == leader_elect),
+            "the fixture's {name}.service lacks {leader_elect} (tuning.json leaderElect):\n{text}"
+        );
     }
     let environment = tuning["controlPlaneEnvironment"]
         .as_object()

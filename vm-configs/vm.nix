@@ -144,6 +144,10 @@ in
   services.kubernetes.controllerManager.extraOpts = lib.mkIf isMaster (
     lib.concatStringsSep " " tuning.controllerManagerFlags
   );
+  # nixpkgs' kubernetes/controller-manager.nix and scheduler.nix pass
+  # --leader-elect=${boolToString cfg.leaderElect} (default true).
+  services.kubernetes.controllerManager.leaderElect = tuning.leaderElect;
+  services.kubernetes.scheduler.leaderElect = tuning.leaderElect;
   systemd.services = lib.mkIf isMaster (
     lib.genAttrs [ "etcd" "kube-apiserver" "kube-controller-manager" "kube-scheduler" ] (_: {
       environment = tuning.controlPlaneEnvironment;
