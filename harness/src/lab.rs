@@ -368,7 +368,8 @@ const ROLES: [&str; 2] = ["master", "node"];
 /// compete, and a node starting pods took the master's CPU until the control plane could not
 /// take the nodes' status within the grace period (workers NotReady, evictions). At 5 (CFS
 /// weight 335 against the master's 1024) the master gets 60 % of a contended CPU and each node
-/// 20 %; the nodes lose nothing while the master idles.
+/// 20 %; the nodes lose nothing while the master idles. Applied once a node's guest channel
+/// answers, so its boot is not starved ([`crate::vm::MachineBuilder::nice`]).
 pub const NODE_NICE: i32 = 5;
 
 /// Every rule a lab.toml must meet before anything builds or boots: a mistake found after a

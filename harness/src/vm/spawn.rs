@@ -46,9 +46,6 @@ fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
 pub struct Placement {
     /// Only these host CPUs; all of them when `None`.
     pub cpus: Option<CpuSet>,
-    /// How much nicer than the harness it runs (0: as nice as the harness). Relative, so a
-    /// harness started under `nice` keeps the same order between its children.
-    pub nice: i32,
 }
 
 /// Spawns `command` tied to the harness's life (SIGKILL on harness death) in a new process group.
@@ -61,7 +58,7 @@ pub fn spawn_placed(mut command: Command, placement: Placement) -> io::Result<Ch
     let parent = Pid::this();
     command.process_group(0);
     // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid,
-    // sched_setaffinity, setpriority, _exit).
+    // sched_setaffinity, _exit).
     unsafe {
         command.pre_exec(move || {
             ::nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
@@ -71,18 +68,6 @@ pub fn spawn_placed(mut command: Command, placement: Placement) -> io::Result<Ch
             }
             if let Some(cpus) = &placement.cpus {
                 sched_setaffinity(Pid::from_raw(0), cpus).map_err(io::Error::from)?;
-            }
-            if placement.nice != 0 {
-                use ::nix::libc::{__errno_location, getpriority, setpriority, PRIO_PROCESS};
-                // getpriority may return -1 as a value: errno alone tells a failure.
-                *__errno_location() = 0;
-                let own = getpriority(PRIO_PROCESS, 0);
-                if own == -1 && *__errno_location() != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if setpriority(PRIO_PROCESS, 0, own + placement.nice) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
             }
             Ok(())
         });
@@ -97,10 +82,94 @@ pub fn spawn_placed(mut command: Command, placement: Placement) -> io::Result<Ch
         .map_err(|_| io::Error::other("the labtest-spawner thread did not answer"))?
 }
 
+/// Sets every thread of process `pid` (nice is per thread on Linux, and QEMU's vCPU threads
+/// exist by now) to `relative` nicer than the calling thread. Relative, so a harness started
+/// under `nice` keeps the same order between its children.
+pub fn renice_threads(pid: u32, relative: i32) -> io::Result<()> {
+    use ::nix::libc::{id_t, setpriority, PRIO_PROCESS};
+    ::nix::errno::Errno::clear();
+    // SAFETY: getpriority has no memory effects.
+    let own = unsafe { ::nix::libc::getpriority(PRIO_PROCESS, 0) };
+    // -1 is also a valid priority: errno alone tells a failure.
+    if own == -1 && ::nix::errno::Errno::last_raw() != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: setpriority has no memory effects.
+        if unsafe { setpriority(PRIO_PROCESS, tid, own + relative) } != 0 {
+            let err = io::Error::last_os_error();
+            // A thread that ended meanwhile is no longer there to renice.
+            if err.raw_os_error() != Some(::nix::libc::ESRCH) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// SIGKILLs a guarded child's whole process group and reaps it.
 pub fn kill_group(child: &mut Child) {
     let pid = Pid::from_raw(child.id() as i32);
     let _ = ::nix::sys::signal::killpg(pid, Signal::SIGKILL);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).
+    fn thread_nices(pid: u32) -> Vec<i32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| {
+                let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .unwrap()
+                    .1
+                    .split_whitespace()
+                    .collect();
+                fields[16].parse().unwrap()
+            })
+            .collect()
+    }
+
+    /// QEMU's vCPU threads exist before the guest answers: renicing must reach every thread,
+    /// not only the main one that setpriority(PRIO_PROCESS, pid) changes.
+    #[test]
+    fn renice_reaches_every_thread_relative_to_the_caller() {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import threading,time\nfor _ in range(3): threading.Thread(target=time.sleep,args=(30,),daemon=True).start()\nprint('up', flush=True)\ntime.sleep(30)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let own = thread_nices(std::process::id())[0];
+        renice_threads(child.id(), 3).unwrap();
+        let nices = thread_nices(child.id());
+        kill_group(&mut child);
+        assert_eq!(nices.len(), 4, "expected the main thread and three others");
+        assert!(
+            nices.iter().all(|n| *n == (own + 3).min(19)),
+            "expected every thread at {}, saw {nices:?}",
+            own + 3
+        );
+    }
 }
