@@ -29,6 +29,9 @@ use tokio::sync::Mutex;
 
 use crate::events::Events;
 use crate::wait::WaitError;
+// Defined with the fault vocabulary, the lowest layer that needs it (a crash's undo starts the
+// machine again); this is where callers look for it.
+pub use crate::fault::DEFAULT_BOOT_TIMEOUT;
 pub use accel::Accel;
 use channel::Channel;
 pub use channel::{ChannelError, ExecOutput};
@@ -37,10 +40,6 @@ use qmp::{Qmp, QmpError};
 /// The netdev id of the lab NIC in every run script (`-netdev stream,id=lab,...`).
 pub const LAB_NETDEV: &str = "lab";
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
-/// From QEMU start to the guest channel answering, when nobody says otherwise: a machine, a
-/// lab, a fault's start and a scenario file's start all use it. Twice the slowest cold boot of
-/// the fixture lab measured on the 2-core TCG CI host (135 s for three guests at once).
-pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bytes per command when copying into a guest: ~43 KB of base64 on one command line.
 pub const COPY_CHUNK: usize = 32 * 1024;
 
