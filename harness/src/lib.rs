@@ -10,6 +10,8 @@
 //! * [`wait`] - deadlines, poll intervals and conditions, shared by every wait.
 //! * [`check`] - the one check runner: a wait reported as events (started, progress, passed or
 //!   failed with what it last saw and the delay it measured).
+//! * [`artifacts`] - a run's artifacts folder, where every layer (the scenarios too) leaves
+//!   evidence, each file announced as an event.
 //! * [`vm`] - one QEMU machine: its run script, QMP, the guest channel, faults.
 //! * [`net`] - the lab's private L2 hub (partitions per pair) and host port picks.
 //! * [`nix`] - `nix build` with progress, out-links, new system generations and the ones a run
@@ -20,9 +22,12 @@
 //! * [`snapshot`] - whole-lab snapshots in the cache: keyed, written atomically, listed, removed.
 //! * [`lab`] - a lab spec plus its machines and network, booted (or restored from a snapshot)
 //!   and torn down together.
-//! * [`report`] - the live view, summary, JUnit, JSON and the artifacts folder, all fed by events.
+//! * `scenarios`, the crate, stands here: it uses every layer above, never one below.
+//! * [`report`] - the live view, summary, JUnit, JSON and HTML in the artifacts folder, all fed
+//!   by events.
 //! * [`ready`] - the top: a lab built, booted or restored, joined and through the readiness gate,
 //!   as the CLI, the scenarios and users' own tests get it ([`ready::ReadyLab`]).
+pub mod artifacts;
 pub mod check;
 pub mod error;
 pub mod events;
@@ -105,6 +110,25 @@ mod layers {
                             line.trim()
                         ));
                     }
+                }
+            }
+        }
+        // The scenarios crate stands between lab and report.
+        let scenarios = src.join("../../scenarios/src");
+        let mut files = Vec::new();
+        sources(&scenarios, &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read");
+            for (n, line) in text.lines().enumerate() {
+                let code = !line.trim_start().starts_with("//");
+                if code && (line.contains("harness::report") || line.contains("harness::ready")) {
+                    let relative = file.strip_prefix(&scenarios).expect("under src");
+                    violations.push(format!(
+                        "scenarios/src/{}:{}: {}",
+                        relative.display(),
+                        n + 1,
+                        line.trim()
+                    ));
                 }
             }
         }

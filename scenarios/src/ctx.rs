@@ -5,6 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use harness::artifacts::ArtifactsDir;
 use harness::check;
 use harness::error::Chain;
 use harness::events::{EventKind, Events, Outcome, Stream};
@@ -12,7 +13,6 @@ use harness::kube::conditions::look;
 use harness::kube::Summary;
 use harness::lab::{KubernetesSpec, Lab};
 use harness::nix::{SwitchError, Switches};
-use harness::report::ArtifactsDir;
 use harness::wait::{Condition, Poll, Since, Wait};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};

@@ -51,16 +51,13 @@ mod summary;
 #[cfg(test)]
 mod fixture;
 
-pub use artifacts::ArtifactsDir;
+// The folder is a lower layer (the scenarios write evidence to it); the CLI finds it here too.
+pub use crate::artifacts::{ArtifactsDir, ARTIFACTS_FOLDER};
 pub use plain::render_plain_line;
 pub use summary::{
     Attempt, FailedCheck, MachineSummary, PhaseTime, RunResult, ScenarioResult, ScenarioSummary,
     StepOutput, Summary,
 };
-
-/// The `what` of the [`crate::events::EventKind::Artifact`] event that names the artifacts
-/// folder itself; the summary points at that path.
-pub const ARTIFACTS_FOLDER: &str = "artifacts folder";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -69,8 +66,8 @@ pub enum ReportError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not a path inside the artifacts folder")]
-    OutsideArtifacts { path: PathBuf },
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactsError),
     #[error("rendering JUnit XML")]
     Junit(#[from] quick_junit::SerializeError),
     #[error("rendering JSON")]
