@@ -108,7 +108,8 @@ impl ArtifactsDir {
         self.write_text(relative, text, what)
     }
 
-    /// Saves the CPU samples before `what` failed under `cpu/` ([`super::cpu::evidence_text`]).
+    /// Saves the CPU samples before `what` failed under `cpu/`
+    /// ([`crate::report::cpu::evidence_text`]).
     pub fn write_cpu(&self, what: &str, text: &str) -> Result<PathBuf, ArtifactsError> {
         let relative = Path::new("cpu").join(format!("{}.txt", file_name(what)));
         self.write_text(relative, text, &format!("CPU samples before {what} failed"))
