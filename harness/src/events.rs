@@ -22,6 +22,9 @@
 //! .unwrap();
 //! assert_eq!(recorder.events().len(), 1);
 //! ```
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};

@@ -18,6 +18,9 @@
 //! let nonsense = Fault::Partition { a: "grey-area".into(), b: "grey-area".into() };
 //! assert!(nonsense.check(&machines).unwrap_err().contains("two different machines"));
 //! ```
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::fmt;
 use std::time::Duration;
 

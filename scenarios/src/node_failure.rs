@@ -6,6 +6,9 @@
 //! Budgets follow the Kubernetes e2e TaintBasedEvictions test (NotReady within 3 min, taint within
 //! 30 s of it, Ready within 1 min of recovery, untainted within 30 s), scaled where the lab differs:
 //! a crashed guest must boot again (minutes under TCG), and TCG slows every Go binary ~10x.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::time::Duration;
 
 use harness::error::Chain;

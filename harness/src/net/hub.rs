@@ -6,6 +6,9 @@
 //! Every frame goes to every other connected machine that is not partitioned from the sender. A
 //! slow receiver (a frozen guest stops reading) loses frames instead of stalling the hub - what a
 //! real switch does with a full queue.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

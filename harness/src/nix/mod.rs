@@ -10,6 +10,9 @@
 //! let activation = profile.switch_to(&nix, &machine, &new_toplevel).await?;   // machine: impl Guest
 //! let back = profile.rollback(&machine).await?;
 //! ```
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 pub mod generation;
 mod machine;
 pub mod progress;

@@ -1,4 +1,7 @@
 //! The bring-up: build, boot or restore, join, the readiness gate, and the Ready snapshot.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,9 @@
 //!
 //! [`ReadyLab`] is the RAII front for tests; [`ready_lab`] and the functions around it are the
 //! steps, for callers (the CLI) that report through their own events and artifacts.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 
 mod bring_up;
 mod evidence;

@@ -5,6 +5,9 @@
 //!
 //! Three renderings share the fold: the summary's `cpu` section ([`CpuSummary`]), the table a
 //! failure's evidence carries ([`evidence_text`]) and `labtest top` ([`top_text`]).
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -12,6 +12,9 @@
 //! history::append(&path, &RunRecord::from_summary(&summary, 1_700_000_000)).unwrap();
 //! assert_eq!(history::load(&path, "", 20).len(), 1);
 //! ```
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;

@@ -5,6 +5,9 @@
 //! (machine up, faults, checks passed or failed, scenario verdicts, warnings) printed above
 //! them so the scrollback is a readable record. Elsewhere (CI): the same record as one line
 //! per event, with build progress thinned out so a long build does not flood the log.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::thread::JoinHandle;

@@ -1,5 +1,8 @@
 //! What a run amounted to, folded from its events: the model the summary table, JUnit and
 //! `summary.json` all render, so they cannot tell different stories.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;

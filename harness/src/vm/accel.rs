@@ -3,6 +3,9 @@
 //! harness boots a real kernel under KVM for a few seconds and believes only that, caches the
 //! verdict per host boot, and otherwise falls back to TCG with one loud line - nobody should
 //! wonder why a run is slow.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -15,6 +15,9 @@
 //! # Caveats
 //! A command that leaves a background process writing to stdout will interleave that output with
 //! later replies; redirect a daemon's output (`cmd >/dev/null 2>&1 &`).
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

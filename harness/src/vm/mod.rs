@@ -9,6 +9,9 @@
 //!
 //! Faults live here too: [`Machine::crash`], [`Machine::freeze`], [`Machine::thaw`],
 //! [`Machine::shutdown`], [`Machine::reboot`], [`Machine::set_link`].
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 pub mod accel;
 mod boot;
 pub mod channel;

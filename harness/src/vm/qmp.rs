@@ -1,5 +1,8 @@
 //! A small QMP client: one connection per machine, kept for the machine's life, since QEMU serves
 //! only one QMP client at a time (a second connection blocks until the first closes).
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -6,6 +6,9 @@
 //! reading of a probe is a baseline and yields nothing. The pure halves ([`qemu_use`],
 //! [`guest_use`], the parsers) are what the unit tests pin, on `/proc` text captured from a real
 //! QEMU and a real guest (`testdata/`).
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::collections::HashMap;
 use std::time::Instant;
 

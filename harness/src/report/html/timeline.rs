@@ -1,5 +1,8 @@
 //! The timeline's model: which lanes, windows and marks a run's events make, derived by the pure
 //! [`timeline`] so that snapshot tests pin the data and the drawing ([`super::svg`]) stays dumb.
+// Public items here still lack docs (issue 20): until they have them, the workspace
+// missing_docs lint is allowed for this file.
+#![allow(missing_docs)]
 use std::time::Duration;
 
 use serde::Serialize;
