@@ -11,9 +11,6 @@
 //!
 //! The folder is a layer of its own, below the reports ([`crate::report`] adds the `report/`
 //! files to it), so every layer that saves evidence - the scenarios too - can write to it.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
@@ -26,13 +23,20 @@ pub const ARTIFACTS_FOLDER: &str = "artifacts folder";
 /// Why a file could not be written into the folder.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactsError {
+    /// A file or folder could not be written.
     #[error("writing {path}")]
     Io {
+        /// What could not be written.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A relative path that would leave the folder (`..`, an absolute path, or empty).
     #[error("{path}: not a path inside the artifacts folder")]
-    OutsideArtifacts { path: PathBuf },
+    OutsideArtifacts {
+        /// The path as given.
+        path: PathBuf,
+    },
 }
 
 /// A run's artifacts folder. Cheap to clone; share it with every layer that saves evidence.
@@ -78,6 +82,7 @@ impl ArtifactsDir {
         })
     }
 
+    /// The folder itself, absolute.
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -30,9 +30,6 @@
 //! #     tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
 //! # }
 //! ```
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -45,6 +42,7 @@ use crate::wait::{poll_until, Poll, Wait, WaitError};
 /// ([`Failure::report`]).
 #[derive(Debug)]
 pub struct Failure {
+    /// Why the wait ended without its value: a timeout with what it last saw, or a failure.
     pub error: WaitError,
     /// How long the check ran.
     pub took: Duration,

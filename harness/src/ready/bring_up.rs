@@ -1,7 +1,4 @@
 //! The bring-up: build, boot or restore, join, the readiness gate, and the Ready snapshot.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -56,7 +53,9 @@ async fn bring_up_step<T, E: std::error::Error + Into<ReadyError>>(
 
 /// A lab's machines, built, the accelerator they run with and the host CPUs they may use.
 pub struct Built {
+    /// The `nix build` result holding `bin/run-<machine>-vm`.
     pub run_dir: PathBuf,
+    /// The accelerator settled for this host (KVM when it works, else TCG).
     pub accel: Accel,
     /// `LABTEST_HOST_CPUS`: every QEMU on the first N host CPUs; `None`: wherever they like.
     pub host_cpus: Option<HostCpus>,
@@ -154,14 +153,18 @@ pub async fn boot(
 
 /// A booted lab, with a client when it runs Kubernetes.
 pub struct Ready {
+    /// The lab, its machines up.
     pub lab: Lab,
+    /// A client with the lab's admin kubeconfig; `None` for a lab without `[kubernetes]`.
     pub kube: Option<KubeAccess>,
 }
 
 /// Where a lab's snapshots live and the key they must match.
 #[derive(Clone)]
 pub struct SnapshotTarget {
+    /// Where the snapshots are kept.
     pub store: SnapshotStore,
+    /// What a snapshot must have been made from to be restored: lab.toml, run scripts, QEMU, accelerator.
     pub key: SnapshotKey,
 }
 

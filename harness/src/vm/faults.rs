@@ -1,7 +1,4 @@
 //! Faults on one machine, through QMP: power loss, freeze, link down, shutdown and reboot.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::time::{Duration, Instant};
 
 use serde_json::json;
