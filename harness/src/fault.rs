@@ -18,9 +18,6 @@
 //! let nonsense = Fault::Partition { a: "grey-area".into(), b: "grey-area".into() };
 //! assert!(nonsense.check(&machines).unwrap_err().contains("two different machines"));
 //! ```
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::fmt;
 use std::time::Duration;
 
@@ -37,64 +34,89 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum Fault {
     /// Power loss: QEMU quits at once, nothing in the guest gets to run.
     Crash {
+        /// The machine, by its name in the lab.
         machine: String,
     },
     /// Pause the CPUs (QMP `stop`).
     Freeze {
+        /// The machine, by its name in the lab.
         machine: String,
     },
     /// Resume after `freeze` (QMP `cont`).
     Thaw {
+        /// The machine, by its name in the lab.
         machine: String,
     },
     /// Graceful power-off, waiting up to `timeout` for QEMU to exit.
     Shutdown {
+        /// The machine, by its name in the lab.
         machine: String,
+        /// How long QEMU may take to exit.
         #[serde(with = "crate::secs")]
         timeout: Duration,
     },
     /// Power a crashed or shut-down machine on, waiting up to `timeout` for its guest.
     Start {
+        /// The machine, by its name in the lab.
         machine: String,
+        /// How long its guest may take to answer.
         #[serde(with = "crate::secs")]
         timeout: Duration,
     },
     /// Reboot through systemd, waiting up to `timeout` for the new boot to answer.
     Reboot {
+        /// The machine, by its name in the lab.
         machine: String,
+        /// How long the new boot may take to answer.
         #[serde(with = "crate::secs")]
         timeout: Duration,
     },
     /// The lab NIC loses carrier (QMP `set_link`): the guest sees it.
     LinkDown {
+        /// The machine, by its name in the lab.
         machine: String,
     },
+    /// The lab NIC gets its carrier back: the end of `link-down`.
     LinkUp {
+        /// The machine, by its name in the lab.
         machine: String,
     },
     /// The hub drops traffic between two machines, both ways.
     Partition {
+        /// One machine of the pair.
         a: String,
+        /// The other machine of the pair.
         b: String,
     },
+    /// The hub passes traffic between two machines again: the end of `partition`.
     Heal {
+        /// One machine of the pair.
         a: String,
+        /// The other machine of the pair.
         b: String,
     },
     /// The hub drops all of a machine's traffic; its link stays up, as with a dead switch port.
     Isolate {
+        /// The machine, by its name in the lab.
         machine: String,
     },
+    /// The hub passes a machine's traffic again: the end of `isolate`.
     Rejoin {
+        /// The machine, by its name in the lab.
         machine: String,
     },
     /// `systemctl stop UNIT` in the guest.
     StopUnit {
+        /// The machine, by its name in the lab.
         machine: String,
+        /// The systemd unit (`kubelet.service`).
         unit: String,
     },
+    /// `systemctl start UNIT` in the guest: the end of `stop-unit`.
     StartUnit {
+        /// The machine, by its name in the lab.
         machine: String,
+        /// The systemd unit (`kubelet.service`).
         unit: String,
     },
 }
@@ -120,6 +142,7 @@ crate::words! {
 }
 
 impl Fault {
+    /// Which fault this is, without its arguments.
     pub fn kind(&self) -> FaultKind {
         match self {
             Fault::Crash { .. } => FaultKind::Crash,

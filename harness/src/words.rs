@@ -2,9 +2,6 @@
 //! kinds, wait conditions...). Each is an enum whose variants and words are written once, in
 //! [`words!`]: a new word is a new variant that every `match` on the enum must handle, never a
 //! word that falls through to another one's arm.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 
 /// Defines a fieldless enum whose variants each stand for one word, with `ALL` (in the order
 /// written), `name()` (a `const fn`, so tables can be built from it), `names()` and
@@ -33,7 +30,12 @@ macro_rules! words {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         $vis enum $enum {
-            $($(#[$variant_meta])* $variant),+
+            $(
+                // A variant is documented by its word, what every file and command line writes.
+                #[doc = concat!("`", $word, "`")]
+                $(#[$variant_meta])*
+                $variant
+            ),+
         }
 
         impl $enum {

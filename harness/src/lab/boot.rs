@@ -76,6 +76,7 @@ impl LabBuilder {
         self
     }
 
+    /// Runs the machines under this accelerator (default TCG; [`crate::vm::accel`] picks one).
     pub fn accel(mut self, accel: Accel) -> Self {
         self.accel = accel;
         self

@@ -1,9 +1,6 @@
 //! A lab: a spec (`lab.toml` beside the lab's flake) plus its machines and their private network,
 //! booted together and torn down together. The repo's NixOS lab and the fixture lab are both labs;
 //! nothing above this layer knows which one it drives.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 
 mod boot;
 mod build;
@@ -29,76 +26,130 @@ pub use build::{build, build_attr, lab_nix};
 pub use spec::{GenerationSpec, KubernetesSpec, LabSpec, MachineSpec, NetworkSpec};
 pub use state_dir::remove_orphaned_state_dirs;
 
+/// Why a lab could not be read, built, booted, faulted or torn down. Messages leave the cause
+/// to `source()`, so [`crate::error::Chain`] shows each once.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    /// The lab directory or its `lab.toml` is not there.
     #[error("no lab spec at {path} (a lab is a flake with a lab.toml beside it)")]
     NoSpec {
+        /// The path that was looked for.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// `lab.toml` does not parse or breaks a rule; the message names the field.
     #[error("lab spec {path} is invalid: {message}")]
-    BadSpec { path: PathBuf, message: String },
+    BadSpec {
+        /// The spec file.
+        path: PathBuf,
+        /// What is wrong, what was expected and what was seen.
+        message: String,
+    },
+    /// The build named no `bin/run-<machine>-vm` for a machine of the spec.
     #[error("lab {lab}: no run script for machine {machine}: expected {path}")]
     MissingRunScript {
+        /// The lab's name.
         lab: String,
+        /// The machine without a script.
         machine: String,
+        /// Where the script was expected.
         path: PathBuf,
     },
+    /// A machine name the lab does not have (a typo in a command or a scenario).
     #[error("lab {lab} has no machine named {machine:?} (it has: {known})")]
     UnknownMachine {
+        /// The lab's name.
         lab: String,
+        /// The name asked for.
         machine: String,
+        /// The machines it has, for the message.
         known: String,
     },
+    /// A machine failed (boxed: VM errors are large).
     #[error(transparent)]
     Vm(Box<VmError>),
+    /// The lab network's hub failed.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// Saving or loading a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The lab's state dir (disks, sockets, logs) could not be made.
     #[error("lab state dir: {0}")]
     StateDir(std::io::Error),
+    /// A console log could not be kept in the evidence dir at teardown.
     #[error("lab {lab}: could not keep {machine}'s console log {from} as {to}")]
     ConsoleLog {
+        /// The lab's name.
         lab: String,
+        /// The machine whose log it is.
         machine: String,
+        /// The log in the state dir.
         from: PathBuf,
+        /// Where it was to be kept.
         to: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The state dir could not be removed at teardown.
     #[error("lab {lab}: could not remove its state dir {path}")]
     RemoveStateDir {
+        /// The lab's name.
         lab: String,
+        /// The state dir.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// A fault that makes no sense on this lab, or not in the state it is in now.
     #[error("fault `{fault}` refused: {reason}")]
-    FaultRefused { fault: String, reason: String },
+    FaultRefused {
+        /// The fault, as the vocabulary writes it.
+        fault: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The prepare step could not be started (no bash).
     #[error("lab {lab}: could not start its prepare step `{command}` with bash")]
     PrepareSpawn {
+        /// The lab's name.
         lab: String,
+        /// The step's command.
         command: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// `nix build` succeeded but printed no output path.
     #[error("lab {lab}: `nix build {installable}` succeeded but named no output path; expected one (log in {out_dir})")]
     NoBuildOutput {
+        /// The lab's name.
         lab: String,
+        /// What was built (`<flake>#<attr>`).
         installable: String,
+        /// Where the build's log is.
         out_dir: PathBuf,
     },
+    /// The prepare step ran and failed.
     #[error("lab {lab}: prepare step `{command}` failed ({status}); log {log}:\n{tail}")]
     Prepare {
+        /// The lab's name.
         lab: String,
+        /// The step's command.
         command: String,
+        /// How it exited.
         status: String,
+        /// Its whole log.
         log: PathBuf,
+        /// The log's last 20 lines, for the message.
         tail: String,
     },
     /// Nix's diagnosis is the source.
     #[error("lab {lab}: building its machines failed")]
     Build {
+        /// The lab's name.
         lab: String,
+        /// Nix's error.
         source: Box<crate::nix::NixError>,
     },
 }
@@ -140,10 +191,12 @@ impl Lab {
         self.up_in
     }
 
+    /// The spec the lab was booted from.
     pub fn spec(&self) -> &LabSpec {
         &self.spec
     }
 
+    /// Every machine, in the spec's order.
     pub fn machines(&self) -> &[Arc<Machine>] {
         &self.machines
     }
@@ -161,6 +214,7 @@ impl Lab {
             })
     }
 
+    /// The state dir (disk overlays, hub sockets, console logs); `None` once torn down.
     pub fn state_dir(&self) -> Option<&Path> {
         self.state.as_ref().map(|s| s.path())
     }
@@ -179,6 +233,7 @@ impl Lab {
         Ok(())
     }
 
+    /// Lets two machines talk again after [`Lab::partition`].
     pub fn heal(&self, a: &str, b: &str) -> Result<(), LabError> {
         self.machine(a)?;
         self.machine(b)?;
@@ -205,6 +260,7 @@ impl Lab {
         Ok(())
     }
 
+    /// Lets a machine talk again after [`Lab::isolate`].
     pub fn rejoin(&self, machine: &str) -> Result<(), LabError> {
         self.machine(machine)?;
         self.hub.rejoin(machine)?;
@@ -216,6 +272,7 @@ impl Lab {
         Ok(())
     }
 
+    /// The pairs cut now, each once.
     pub fn partitions(&self) -> Vec<(String, String)> {
         self.hub.partitions()
     }

@@ -1,7 +1,4 @@
 //! `lab.toml`: the spec, read and checked before anything builds or boots.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +10,7 @@ use super::LabError;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LabSpec {
+    /// The lab's name: it names state dirs and snapshots, so a host name's characters only.
     pub name: String,
     /// `nix build <lab>#<vm_attr>` yields `bin/run-<machine>-vm` for every machine.
     #[serde(default = "default_vm_attr")]
@@ -27,10 +25,14 @@ pub struct LabSpec {
     /// The flake attribute of a machine's system as the flake defines it now (`{machine}`
     /// stands for its name): what `labtest rebuild MACHINE` builds and switches to.
     pub system_attr: Option<String>,
+    /// The lab's private network.
     pub network: NetworkSpec,
+    /// The machines, as `[[machine]]` tables.
     #[serde(rename = "machine")]
     pub machines: Vec<MachineSpec>,
+    /// Where the apiserver is and how nodes join; absent for a lab without Kubernetes.
     pub kubernetes: Option<KubernetesSpec>,
+    /// Named system generations `labtest rebuild --generation` can switch to (`[[generation]]`).
     #[serde(default, rename = "generation")]
     pub generations: Vec<GenerationSpec>,
 }
@@ -39,41 +41,58 @@ fn default_vm_attr() -> String {
     "vm".into()
 }
 
+/// `[network]`: the lab's private L2 network.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
+    /// `a.b.c.d/len`; every machine's address lies in it.
     pub cidr: String,
 }
 
+/// `[[machine]]`: one machine of the lab.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MachineSpec {
+    /// Its host name, also its Kubernetes node name and its run script's (`run-<name>-vm`).
     pub name: String,
+    /// `master` (runs the control plane), `node` (runs a kubelet), or both.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Its address on the lab network.
     pub address: String,
 }
 
+/// `[kubernetes]`: where the cluster's apiserver is and how its nodes join.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSpec {
+    /// The machine that runs the control plane.
     pub master: String,
+    /// The apiserver's port on the master, forwarded to a host port.
     pub apiserver_port: u16,
+    /// A name in the apiserver's certificate, checked instead of the forwarded address.
     pub tls_server_name: Option<String>,
+    /// The admin kubeconfig's path on the master, copied out for the harness's client.
     pub admin_kubeconfig: String,
     /// Run on the master; its stdout is the join token. Absent: nodes join by themselves.
     pub join_token_command: Option<String>,
     /// Run on each node with the token on stdin.
     pub join_command: Option<String>,
+    /// The kubelet's systemd unit on every machine (its journal is failure evidence).
     pub kubelet_unit: String,
+    /// The container image the scenarios' pods run.
     pub workload_image: String,
 }
 
+/// `[[generation]]`: a named system for one machine, to switch to with `labtest rebuild`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationSpec {
+    /// The name `--generation` takes.
     pub name: String,
+    /// The machine it is for.
     pub machine: String,
+    /// The flake attribute that builds it.
     pub attr: String,
 }
 
@@ -92,6 +111,11 @@ impl LabSpec {
         Self::parse(&text, &path)
     }
 
+    /// Parses a spec's text; `path` names it in errors.
+    ///
+    /// # Errors
+    /// [`LabError::BadSpec`] naming the line and field when it does not parse or contradicts
+    /// itself.
     pub fn parse(text: &str, path: &Path) -> Result<Self, LabError> {
         let bad = |message: String| LabError::BadSpec {
             path: path.to_path_buf(),
@@ -154,6 +178,7 @@ impl LabSpec {
         }
     }
 
+    /// Every machine's name, in the spec's order.
     pub fn machine_names(&self) -> Vec<String> {
         self.machines.iter().map(|m| m.name.clone()).collect()
     }
