@@ -47,6 +47,7 @@ impl Machine {
         self.qmp("stop", None).await.map(|_| ())
     }
 
+    /// Resumes a frozen guest's CPUs (QMP `cont`), after [`Machine::freeze`].
     pub async fn thaw(&self) -> Result<(), VmError> {
         self.fault(|machine| Fault::Thaw { machine });
         self.qmp("cont", None).await.map(|_| ())

@@ -9,9 +9,6 @@
 //!
 //! Faults live here too: [`Machine::crash`], [`Machine::freeze`], [`Machine::thaw`],
 //! [`Machine::shutdown`], [`Machine::reboot`], [`Machine::set_link`].
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 pub mod accel;
 mod boot;
 pub mod channel;
@@ -46,75 +43,135 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes per command when copying into a guest: ~43 KB of base64 on one command line.
 pub const COPY_CHUNK: usize = 32 * 1024;
 
+/// What went wrong with a machine. Messages name the machine and, where it helps, the console
+/// log; the cause is left to `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// The run script is missing or not executable.
     #[error("{machine}: run script {path} does not exist or is not executable")]
-    NoRunScript { machine: String, path: PathBuf },
+    NoRunScript {
+        /// The machine.
+        machine: String,
+        /// The script's path.
+        path: PathBuf,
+    },
+    /// The run script could not be started.
     #[error("{machine}: could not start {path}")]
     Spawn {
+        /// The machine.
         machine: String,
+        /// The script's path.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// QEMU exited when it was not asked to.
     #[error("{machine}: QEMU exited ({status}) {during}; console log {console}:\n{tail}")]
     Exited {
+        /// The machine.
         machine: String,
+        /// How it exited.
         status: String,
+        /// What the harness was doing then (`while booting`).
         during: String,
+        /// The console log.
         console: PathBuf,
+        /// The console log's last lines.
         tail: String,
     },
+    /// The guest did not come up.
     #[error("{machine}: {message}; console log {console}")]
     Boot {
+        /// The machine.
         machine: String,
+        /// What went wrong.
         message: String,
+        /// The console log.
         console: PathBuf,
     },
+    /// The guest channel failed.
     #[error("{machine} (console log {console})")]
     Channel {
+        /// The machine.
         machine: String,
+        /// The channel's error.
         source: Box<ChannelError>,
+        /// The console log.
         console: PathBuf,
     },
+    /// A QMP command failed.
     #[error("{machine}")]
-    Qmp { machine: String, source: QmpError },
+    Qmp {
+        /// The machine.
+        machine: String,
+        /// QMP's error.
+        source: QmpError,
+    },
+    /// A command the caller expected to succeed exited non-zero ([`Machine::succeed`]).
     #[error("{machine}: `{command}` exited with {status}, expected 0\nstdout: {stdout}\nstderr: {stderr}")]
     CommandFailed {
+        /// The machine.
         machine: String,
+        /// The command.
         command: String,
+        /// Its exit status.
         status: i32,
+        /// What it printed.
         stdout: String,
+        /// What it printed on stderr.
         stderr: String,
     },
+    /// A command the caller expected to fail exited 0 ([`Machine::fail`]).
     #[error("{machine}: `{command}` exited with 0, expected it to fail\nstdout: {stdout}")]
     CommandSucceeded {
+        /// The machine.
         machine: String,
+        /// The command.
         command: String,
+        /// What it printed.
         stdout: String,
     },
+    /// A wait on the guest ended without its value.
     #[error("{machine} (console log {console})")]
     Wait {
+        /// The machine.
         machine: String,
+        /// The wait's error.
         source: WaitError,
+        /// The console log.
         console: PathBuf,
     },
+    /// The machine is not in a state for what was asked (off, frozen, already running).
     #[error("{machine}: {message}")]
-    State { machine: String, message: String },
+    State {
+        /// The machine.
+        machine: String,
+        /// Which state, and what was asked.
+        message: String,
+    },
     /// The saved state itself is unusable (QEMU refused to load it, or its files are gone):
     /// unlike every other restore failure, trying again cannot help.
     #[error(
         "{machine}: its saved state {state} cannot be restored: {reason}; console log {console}"
     )]
     BadSavedState {
+        /// The machine.
         machine: String,
+        /// The saved state's file.
         state: PathBuf,
+        /// Why it cannot be restored.
         reason: String,
+        /// The console log.
         console: PathBuf,
     },
+    /// A file of the machine's state dir could not be read or written.
     #[error("{machine}: {context}")]
     Io {
+        /// The machine.
         machine: String,
+        /// What was being done.
         context: String,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// A bad `LABTEST_HOST_CPUS`: how to start QEMU, wrong before any machine starts.
@@ -125,13 +182,19 @@ pub enum VmError {
 /// How to start one machine. Build with [`MachineBuilder`].
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
+    /// The machine's name in the lab, also its host name.
     pub name: String,
+    /// Its `run-<name>-vm` script.
     pub run_script: PathBuf,
+    /// Where its disk overlay, sockets and console log live.
     pub state_dir: PathBuf,
+    /// The accelerator QEMU runs with.
     pub accel: Accel,
+    /// The hub port socket its lab NIC is wired to; `None`: no lab NIC.
     pub lab_socket: Option<PathBuf>,
     /// (host port on 127.0.0.1, guest port)
     pub forwards: Vec<(u16, u16)>,
+    /// Extra kernel parameters (`QEMU_KERNEL_PARAMS`).
     pub kernel_params: Option<String>,
     /// What [`Machine::start`] gives the guest to answer.
     pub boot_timeout: Duration,
@@ -163,6 +226,7 @@ pub struct MachineBuilder {
 }
 
 impl MachineBuilder {
+    /// A machine `name` started from `run_script`, its state kept in `state_dir`.
     pub fn new(
         name: impl Into<String>,
         run_script: impl Into<PathBuf>,
@@ -185,6 +249,7 @@ impl MachineBuilder {
         }
     }
 
+    /// Runs QEMU under this accelerator (default TCG).
     pub fn accel(mut self, accel: Accel) -> Self {
         self.config.accel = accel;
         self
@@ -202,6 +267,7 @@ impl MachineBuilder {
         self
     }
 
+    /// Extra kernel parameters (`QEMU_KERNEL_PARAMS`), e.g. to debug a boot.
     pub fn kernel_params(mut self, params: impl Into<String>) -> Self {
         self.config.kernel_params = Some(params.into());
         self
@@ -236,6 +302,7 @@ impl MachineBuilder {
         self
     }
 
+    /// The configuration as built, for [`Machine::new`].
     pub fn config(self) -> MachineConfig {
         self.config
     }
@@ -293,7 +360,9 @@ pub struct Machine {
 /// What [`Machine::start`] and [`Machine::reboot`] observed.
 #[derive(Debug, Clone)]
 pub struct BootInfo {
+    /// The guest's boot id (`/proc/sys/kernel/random/boot_id`): a new one means a new boot.
     pub boot_id: String,
+    /// From QEMU's start (or the reboot) to the guest answering.
     pub took: Duration,
 }
 
@@ -342,14 +411,17 @@ impl Machine {
         })
     }
 
+    /// The machine's name in the lab.
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
+    /// How it is started.
     pub fn config(&self) -> &MachineConfig {
         &self.config
     }
 
+    /// Its serial console's log, in its state dir (copied to the evidence dir at teardown).
     pub fn console_log(&self) -> PathBuf {
         self.config.state_dir.join("console.log")
     }
