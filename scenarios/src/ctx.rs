@@ -1,8 +1,5 @@
 //! What every scenario works with: the booted lab, a Kubernetes client, the event stream and the
 //! artifacts folder - and the few helpers that make each step a named, bounded, reported check.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,7 +25,12 @@ use serde::Serialize;
 pub enum ScenarioError {
     /// The lab misbehaved: what the scenario exists to catch.
     #[error("{check}: {reason}")]
-    Failed { check: String, reason: String },
+    Failed {
+        /// The check that failed.
+        check: String,
+        /// What it saw instead of what it expected.
+        reason: String,
+    },
     /// The scenario could not do its job (bad input, a lost connection, a missing generation):
     /// says nothing about the lab.
     #[error("{0}")]
@@ -36,6 +38,7 @@ pub enum ScenarioError {
 }
 
 impl ScenarioError {
+    /// How the scenario ends in the reports: failed (the lab) or error (the harness).
     pub fn outcome(&self) -> Outcome {
         match self {
             ScenarioError::Failed { .. } => Outcome::Failed,
@@ -63,11 +66,15 @@ impl From<SwitchError> for ScenarioError {
 
 /// A scenario's view of the lab.
 pub struct Ctx<'a> {
+    /// The lab, booted and Ready.
     pub lab: &'a Lab,
     /// Where the lab's flake is (rebuilds build generations from it).
     pub lab_dir: &'a Path,
+    /// A client with the lab's admin kubeconfig.
     pub client: kube::Client,
+    /// Where the scenario reports its steps and checks.
     pub events: &'a Events,
+    /// Where it saves evidence (journals, kube state) when a check fails.
     pub artifacts: &'a ArtifactsDir,
     /// Scratch space (build out-links).
     pub work_dir: PathBuf,
@@ -78,6 +85,7 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// The same view with its checks and steps reported under `scope` (a scenario's name).
     pub fn for_scenario(&self, scope: &str) -> Ctx<'a> {
         Ctx {
             lab: self.lab,
@@ -109,6 +117,10 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// The lab's `[kubernetes]` spec.
+    ///
+    /// # Errors
+    /// [`ScenarioError::Error`] for a lab without Kubernetes: the scenario cannot run on it.
     pub fn k8s(&self) -> Result<&KubernetesSpec, ScenarioError> {
         self.lab.spec().kubernetes.as_ref().ok_or_else(|| {
             ScenarioError::Error(format!(

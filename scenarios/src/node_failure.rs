@@ -6,9 +6,6 @@
 //! Budgets follow the Kubernetes e2e TaintBasedEvictions test (NotReady within 3 min, taint within
 //! 30 s of it, Ready within 1 min of recovery, untainted within 30 s), scaled where the lab differs:
 //! a crashed guest must boot again (minutes under TCG), and TCG slows every Go binary ~10x.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::time::Duration;
 
 use harness::error::Chain;
@@ -64,6 +61,11 @@ impl Trial {
     }
 }
 
+/// Runs the scenario on a Ready lab.
+///
+/// # Errors
+/// [`ScenarioError::Failed`] for the first check the lab did not pass; [`ScenarioError::Error`]
+/// when the harness could not do its part.
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     with_namespace(ctx, NAMESPACE, |ns| body(ctx, ns)).await
 }

@@ -1,9 +1,6 @@
 //! `pod-scheduling`: a Deployment spread over every node and a DaemonSet on each reach Running;
 //! pods on different nodes reach each other over the pod network; a pod that cannot fit stays
 //! Pending and the scheduler's reason is reported.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -28,6 +25,11 @@ fn tolerations() -> serde_json::Value {
     ])
 }
 
+/// Runs the scenario on a Ready lab.
+///
+/// # Errors
+/// [`ScenarioError::Failed`] for the first check the lab did not pass; [`ScenarioError::Error`]
+/// when the harness could not do its part.
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     with_namespace(ctx, NAMESPACE, |ns| body(ctx, ns)).await
 }

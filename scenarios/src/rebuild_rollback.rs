@@ -6,9 +6,6 @@
 //!
 //! The generations come from the lab spec's `[[generation]]` entries named `broken-kubelet` and
 //! `node-label`; both are built from the lab's flake by the harness's nix layer.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,6 +53,11 @@ async fn build(ctx: &Ctx<'_>, generation: &GenerationSpec) -> Result<PathBuf, Sc
     Ok(path)
 }
 
+/// Runs the scenario on a Ready lab; it leaves each machine on the generation it found.
+///
+/// # Errors
+/// [`ScenarioError::Failed`] for the first check the lab did not pass; [`ScenarioError::Error`]
+/// when the harness could not do its part.
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     let k8s = ctx.k8s()?.clone();
     let broken = generation(ctx, BROKEN)?.clone();

@@ -4,19 +4,18 @@
 //! the README's table of steps is rendered from it ([`markdown_table`], a test keeps them
 //! equal), and the tests write one step per row. A new word is a variant of its enum, which the
 //! compiler then asks the parser and the runner to handle, and a row here (a test asks for it).
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 
 use harness::fault::FaultKind;
 
 /// One row: a kind key with the values that share the same keys.
 #[derive(Debug, Clone, Copy)]
 pub struct Row {
+    /// The kind key (`wait`, `fault`, `exec`...).
     pub kind: &'static str,
     /// The values of the kind key this row covers; empty when the value is free (a path, a
     /// generation, a duration), and then `example` shows the step's kind key with one.
     pub values: &'static [&'static str],
+    /// A step of this row, as a scenario file writes it.
     pub example: &'static str,
     /// Keys the step accepts besides the kind key and `note`.
     pub keys: &'static [&'static str],
@@ -71,6 +70,8 @@ harness::words! {
 
 const WAIT_KEYS: [&str; 2] = ["timeout", "interval"];
 
+/// Every step a scenario file may write, row by row: what the parser accepts and the README's
+/// table is rendered from.
 pub const VOCABULARY: &[Row] = &[
     Row {
         kind: StepKind::Apply.name(),

@@ -11,9 +11,6 @@
 //! # Caveats
 //! The written kubeconfig is JSON (a YAML subset that kubectl and kube-rs read), because it is
 //! produced from the parsed form and no YAML writer is needed for that.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -192,6 +189,7 @@ impl KubeAccess {
         })
     }
 
+    /// The kube-rs client, for calls the harness does not wrap.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -487,7 +485,9 @@ pub async fn client_from(config: &Value, origin: &str) -> Result<Client, KubeErr
 /// The apiserver's version, parsed for comparisons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerVersion {
+    /// The major version (1).
     pub major: u32,
+    /// The minor version (20 for v1.20.2): what API availability depends on.
     pub minor: u32,
     /// As the server says it, e.g. `v1.20.2`.
     pub git_version: String,

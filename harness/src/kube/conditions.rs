@@ -24,9 +24,6 @@
 //! wait_for(&nodes, "limiting-factor", cond, &wait).await?;
 //! # Ok(()) }
 //! ```
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::fmt::Debug;
 
 use ::kube::{Api, Resource};
@@ -44,6 +41,7 @@ pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 
 /// A one-line description of an object's state, for progress lines and timeout messages.
 pub trait Summary {
+    /// The object's state in one line (`Ready=False (KubeletNotReady)`).
     fn summary(&self) -> String;
 }
 

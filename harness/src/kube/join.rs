@@ -8,9 +8,6 @@
 //! # Caveats
 //! The token is a credential: it never appears in errors, events or logs - errors name the join
 //! command without the `printf` in front of it.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -22,11 +19,13 @@ use crate::wait::tail_chars;
 /// One node that did not join.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinFailure {
+    /// The node's name.
     pub node: String,
     /// The join command's exit status; `None` when it never finished (deadline, lost channel).
     pub status: Option<i32>,
     /// The end of its stderr (or the channel error), which is where join tools say why.
     pub stderr: String,
+    /// Its stdout, for what stderr does not say.
     pub stdout: String,
 }
 

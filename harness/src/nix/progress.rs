@@ -2,9 +2,6 @@
 //!
 //! Activity and result type numbers are Nix's `ActivityType` / `ResultType` (src/libutil/logging.hh);
 //! they have been stable from Nix 2.3 through current releases, which is why plain numbers are fine.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::collections::{HashMap, VecDeque};
 
 use serde::Deserialize;

@@ -7,9 +7,6 @@
 //! switched away from; a rollback returns to the last of them by number, and when the scenario
 //! ends every machine goes back to the generation it started on, so the next scenario or file
 //! sees the lab as booted.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;

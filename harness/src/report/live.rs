@@ -5,9 +5,6 @@
 //! (machine up, faults, checks passed or failed, scenario verdicts, warnings) printed above
 //! them so the scrollback is a readable record. Elsewhere (CI): the same record as one line
 //! per event, with build progress thinned out so a long build does not flood the log.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::thread::JoinHandle;
@@ -22,6 +19,7 @@ use crate::events::{Event, EventKind, Events};
 /// output only depends on the events).
 const BUILD_LINE_EVERY: Duration = Duration::from_secs(10);
 
+/// How the live view shows a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Bars and a status line; for a person at a terminal.
@@ -69,6 +67,7 @@ enum Inner {
 }
 
 impl LiveView {
+    /// A view on stdout in `mode`.
     pub fn new(mode: Mode) -> Self {
         let inner = match mode {
             Mode::Tty => Inner::Tty(Bars::new(ProgressDrawTarget::stdout())),
@@ -84,6 +83,7 @@ impl LiveView {
         }
     }
 
+    /// Shows one event.
     pub fn handle(&mut self, event: &Event) {
         match &mut self.inner {
             Inner::Tty(bars) => bars.handle(event),

@@ -35,9 +35,6 @@
 //! std::process::exit(summary.result.exit_code());
 //! # }
 //! ```
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,22 +59,32 @@ pub use summary::{
     StepOutput, Summary,
 };
 
+/// Why a report could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A report file could not be written.
     #[error("writing {path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The artifacts folder refused a file.
     #[error(transparent)]
     Artifacts(#[from] crate::artifacts::ArtifactsError),
+    /// The JUnit XML could not be rendered.
     #[error("rendering JUnit XML")]
     Junit(#[from] quick_junit::SerializeError),
+    /// A JSON report could not be rendered.
     #[error("rendering JSON")]
     Json(#[from] serde_json::Error),
+    /// A line of `events.jsonl` is not an event.
     #[error("events.jsonl line {line}")]
     BadEventLine {
+        /// Its line number, from 1.
         line: usize,
+        /// Why it does not parse.
         source: serde_json::Error,
     },
 }
@@ -93,6 +100,7 @@ pub fn fmt_measured(m: &crate::events::Measured) -> String {
     )
 }
 
+/// Durations as people read them in a log: `0.4s`, `12.3s`, `3m05s`, `1h02m`.
 pub fn fmt_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs < 60 {
