@@ -1,8 +1,5 @@
 //! The timeline's model: which lanes, windows and marks a run's events make, derived by the pure
 //! [`timeline`] so that snapshot tests pin the data and the drawing ([`super::svg`]) stays dumb.
-// Public items here still lack docs (issue 20): until they have them, the workspace
-// missing_docs lint is allowed for this file.
-#![allow(missing_docs)]
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,40 +11,57 @@ use crate::secs;
 /// What the timeline shows, in run time (since the run started).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Timeline {
+    /// When the last event came: the timeline's width.
     #[serde(with = "secs")]
     pub end: Duration,
+    /// The run's phases, one after another.
     pub phases: Vec<Span>,
+    /// Every scenario attempt.
     pub attempts: Vec<AttemptSpan>,
+    /// A lane per machine.
     pub machines: Vec<MachineLane>,
+    /// A lane per check scope (`readiness`, each scenario).
     pub scopes: Vec<ScopeLane>,
 }
 
+/// A labelled stretch of run time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Span {
+    /// What it is (`boot`, `up`).
     pub label: String,
+    /// Where it starts.
     #[serde(with = "secs")]
     pub start: Duration,
+    /// Where it ends.
     #[serde(with = "secs")]
     pub end: Duration,
 }
 
+/// One attempt of a scenario.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptSpan {
+    /// The scenario's name.
     pub scenario: String,
+    /// Which attempt, from 1.
     pub attempt: u32,
     /// `None`: the run ended during the attempt.
     pub outcome: Option<Outcome>,
+    /// Where it starts.
     #[serde(with = "secs")]
     pub start: Duration,
+    /// Where it ends.
     #[serde(with = "secs")]
     pub end: Duration,
 }
 
+/// One machine's lane: its states, the faults on it and its host CPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MachineLane {
+    /// The machine.
     pub name: String,
     /// `booting`, `up` or `off`; before its first start a machine has no span.
     pub states: Vec<Span>,
+    /// The faults that touched it.
     pub faults: Vec<FaultSpan>,
     /// Its QEMU's host CPU at each sample: the band under the lane.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -60,9 +74,12 @@ pub struct MachineLane {
 /// 100 of it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CpuPoint {
+    /// When it was taken.
     #[serde(with = "secs")]
     pub at: Duration,
+    /// The QEMU's CPU, percent of one host core.
     pub host_pct: f64,
+    /// The machine's vCPUs.
     pub vcpus: u32,
 }
 
@@ -70,11 +87,14 @@ pub struct CpuPoint {
 /// the machine up again after `crash`), or an instant for a fault nothing ends (`reboot`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FaultSpan {
+    /// The fault's name (`crash`).
     pub fault: String,
     /// The other machine of a fault between two (`partition`).
     pub with: Option<String>,
+    /// Where it starts.
     #[serde(with = "secs")]
     pub start: Duration,
+    /// Where it ends (the instant itself for a fault nothing ends).
     #[serde(with = "secs")]
     pub end: Duration,
     /// What ended the window; `None` for an instant or a window still open at the end.
@@ -85,38 +105,52 @@ pub struct FaultSpan {
     pub(super) ended_by: Option<&'static str>,
 }
 
+/// One check scope's lane: its checks, stacked where they overlap.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScopeLane {
+    /// The scope (`readiness`, a scenario's name).
     pub name: String,
     /// Checks that overlap in time go on separate rows.
     pub rows: u32,
+    /// Its checks.
     pub checks: Vec<CheckMark>,
 }
 
+/// How a check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckState {
+    /// Its condition held.
     Passed,
+    /// It gave up.
     Failed,
     /// Never ended: the run stopped first.
     Running,
 }
 
+/// One check on its scope's lane.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckMark {
+    /// The check's name.
     pub check: String,
+    /// How it ended.
     pub state: CheckState,
+    /// Where it starts.
     #[serde(with = "secs")]
     pub start: Duration,
+    /// Where it ends.
     #[serde(with = "secs")]
     pub end: Duration,
     /// Zero when the start was not seen.
     #[serde(with = "secs")]
     pub timeout: Duration,
+    /// Its row on the lane, from 0.
     pub row: u32,
     /// The last state the check reported, or for a failed check the one it gave up on.
     pub observed: Option<String>,
+    /// Why it failed.
     pub reason: Option<String>,
+    /// The delay it measured, if any.
     pub measured: Option<Measured>,
 }
 
