@@ -42,6 +42,7 @@ use crate::wait::{poll_until, Poll, Wait, WaitError};
 /// ([`Failure::report`]).
 #[derive(Debug)]
 pub struct Failure {
+    /// Why the wait ended without its value: a timeout with what it last saw, or a failure.
     pub error: WaitError,
     /// How long the check ran.
     pub took: Duration,

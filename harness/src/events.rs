@@ -42,6 +42,7 @@ pub struct Event {
     /// Since the run started ([`Events::new`]).
     #[serde(with = "secs")]
     pub elapsed: Duration,
+    /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -56,118 +57,190 @@ pub enum EventKind {
     /// RFC 3339 UTC, so an event happened at `started_at + elapsed`, which is what to look for
     /// in a guest's journal. `None` in event logs written before it existed.
     RunStarted {
+        /// The lab's directory, as given.
         lab: String,
+        /// The scenarios to run, in order.
         scenarios: Vec<String>,
+        /// The wall-clock time at `elapsed` zero.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         started_at: Option<String>,
     },
     /// The last event of a run. `aborted` says why the run stopped before running its
     /// scenarios to the end (e.g. the lab never became ready); `None` for a complete run,
     /// whatever its scenarios' outcomes.
-    RunFinished { aborted: Option<String> },
+    RunFinished {
+        /// Why the run stopped early; `None` for a complete run.
+        aborted: Option<String>,
+    },
     /// The run moved on to another phase. Phases only move forward, except that a
     /// scenario may rebuild (`Build`) and reboot (`Boot`) in the middle of `Scenario`.
-    Phase { phase: Phase },
+    Phase {
+        /// The phase now.
+        phase: Phase,
+    },
     /// `nix build` progress, as often as nix reports it. Counts are for the whole build
     /// of `what` (e.g. `.#vm`); `running` names the derivations being built right now.
     BuildProgress {
+        /// What is being built (`<flake>#<attr>`).
         what: String,
+        /// Derivations built so far.
         done: u64,
+        /// Derivations to build in all.
         expected: u64,
+        /// Derivations being built now.
         running: Vec<String>,
+        /// Downloads done so far.
         downloads_done: u64,
+        /// Downloads in all.
         downloads_expected: u64,
     },
     /// QEMU is being started for `machine` (first boot, or again after a crash or shutdown).
-    MachineStarting { machine: String },
+    MachineStarting {
+        /// The machine.
+        machine: String,
+    },
     /// The guest channel answered: the machine is up. `boot_time` counts from
     /// `MachineStarting`.
     MachineUp {
+        /// The machine.
         machine: String,
+        /// From its QEMU's start to the channel answering.
         #[serde(with = "secs")]
         boot_time: Duration,
     },
     /// QEMU exited; `status` is its exit status as the OS reports it (`exit status: 0`,
     /// `signal: 9 (SIGKILL)`).
-    MachineExited { machine: String, status: String },
+    MachineExited {
+        /// The machine.
+        machine: String,
+        /// How QEMU exited.
+        status: String,
+    },
     /// The harness did something to the lab on purpose (a fault, or the end of one); the
     /// fault names the machines it touched ([`Fault::machines`]).
-    FaultInjected { fault: Fault },
+    FaultInjected {
+        /// The fault, with its machines.
+        fault: Fault,
+    },
     /// A named check with a deadline started. `scope` groups checks: `readiness` for the
     /// readiness gate, the scenario's name for a scenario's steps (the report attributes
     /// a check to a scenario by this name).
     CheckStarted {
+        /// The check's group: `readiness`, or a scenario's name.
         scope: String,
+        /// The check's name.
         check: String,
+        /// Its deadline.
         #[serde(with = "secs")]
         timeout: Duration,
     },
     /// The check looked and is not satisfied yet; `observed` is what it saw. Emitted when
     /// the observed state changes, not on every poll, so the stream stays readable.
     CheckProgress {
+        /// The check's group.
         scope: String,
+        /// The check's name.
         check: String,
+        /// What it saw this time.
         observed: String,
     },
     /// The check's condition held. `measured` is set when the check measures a delay from a
     /// named start (e.g. NotReady after a power loss), not just from its own start.
     CheckPassed {
+        /// The check's group.
         scope: String,
+        /// The check's name.
         check: String,
+        /// How long it ran.
         #[serde(with = "secs")]
         took: Duration,
+        /// The delay it measured from a named moment, if it measures one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         measured: Option<Measured>,
     },
     /// The check gave up. `observed` is the last state it saw (what a timeout is about);
     /// `evidence` lists files written to explain it (journal excerpts, `kubectl describe`).
     CheckFailed {
+        /// The check's group.
         scope: String,
+        /// The check's name.
         check: String,
+        /// Why it failed, in one line.
         reason: String,
+        /// What it last saw.
         observed: Option<String>,
+        /// Files that explain the failure.
         evidence: Vec<PathBuf>,
+        /// How long it ran.
         #[serde(with = "secs")]
         took: Duration,
+        /// The delay it measured until it gave up, if it measures one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         measured: Option<Measured>,
     },
     /// A scenario attempt began. `attempt` counts from 1; a retry of a failed scenario
     /// is the same name with the next attempt number.
-    ScenarioStarted { scenario: String, attempt: u32 },
+    ScenarioStarted {
+        /// The scenario's name.
+        scenario: String,
+        /// Which attempt, from 1.
+        attempt: u32,
+    },
     /// A scenario attempt ended. `message` explains a `Failed` or `Error` outcome in one line.
     ScenarioFinished {
+        /// The scenario's name.
         scenario: String,
+        /// Which attempt, from 1.
         attempt: u32,
+        /// How it ended.
         outcome: Outcome,
+        /// How long the attempt took.
         #[serde(with = "secs")]
         took: Duration,
+        /// Why it failed or erred, in one line.
         message: Option<String>,
     },
     /// Output of one step (a command in a guest, a kubectl call) in `scope`, emitted when
     /// the step ends. Kept out of the live view and attached to JUnit when the step failed.
     StepOutput {
+        /// The scenario (or `readiness`) the step belongs to.
         scope: String,
+        /// The step, as the report names it.
         step: String,
+        /// Which output stream.
         stream: Stream,
+        /// The output.
         text: String,
     },
     /// A file was written into the artifacts folder (or elsewhere); `what` says what it holds.
-    Artifact { path: PathBuf, what: String },
+    Artifact {
+        /// Where the file is.
+        path: PathBuf,
+        /// What it holds (`journal of kubelet.service on grey-area`).
+        what: String,
+    },
     /// Something the user must not miss, e.g. "KVM unusable, using TCG: ~10x slower".
-    Warning { message: String },
+    Warning {
+        /// The warning, in one line.
+        message: String,
+    },
     /// The whole lab was saved as snapshot `snapshot`: every machine paused, saved, continued.
     SnapshotSaved {
+        /// The snapshot's name.
         snapshot: String,
+        /// How long the save took, the lab paused for most of it.
         #[serde(with = "secs")]
         took: Duration,
+        /// Bytes on disk.
         bytes: u64,
     },
     /// A lab was brought back from snapshot `snapshot` instead of booting; `took` counts from
     /// the first QEMU start to every guest channel answering. The scenario that starts next
     /// runs on it.
     SnapshotRestored {
+        /// The snapshot's name.
         snapshot: String,
+        /// From the first QEMU start to every guest answering.
         #[serde(with = "secs")]
         took: Duration,
     },
@@ -176,10 +249,14 @@ pub enum EventKind {
     /// due but could not be had (frozen, off, its channel busy, too slow) is `guest_missing`,
     /// never an error.
     MachineSample {
+        /// The machine.
         machine: String,
+        /// Its QEMU, as the host sees it.
         host: QemuUse,
+        /// What the guest says, when a guest sample was due and had.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guest: Option<GuestUse>,
+        /// Why a due guest sample could not be had.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guest_missing: Option<String>,
     },
@@ -196,6 +273,7 @@ pub struct QemuUse {
     pub cpu_pct: f64,
     /// Each vCPU thread (`CPU 0/TCG`, `CPU 1/KVM`...), in vCPU order.
     pub vcpu_pct: Vec<f64>,
+    /// Its resident memory, MiB.
     pub rss_mib: f64,
 }
 
@@ -203,11 +281,17 @@ pub struct QemuUse {
 /// `steal` are percent of all of the guest's CPU time (all vCPUs together).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuestUse {
+    /// User time.
     pub user: f64,
+    /// System time.
     pub system: f64,
+    /// Time waiting for I/O.
     pub iowait: f64,
+    /// Time the host took from the guest's vCPUs.
     pub steal: f64,
+    /// The one-minute load average.
     pub load1: f64,
+    /// `MemAvailable`, MiB.
     pub mem_avail_mib: f64,
     /// The busiest processes, busiest first, in percent of one vCPU.
     pub top: Vec<ProcessUse>,
@@ -215,9 +299,12 @@ pub struct GuestUse {
     pub cost_pct: f64,
 }
 
+/// One process in a guest sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessUse {
+    /// Its command name (`/proc/PID/comm`).
     pub comm: String,
+    /// Its CPU, percent of one vCPU over the interval.
     pub pct: f64,
 }
 
@@ -241,9 +328,12 @@ pub struct HostUse {
 /// its condition held (or it gave up), against the budget the check allowed from that moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measured {
+    /// The moment's name (`power-loss`).
     pub since: String,
+    /// From that moment to the end of the check.
     #[serde(with = "secs")]
     pub delay: Duration,
+    /// What the check allowed from that moment.
     #[serde(with = "secs")]
     pub budget: Duration,
 }
@@ -252,14 +342,20 @@ pub struct Measured {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// `nix build` of the machines (or, mid-scenario, of a generation).
     Build,
+    /// QEMU started, waiting for every guest to answer.
     Boot,
+    /// Joining nodes and the readiness gate.
     Readiness,
+    /// The scenarios running.
     Scenario,
+    /// Machines stopped, evidence kept.
     Teardown,
 }
 
 impl Phase {
+    /// The phase as reports write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Build => "build",
@@ -275,6 +371,7 @@ impl Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Every check held.
     Passed,
     /// The lab misbehaved: a check failed. This is what the scenario exists to catch.
     Failed,
@@ -284,6 +381,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome as reports write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Passed => "passed",
@@ -293,10 +391,13 @@ impl Outcome {
     }
 }
 
+/// Which output of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
 }
 

@@ -7,10 +7,12 @@
 use serde::{Deserialize, Deserializer, Serializer};
 use std::time::Duration;
 
+/// Writes `d` as seconds, to the millisecond.
 pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_millis() as f64 / 1000.0)
 }
 
+/// Reads seconds; a negative or non-finite number is refused.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let secs = f64::deserialize(d)?;
     if !secs.is_finite() || secs < 0.0 {

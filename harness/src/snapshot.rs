@@ -52,23 +52,35 @@ pub const MAX_AGE_SECS: u64 = 29 * 24 * 3600;
 /// enough that a later run tries again by itself.
 pub const FAILED_BRING_UP_HOLD: u64 = 30 * 60;
 
+/// Why a snapshot could not be named, saved, found or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// Not usable; `reason` is the one line a user sees before the lab boots afresh.
     #[error("snapshot {name:?} of lab {lab}: {reason}")]
     Unusable {
+        /// The lab's name.
         lab: String,
+        /// The snapshot's name.
         name: SnapshotName,
+        /// Why it cannot be used, in one line.
         reason: String,
     },
+    /// A name that could leave the store's directory or hide in it; refused before any file is touched.
     #[error(
         "snapshot name {name:?}: expected letters, digits, '-', '_' or '.', not starting with '.'"
     )]
-    BadName { name: String },
+    BadName {
+        /// The name as given.
+        name: String,
+    },
+    /// The store's files could not be read or written.
     #[error("snapshot store {path}: {context}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What was being done.
         context: String,
+        /// The I/O error.
         source: std::io::Error,
     },
 }
@@ -108,6 +120,7 @@ impl SnapshotName {
         Self(Cow::Borrowed(name))
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -238,11 +251,17 @@ fn hex(bytes: &[u8]) -> String {
 /// `snapshot.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
+    /// The snapshot format ([`FORMAT`]); another format is not restored.
     pub format: String,
+    /// The lab's name.
     pub lab: String,
+    /// The snapshot's name.
     pub name: SnapshotName,
+    /// The key of the inputs it was made from ([`SnapshotKey`]).
     pub key: String,
+    /// Those inputs, one line each, to say what changed since.
     pub inputs: Vec<String>,
+    /// The machines saved in it.
     pub machines: Vec<String>,
     /// Seconds since the epoch, host clock.
     pub created: u64,
@@ -255,7 +274,9 @@ pub struct SnapshotMeta {
 /// A snapshot found in the store, checked against its key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
+    /// Its directory in the store.
     pub dir: PathBuf,
+    /// Its `snapshot.json`.
     pub meta: SnapshotMeta,
 }
 
@@ -273,10 +294,12 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
+    /// A store in `root`, created when the first snapshot is saved.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
 
+    /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -532,8 +555,11 @@ impl SnapshotStore {
 /// and the error, which names its evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailedBringUp {
+    /// The key of the inputs it was tried with.
     pub key: String,
+    /// When it failed, in seconds since the epoch.
     pub at: u64,
+    /// Its error, as it was shown.
     pub error: String,
 }
 

@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 /// What to wait for, for how long, and how often to look.
 #[derive(Debug, Clone)]
 pub struct Wait {
+    /// What is awaited, as reports name it (`node limiting-factor NotReady`).
     pub what: String,
+    /// How long the wait may take before it fails.
     pub timeout: Duration,
+    /// How long to sleep between two looks.
     pub interval: Duration,
     /// The named moment the wait's delay is measured from, when it is not the wait's own start
     /// (see [`Wait::since`]).
@@ -41,7 +44,9 @@ pub struct Wait {
 /// A named moment a delay is measured from: `power-loss`, `recovery`, `rebuild`.
 #[derive(Debug, Clone)]
 pub struct Since {
+    /// The moment's name, as reports show it.
     pub label: String,
+    /// When it happened.
     pub at: Instant,
 }
 
@@ -56,6 +61,7 @@ impl Since {
 }
 
 impl Wait {
+    /// A wait for `what`, looking every `interval` until `timeout`.
     pub fn new(what: impl Into<String>, timeout: Duration, interval: Duration) -> Self {
         Self {
             what: what.into(),
@@ -87,16 +93,24 @@ pub enum Poll<T> {
 /// Why a wait ended without its value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WaitError {
+    /// The deadline passed first.
     #[error("timed out after {:.1}s waiting for {what}; last observed: {last_observed}", elapsed.as_secs_f64())]
     Timeout {
+        /// What was awaited.
         what: String,
+        /// How long the wait ran.
         elapsed: Duration,
+        /// What the last look saw, for the report.
         last_observed: String,
     },
+    /// The probe said it will never happen ([`Poll::Failed`]).
     #[error("gave up waiting for {what} after {:.1}s: {reason}", elapsed.as_secs_f64())]
     Failed {
+        /// What was awaited.
         what: String,
+        /// How long the wait ran.
         elapsed: Duration,
+        /// Why it gave up.
         reason: String,
     },
 }
@@ -148,6 +162,7 @@ where
 ///
 /// `None` means "not there (yet)": conditions decide what absence means.
 pub trait Condition<S: ?Sized> {
+    /// Whether `state` (or its absence, `None`) satisfies the condition.
     fn matches(&self, state: Option<&S>) -> bool;
 
     /// Holds when `self` does not.
@@ -181,8 +196,11 @@ impl<S: ?Sized, F: Fn(Option<&S>) -> bool> Condition<S> for F {
     }
 }
 
+/// A condition negated ([`Condition::not`]).
 pub struct Not<A>(A);
+/// Both conditions ([`Condition::and`]).
 pub struct And<A, B>(A, B);
+/// Either condition ([`Condition::or`]).
 pub struct Or<A, B>(A, B);
 
 impl<S: ?Sized, A: Condition<S>> Condition<S> for Not<A> {

@@ -30,7 +30,12 @@ macro_rules! words {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         $vis enum $enum {
-            $($(#[$variant_meta])* $variant),+
+            $(
+                // A variant is documented by its word, what every file and command line writes.
+                #[doc = concat!("`", $word, "`")]
+                $(#[$variant_meta])*
+                $variant
+            ),+
         }
 
         impl $enum {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use harness::artifacts::ArtifactsDir;
 use harness::check;
 use harness::error::Chain;
 use harness::events::{EventKind, Events, Outcome, Stream};
@@ -12,7 +13,6 @@ use harness::kube::conditions::look;
 use harness::kube::Summary;
 use harness::lab::{KubernetesSpec, Lab};
 use harness::nix::{SwitchError, Switches};
-use harness::report::ArtifactsDir;
 use harness::wait::{Condition, Poll, Since, Wait};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -25,7 +25,12 @@ use serde::Serialize;
 pub enum ScenarioError {
     /// The lab misbehaved: what the scenario exists to catch.
     #[error("{check}: {reason}")]
-    Failed { check: String, reason: String },
+    Failed {
+        /// The check that failed.
+        check: String,
+        /// What it saw instead of what it expected.
+        reason: String,
+    },
     /// The scenario could not do its job (bad input, a lost connection, a missing generation):
     /// says nothing about the lab.
     #[error("{0}")]
@@ -33,6 +38,7 @@ pub enum ScenarioError {
 }
 
 impl ScenarioError {
+    /// How the scenario ends in the reports: failed (the lab) or error (the harness).
     pub fn outcome(&self) -> Outcome {
         match self {
             ScenarioError::Failed { .. } => Outcome::Failed,
@@ -60,11 +66,15 @@ impl From<SwitchError> for ScenarioError {
 
 /// A scenario's view of the lab.
 pub struct Ctx<'a> {
+    /// The lab, booted and Ready.
     pub lab: &'a Lab,
     /// Where the lab's flake is (rebuilds build generations from it).
     pub lab_dir: &'a Path,
+    /// A client with the lab's admin kubeconfig.
     pub client: kube::Client,
+    /// Where the scenario reports its steps and checks.
     pub events: &'a Events,
+    /// Where it saves evidence (journals, kube state) when a check fails.
     pub artifacts: &'a ArtifactsDir,
     /// Scratch space (build out-links).
     pub work_dir: PathBuf,
@@ -75,6 +85,7 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// The same view with its checks and steps reported under `scope` (a scenario's name).
     pub fn for_scenario(&self, scope: &str) -> Ctx<'a> {
         Ctx {
             lab: self.lab,
@@ -106,6 +117,10 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// The lab's `[kubernetes]` spec.
+    ///
+    /// # Errors
+    /// [`ScenarioError::Error`] for a lab without Kubernetes: the scenario cannot run on it.
     pub fn k8s(&self) -> Result<&KubernetesSpec, ScenarioError> {
         self.lab.spec().kubernetes.as_ref().ok_or_else(|| {
             ScenarioError::Error(format!(

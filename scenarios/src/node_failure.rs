@@ -61,6 +61,11 @@ impl Trial {
     }
 }
 
+/// Runs the scenario on a Ready lab.
+///
+/// # Errors
+/// [`ScenarioError::Failed`] for the first check the lab did not pass; [`ScenarioError::Error`]
+/// when the harness could not do its part.
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     with_namespace(ctx, NAMESPACE, |ns| body(ctx, ns)).await
 }

@@ -25,6 +25,11 @@ fn tolerations() -> serde_json::Value {
     ])
 }
 
+/// Runs the scenario on a Ready lab.
+///
+/// # Errors
+/// [`ScenarioError::Failed`] for the first check the lab did not pass; [`ScenarioError::Error`]
+/// when the harness could not do its part.
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     with_namespace(ctx, NAMESPACE, |ns| body(ctx, ns)).await
 }

@@ -53,6 +53,11 @@ async fn build(ctx: &Ctx<'_>, generation: &GenerationSpec) -> Result<PathBuf, Sc
     Ok(path)
 }
 
+/// Runs the scenario on a Ready lab; it leaves each machine on the generation it found.
+///
+/// # Errors
+/// [`ScenarioError::Failed`] for the first check the lab did not pass; [`ScenarioError::Error`]
+/// when the harness could not do its part.
 pub async fn run(ctx: &Ctx<'_>) -> Result<(), ScenarioError> {
     let k8s = ctx.k8s()?.clone();
     let broken = generation(ctx, BROKEN)?.clone();

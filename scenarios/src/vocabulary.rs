@@ -10,10 +10,12 @@ use harness::fault::FaultKind;
 /// One row: a kind key with the values that share the same keys.
 #[derive(Debug, Clone, Copy)]
 pub struct Row {
+    /// The kind key (`wait`, `fault`, `exec`...).
     pub kind: &'static str,
     /// The values of the kind key this row covers; empty when the value is free (a path, a
     /// generation, a duration), and then `example` shows the step's kind key with one.
     pub values: &'static [&'static str],
+    /// A step of this row, as a scenario file writes it.
     pub example: &'static str,
     /// Keys the step accepts besides the kind key and `note`.
     pub keys: &'static [&'static str],
@@ -68,6 +70,8 @@ harness::words! {
 
 const WAIT_KEYS: [&str; 2] = ["timeout", "interval"];
 
+/// Every step a scenario file may write, row by row: what the parser accepts and the README's
+/// table is rendered from.
 pub const VOCABULARY: &[Row] = &[
     Row {
         kind: StepKind::Apply.name(),

@@ -189,6 +189,7 @@ impl KubeAccess {
         })
     }
 
+    /// The kube-rs client, for calls the harness does not wrap.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -484,7 +485,9 @@ pub async fn client_from(config: &Value, origin: &str) -> Result<Client, KubeErr
 /// The apiserver's version, parsed for comparisons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerVersion {
+    /// The major version (1).
     pub major: u32,
+    /// The minor version (20 for v1.20.2): what API availability depends on.
     pub minor: u32,
     /// As the server says it, e.g. `v1.20.2`.
     pub git_version: String,

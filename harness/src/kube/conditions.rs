@@ -41,6 +41,7 @@ pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 
 /// A one-line description of an object's state, for progress lines and timeout messages.
 pub trait Summary {
+    /// The object's state in one line (`Ready=False (KubeletNotReady)`).
     fn summary(&self) -> String;
 }
 

@@ -45,11 +45,18 @@ use crate::wait::{Poll, Wait, WaitError};
 /// The event scope of the gate's checks.
 pub const SCOPE: &str = "readiness";
 
+/// The gate's checks, in the order they run, as events and reports name them: the
+/// apiserver answers `/readyz`.
 pub const CHECK_APISERVER: &str = "apiserver /readyz";
+/// The lab's nodes have registered with the apiserver.
 pub const CHECK_NODES_REGISTERED: &str = "nodes registered";
+/// Every node is Ready.
 pub const CHECK_NODES_READY: &str = "nodes Ready";
+/// Every kube-system pod is Running.
 pub const CHECK_SYSTEM_PODS: &str = "kube-system pods Running";
+/// The default namespace has its ServiceAccount (pods cannot be created before).
 pub const CHECK_DEFAULT_SA: &str = "default ServiceAccount";
+/// A probe pod gets bound (and Running, when asked).
 pub const CHECK_SCHEDULABLE: &str = "schedulable";
 
 /// QEMU start to three fixture guests answering, where [`GateBudgets::tcg_three_vms`] was
@@ -59,11 +66,14 @@ pub const REFERENCE_BOOT: Duration = Duration::from_secs(31);
 /// One check's deadline and poll interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
+    /// How long the check may take.
     pub timeout: Duration,
+    /// How long between two looks.
     pub interval: Duration,
 }
 
 impl Budget {
+    /// `timeout` seconds, looking every `interval_ms` milliseconds.
     pub const fn secs(timeout: u64, interval_ms: u64) -> Self {
         Self {
             timeout: Duration::from_secs(timeout),
@@ -79,10 +89,15 @@ impl Budget {
 /// Every check's [`Budget`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateBudgets {
+    /// For [`CHECK_APISERVER`].
     pub apiserver: Budget,
+    /// For [`CHECK_NODES_REGISTERED`].
     pub nodes_registered: Budget,
+    /// For [`CHECK_NODES_READY`].
     pub nodes_ready: Budget,
+    /// For [`CHECK_SYSTEM_PODS`].
     pub system_pods: Budget,
+    /// For [`CHECK_DEFAULT_SA`].
     pub default_service_account: Budget,
     /// Bound (and Running, when asked) within this.
     pub schedulable: Budget,
@@ -175,12 +190,14 @@ pub struct ReadinessGate {
     pub namespace: String,
     /// `schedulable` also waits for the probe pod to be Running (needs kubelets and the image).
     pub wait_running: bool,
+    /// Each check's deadline.
     pub budgets: GateBudgets,
 }
 
 /// What a failed check hands the evidence hook.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedCheck {
+    /// The check's name.
     pub check: String,
     /// Why it stopped (timed out after..., or a permanent failure).
     pub reason: String,
@@ -268,7 +285,9 @@ pub async fn collect_unit_evidence(
 pub struct GateReport {
     /// Each check and how long it took, in order.
     pub checks: Vec<(String, Duration)>,
+    /// The apiserver's version, when the gate got far enough to ask.
     pub server_version: Option<ServerVersion>,
+    /// The whole gate.
     pub took: Duration,
 }
 
@@ -280,7 +299,9 @@ pub struct GateReport {
     evidence_suffix(evidence)
 )]
 pub struct GateError {
+    /// The check that failed.
     pub check: String,
+    /// Why.
     pub source: WaitError,
     /// Files the evidence hook wrote.
     pub evidence: Vec<PathBuf>,

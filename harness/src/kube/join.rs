@@ -43,12 +43,14 @@ pub const JOIN_RETRY_WINDOW: Duration = Duration::from_secs(120);
 /// One node that did not join.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinFailure {
+    /// The node's name.
     pub node: String,
     /// The last attempt's exit status; `None` when it never finished (deadline, lost channel).
     pub status: Option<i32>,
     /// The end of the last attempt's stderr (or the channel error), which is where join tools
     /// say why.
     pub stderr: String,
+    /// Its stdout, for what stderr does not say.
     pub stdout: String,
     /// How many times the join ran before the deadline.
     pub attempts: u32,
@@ -72,7 +74,9 @@ impl fmt::Display for JoinFailure {
 /// A node that joined, and on which attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
+    /// The node's machine name.
     pub node: String,
+    /// Which attempt joined it (1: the first).
     pub attempts: u32,
     /// The first failed attempt, said the way [`JoinFailure`] says it, when there was one.
     pub first_failure: Option<String>,

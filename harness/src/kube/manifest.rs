@@ -22,7 +22,9 @@ pub struct Manifest {
     pub document: usize,
     /// The line its document starts on, in the manifest text.
     pub line: usize,
+    /// `apiVersion` and `kind`.
     pub type_meta: TypeMeta,
+    /// `metadata.name`.
     pub name: String,
     /// `metadata.namespace` as written.
     pub written_namespace: Option<String>,
@@ -34,21 +36,34 @@ pub struct Manifest {
 /// or "inline manifest".
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ManifestError {
+    /// A document is not YAML, or not an object with `apiVersion`, `kind` and `metadata.name`.
     #[error("{origin}: document {document} (line {line}): {message}")]
     Invalid {
+        /// The manifest.
         origin: String,
+        /// Which document, from 1.
         document: usize,
+        /// The line it starts on.
         line: usize,
+        /// What is wrong with it.
         message: String,
     },
+    /// The manifest holds no object.
     #[error("{origin}: no object in it: expected at least one YAML document with apiVersion, kind and metadata.name")]
-    Empty { origin: String },
+    Empty {
+        /// The manifest.
+        origin: String,
+    },
     /// The cluster would not take a document: it serves no such kind, or refused the object.
     #[error("{origin}: document {document} ({what}): {message}")]
     Apply {
+        /// The manifest.
         origin: String,
+        /// Which document, from 1.
         document: usize,
+        /// Its kind and name.
         what: String,
+        /// What the apiserver said.
         message: String,
     },
 }

@@ -59,62 +59,97 @@ use crate::wait::WaitError;
 /// the evidence is.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
+    /// The admin kubeconfig could not be read from the master.
     #[error("{machine}: could not read the admin kubeconfig {path}")]
     FetchKubeconfig {
+        /// The master.
         machine: String,
+        /// The kubeconfig's path in the guest.
         path: String,
+        /// Why the read failed.
         source: Box<VmError>,
     },
+    /// The kubeconfig does not say what a client needs (a server, a user, credentials).
     #[error("kubeconfig from {origin} is unusable: expected {expected}, saw {seen}")]
     BadKubeconfig {
+        /// Where it came from.
         origin: String,
+        /// What it should hold.
         expected: String,
+        /// What it held.
         seen: String,
     },
+    /// The apiserver's port has no host forward, so the harness cannot reach it.
     #[error(
         "{machine} forwards no host port to the apiserver's guest port {port} \
          (forwards: {forwards}); expected the lab to forward it"
     )]
     NoForward {
+        /// The master.
         machine: String,
+        /// The apiserver's port in the guest.
         port: u16,
+        /// The forwards it has.
         forwards: String,
     },
+    /// A file (the kubeconfig written for the host) could not be read or written.
     #[error("{context} {path}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// kube-rs refused the kubeconfig.
     #[error("could not build a Kubernetes client from {origin}")]
     Client {
+        /// Where the kubeconfig came from.
         origin: String,
+        /// kube-rs's error.
         source: Box<::kube::Error>,
     },
+    /// An API call failed.
     #[error("{what}")]
     Api {
+        /// The call, as a person would say it.
         what: String,
+        /// kube-rs's error.
         source: Box<::kube::Error>,
     },
+    /// The apiserver is older than what was asked of it.
     #[error("{what} needs Kubernetes >= {needs}; the apiserver is {seen}")]
     Unsupported {
+        /// What was asked.
         what: String,
+        /// The oldest version that has it.
         needs: String,
+        /// The apiserver's version.
         seen: String,
     },
+    /// The master's join token command failed.
     #[error("{machine}: join token command `{command}` failed")]
     JoinToken {
+        /// The master.
         machine: String,
+        /// The command (`join_token_command` in lab.toml).
         command: String,
+        /// Why it failed.
         source: Box<VmError>,
     },
+    /// Nodes did not join the cluster.
     #[error("{} of {} node(s) failed to join:\n{}", failures.len(), nodes, join::describe(failures))]
     Join {
+        /// How many nodes were to join.
         nodes: usize,
+        /// The ones that did not, each with why.
         failures: Vec<JoinFailure>,
     },
+    /// A wait on the cluster ended without its value.
     #[error(transparent)]
     Wait(#[from] WaitError),
+    /// The readiness gate did not pass.
     #[error(transparent)]
     Gate(#[from] Box<GateError>),
 }

@@ -21,13 +21,18 @@ const QUEUE_FRAMES: usize = 512;
 /// corrupt stream.
 const MAX_FRAME: usize = 65536;
 
+/// Why the hub could not start or act.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    /// A machine's port socket could not be bound.
     #[error("hub: cannot listen on {path}")]
     Listen {
+        /// The socket's path.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A machine name the hub has no port for.
     #[error("hub: no machine named {0:?} on this network")]
     UnknownMachine(String),
 }
@@ -73,7 +78,9 @@ pub struct Hub {
 /// Frame counts, for tests and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HubStats {
+    /// Frames passed from one machine to another.
     pub forwarded: u64,
+    /// Frames dropped because their pair was partitioned or a machine isolated.
     pub dropped_by_partition: u64,
 }
 
@@ -166,6 +173,7 @@ impl Hub {
         pairs
     }
 
+    /// How many frames it passed and dropped so far.
     pub fn stats(&self) -> HubStats {
         HubStats {
             forwarded: self.state.forwarded.load(Ordering::Relaxed),

@@ -22,21 +22,35 @@ use super::Nix;
 /// What a command did in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestOutput {
+    /// Its exit status.
     pub status: i32,
+    /// What it printed.
     pub stdout: Vec<u8>,
+    /// What it printed on stderr.
     pub stderr: Vec<u8>,
 }
 
+/// Why a [`Guest`] could not run a command.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
+    /// The command did not finish in time.
     #[error("{machine}: command {command:?} did not finish within {:.1}s", timeout.as_secs_f64())]
     Timeout {
+        /// The machine.
         machine: String,
+        /// The command.
         command: String,
+        /// Its deadline.
         timeout: Duration,
     },
+    /// The way into the guest failed.
     #[error("{machine}: the guest channel failed: {message}")]
-    Channel { machine: String, message: String },
+    Channel {
+        /// The machine.
+        machine: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A machine the harness can run root commands in. The VM layer implements it for its machines.
@@ -44,6 +58,7 @@ pub enum GuestError {
 /// The methods return `Send` futures so scenarios can drive several guests from spawned tasks;
 /// an implementation may still write `async fn`. Not object safe: use generics (or wrap in an enum).
 pub trait Guest: Sync {
+    /// The machine's name in the lab.
     fn name(&self) -> &str;
 
     /// Runs `command` with bash as root; a non-zero exit is a normal [`GuestOutput`], not an error.
@@ -62,29 +77,50 @@ pub trait Guest: Sync {
     ) -> impl Future<Output = Result<(), GuestError>> + Send;
 }
 
+/// Why a generation could not be built into, listed, switched to or rolled back to.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationError {
+    /// A step in the guest exited non-zero.
     #[error("{machine}: `{command}` exited with {status}, expected 0; stderr: {stderr}")]
     Step {
+        /// The machine.
         machine: String,
+        /// The step's command.
         command: String,
+        /// Its exit status.
         status: i32,
+        /// What it printed on stderr.
         stderr: String,
     },
+    /// A step could not be run in the guest.
     #[error("{machine}: `{command}`")]
     Guest {
+        /// The machine.
         machine: String,
+        /// The step's command.
         command: String,
+        /// Why it could not run.
         #[source]
         source: GuestError,
     },
+    /// A `nix-store` command on the host failed.
     #[error("on the host, `{command}` failed: {message}")]
-    Host { command: String, message: String },
+    Host {
+        /// The command.
+        command: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A step's output was not what Nix prints.
     #[error("{machine}: could not read `{command}` output {output:?}: {message}")]
     Parse {
+        /// The machine.
         machine: String,
+        /// The step's command.
         command: String,
+        /// What it printed.
         output: String,
+        /// What could not be read in it.
         message: String,
     },
 }
@@ -93,15 +129,20 @@ pub enum GenerationError {
 /// a result: a scenario may expect a generation to break a service and then roll back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activation {
+    /// The machine.
     pub machine: String,
     /// The toplevel that was activated.
     pub toplevel: String,
+    /// `switch-to-configuration`'s exit status.
     pub status: i32,
+    /// What it printed.
     pub stdout: String,
+    /// What it printed on stderr (failed units are named there).
     pub stderr: String,
 }
 
 impl Activation {
+    /// Whether the activation exited 0 (no unit failed).
     pub fn succeeded(&self) -> bool {
         self.status == 0
     }
@@ -120,10 +161,13 @@ pub struct CurrentSystem {
 /// One line of `nix-env --list-generations`, plus the store path it points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generation {
+    /// Its number in the profile.
     pub number: u32,
     /// As Nix prints it: `YYYY-MM-DD HH:MM:SS` in the guest's local time.
     pub created: String,
+    /// Whether the profile points to it now.
     pub current: bool,
+    /// The system's store path, when the link could be read.
     pub toplevel: Option<String>,
 }
 

@@ -34,40 +34,69 @@ const EXPERIMENTAL: &str = "nix-command flakes";
 const TERM_GRACE: Duration = Duration::from_secs(5);
 const STDERR_TAIL_LINES: usize = 25;
 
+/// Why a Nix command failed, with Nix's own diagnosis and where its full log is.
 #[derive(Debug, thiserror::Error)]
 pub enum NixError {
+    /// `nix` (or another Nix program) is not on PATH.
     #[error("`{program}` was not found on PATH ({message}); install Nix (on Debian: apt-get install nix-bin) or put it on PATH")]
-    NotInstalled { program: String, message: String },
+    NotInstalled {
+        /// The program looked for.
+        program: String,
+        /// Why it was not found.
+        message: String,
+    },
+    /// The flake did not evaluate.
     #[error("evaluating {installable} failed: {message}\n(full log: {})", log_path.display())]
     Evaluation {
+        /// What was built (`<flake>#<attr>`).
         installable: String,
+        /// Nix's error.
         message: String,
+        /// The build's whole log.
         log_path: PathBuf,
     },
+    /// A derivation failed to build.
     #[error("building {installable}: derivation {derivation} failed; its last log lines:\n{}\n(full log: {})", log_tail.join("\n"), log_path.display())]
     BuildFailed {
+        /// What was built (`<flake>#<attr>`).
         installable: String,
+        /// The derivation that failed.
         derivation: String,
+        /// Its log's last lines.
         log_tail: Vec<String>,
+        /// The build's whole log.
         log_path: PathBuf,
     },
+    /// The build ran past its deadline.
     #[error("building {installable} did not finish within {:.0}s; still building: {}\n(full log: {})", timeout.as_secs_f64(), if still_building.is_empty() { "nothing (evaluating or copying)".to_owned() } else { still_building.join(", ") }, log_path.display())]
     Timeout {
+        /// What was built (`<flake>#<attr>`).
         installable: String,
+        /// The deadline.
         timeout: Duration,
+        /// The derivations still building then.
         still_building: Vec<String>,
+        /// The build's whole log.
         log_path: PathBuf,
     },
+    /// Any other Nix command failed.
     #[error("`{command}` exited with {status}, expected success; stderr ends:\n{}\n(full log: {})", stderr_tail.join("\n"), log_path.display())]
     Other {
+        /// The command.
         command: String,
+        /// How it exited.
         status: String,
+        /// Its stderr's last lines.
         stderr_tail: Vec<String>,
+        /// Its whole log.
         log_path: PathBuf,
     },
+    /// A Nix program could not be run, or its output read.
     #[error("{context}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -121,6 +150,7 @@ impl Nix {
             .with_config("sandbox = false")
     }
 
+    /// The `nix` program this handle runs.
     pub fn nix_path(&self) -> &Path {
         &self.nix
     }
@@ -151,6 +181,7 @@ impl Nix {
         cmd
     }
 
+    /// `nix-store` with this handle's settings.
     pub fn nix_store_command(&self) -> Command {
         self.command(&self.nix_store)
     }

@@ -28,7 +28,9 @@ pub struct BuildProgress {
     pub attr: String,
     /// Derivations built so far, out of `expected`; from Nix's `actBuilds` counters.
     pub done: u64,
+    /// Derivations to build in all.
     pub expected: u64,
+    /// Derivations that failed so far.
     pub failed: u64,
     /// Derivations building right now (`.drv` store paths).
     pub running: Vec<String>,
@@ -88,6 +90,7 @@ pub struct ProgressParser {
 }
 
 impl ProgressParser {
+    /// A parser for the build of `attr`, nothing seen yet.
     pub fn new(attr: &str) -> Self {
         ProgressParser {
             progress: BuildProgress {
@@ -98,6 +101,7 @@ impl ProgressParser {
         }
     }
 
+    /// The build as the lines so far tell it.
     pub fn progress(&self) -> &BuildProgress {
         &self.progress
     }

@@ -20,7 +20,9 @@ pub enum SwitchError {
     /// A bookkeeping step failed (reading or switching a generation): says nothing about the lab.
     #[error("{context}")]
     Step {
+        /// What was being done, for the message.
         context: String,
+        /// The generation operation's error.
         #[source]
         source: GenerationError,
     },
@@ -29,11 +31,20 @@ pub enum SwitchError {
         "rollback of {machine}: expected an earlier rebuild of it in this scenario to go back \
          from, saw none"
     )]
-    NothingToRollBack { machine: String },
+    NothingToRollBack {
+        /// The machine.
+        machine: String,
+    },
     /// A machine's start generation did not activate cleanly: what follows would start on a
     /// broken lab. The lab misbehaved, unlike the other variants.
     #[error("{check}: {reason}")]
-    StartGeneration { check: String, reason: String },
+    StartGeneration {
+        /// The check it is reported as.
+        check: String,
+        /// What activating it said.
+        reason: String,
+    },
+    /// Another thread panicked while holding the switch history.
     #[error("switch history lock poisoned")]
     Poisoned,
 }

@@ -1,138 +1,18 @@
-//! The folder a run leaves behind, one place to look when something failed:
-//!
-//! ```text
-//! <dir>/machines/<name>/console.log
-//! <dir>/machines/<name>/journal-<unit>.txt
-//! <dir>/kube/<what>.txt
-//! <dir>/report/{junit.xml,events.jsonl,summary.json,summary.txt}
-//! ```
-//!
-//! Every file written through [`ArtifactsDir`] is announced with an `Artifact` event, so the
-//! live view, the event log and a failed check's evidence all point at the same paths.
-use std::fs;
-use std::path::{Component, Path, PathBuf};
+//! The reports a run leaves in its artifacts folder ([`crate::artifacts`]), and the run history
+//! the page compares with.
+use std::path::{Path, PathBuf};
 
 use super::summary::Summary;
-use super::{history, html, json, junit, ReportError, ARTIFACTS_FOLDER};
-use crate::events::{Event, EventKind, Events};
-
-/// A run's artifacts folder. Cheap to clone; share it with every layer that saves evidence.
-///
-/// ```
-/// use harness::events::Events;
-/// use harness::report::ArtifactsDir;
-///
-/// let tmp = tempfile::tempdir().unwrap();
-/// let events = Events::new();
-/// let recorder = events.record();
-/// let dir = ArtifactsDir::create(tmp.path().join("run"), &events).unwrap();
-/// let path = dir.write_journal("grey-area", "kubelet.service", "kubelet started").unwrap();
-/// assert!(path.ends_with("machines/grey-area/journal-kubelet.service.txt"));
-/// assert_eq!(recorder.events().len(), 2); // the folder, then the journal
-/// ```
-#[derive(Debug, Clone)]
-pub struct ArtifactsDir {
-    root: PathBuf,
-    events: Events,
-    history: Option<PathBuf>,
-}
+use super::{history, html, json, junit, ReportError};
+use crate::artifacts::ArtifactsDir;
+use crate::events::Event;
 
 impl ArtifactsDir {
-    /// Creates `root` (and parents) and announces it as the run's artifacts folder. The
-    /// path is made absolute so the summary's pointer works from any directory.
-    pub fn create(root: impl Into<PathBuf>, events: &Events) -> Result<Self, ReportError> {
-        let root = root.into();
-        let root = std::path::absolute(&root).map_err(|source| ReportError::Io {
-            path: root.clone(),
-            source,
-        })?;
-        create_dir(&root)?;
-        events.emit(EventKind::Artifact {
-            path: root.clone(),
-            what: ARTIFACTS_FOLDER.to_string(),
-        });
-        Ok(Self {
-            root,
-            events: events.clone(),
-            history: None,
-        })
-    }
-
     /// Compares the run with earlier ones in `report/index.html` and adds it to them: `path`
     /// is the history file ([`super::history`]) shared by the runs of every lab.
     pub fn with_history(mut self, path: impl Into<PathBuf>) -> Self {
         self.history = Some(path.into());
         self
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Where the VM layer should write `machine`'s serial console. The folder is created
-    /// and the file announced now, so it is findable even if the run dies mid-boot.
-    pub fn console_log(&self, machine: &str) -> Result<PathBuf, ReportError> {
-        let dir = self.root.join("machines").join(file_name(machine));
-        create_dir(&dir)?;
-        let path = dir.join("console.log");
-        self.announce(&path, format!("console of {machine}"));
-        Ok(path)
-    }
-
-    /// Saves a unit's journal from `machine`, e.g. after a check on that unit failed.
-    pub fn write_journal(
-        &self,
-        machine: &str,
-        unit: &str,
-        text: &str,
-    ) -> Result<PathBuf, ReportError> {
-        let relative = Path::new("machines")
-            .join(file_name(machine))
-            .join(format!("journal-{}.txt", file_name(unit)));
-        self.write_text(relative, text, &format!("journal of {unit} on {machine}"))
-    }
-
-    /// Saves Kubernetes state (`kubectl describe nodes`, events, pod lists) under `kube/`.
-    pub fn write_kube(&self, what: &str, text: &str) -> Result<PathBuf, ReportError> {
-        let relative = Path::new("kube").join(format!("{}.txt", file_name(what)));
-        self.write_text(relative, text, what)
-    }
-
-    /// Saves the CPU samples before `what` failed under `cpu/` ([`super::cpu::evidence_text`]).
-    pub fn write_cpu(&self, what: &str, text: &str) -> Result<PathBuf, ReportError> {
-        let relative = Path::new("cpu").join(format!("{}.txt", file_name(what)));
-        self.write_text(relative, text, &format!("CPU samples before {what} failed"))
-    }
-
-    /// Writes `text` at `relative` inside the folder (parents created) and announces it.
-    /// `relative` may not leave the folder.
-    pub fn write_text(
-        &self,
-        relative: impl AsRef<Path>,
-        text: &str,
-        what: &str,
-    ) -> Result<PathBuf, ReportError> {
-        let path = self.inside(relative.as_ref())?;
-        write(&path, text)?;
-        self.announce(&path, what.to_string());
-        Ok(path)
-    }
-
-    /// Copies a file the harness did not write itself (a QEMU log, a nix build log) into
-    /// the folder at `relative`, and announces it.
-    pub fn copy_file(
-        &self,
-        from: &Path,
-        relative: impl AsRef<Path>,
-        what: &str,
-    ) -> Result<PathBuf, ReportError> {
-        let path = self.inside(relative.as_ref())?;
-        fs::copy(from, &path).map_err(|source| ReportError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.announce(&path, what.to_string());
-        Ok(path)
     }
 
     /// Writes `report/{junit.xml,events.jsonl,summary.json,summary.txt,index.html}` from the
@@ -177,70 +57,14 @@ impl ArtifactsDir {
         }
         Ok(summary)
     }
-
-    fn announce(&self, path: &Path, what: String) {
-        self.events.emit(EventKind::Artifact {
-            path: path.to_path_buf(),
-            what,
-        });
-    }
-
-    fn inside(&self, relative: &Path) -> Result<PathBuf, ReportError> {
-        let plain = relative.components().count() > 0
-            && relative
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)));
-        if !plain {
-            return Err(ReportError::OutsideArtifacts {
-                path: relative.to_path_buf(),
-            });
-        }
-        let path = self.root.join(relative);
-        if let Some(parent) = path.parent() {
-            create_dir(parent)?;
-        }
-        Ok(path)
-    }
-}
-
-/// A machine, unit or topic name as one safe file name: names come from lab specs and
-/// systemd (`kubelet.service`, `serial-getty@ttyS0.service`), so keep what is readable
-/// and replace what could make a path.
-fn file_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if cleaned.is_empty() || cleaned.chars().all(|c| c == '.') {
-        "_".to_string()
-    } else {
-        cleaned
-    }
-}
-
-fn create_dir(path: &Path) -> Result<(), ReportError> {
-    fs::create_dir_all(path).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn write(path: &Path, text: &str) -> Result<(), ReportError> {
-    fs::write(path, text).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
+    use crate::events::{EventKind, Events};
     use crate::report::fixture;
 
     fn dir() -> (tempfile::TempDir, ArtifactsDir, crate::events::Recorder) {
@@ -316,21 +140,5 @@ mod tests {
         assert_eq!(runs.len(), 2);
         let page = fs::read_to_string(tmp.path().join("run-2/report/index.html")).expect("page");
         assert!(page.contains("<!doctype html>"));
-    }
-
-    #[test]
-    fn paths_stay_inside() {
-        let (_tmp, dir, _) = dir();
-        for bad in ["../escape.txt", "/etc/passwd", "", "a/../../b"] {
-            assert!(
-                matches!(
-                    dir.write_text(bad, "x", "bad"),
-                    Err(ReportError::OutsideArtifacts { .. })
-                ),
-                "{bad}"
-            );
-        }
-        let odd = dir.write_journal("..", "../../x", "x").expect("sanitized");
-        assert!(odd.starts_with(dir.root()), "{}", odd.display());
     }
 }

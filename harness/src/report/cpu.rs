@@ -25,38 +25,53 @@ pub const DEMAND_STARVED_FOR: Duration = Duration::from_secs(60);
 /// The run's CPU, folded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CpuSummary {
+    /// A row per machine.
     pub machines: Vec<MachineCpu>,
+    /// The host's side.
     pub host: HostCpu,
+    /// What sampling itself cost.
     pub sampler: SamplerCost,
     /// Why the host was short of CPU for this lab, in one line; `None` when it was not.
     pub starved: Option<String>,
 }
 
+/// One machine's CPU over the run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MachineCpu {
+    /// The machine.
     pub name: String,
+    /// Its vCPUs.
     pub vcpus: u32,
     /// Its QEMU, percent of one host core.
     pub host_cpu_mean: f64,
+    /// Its QEMU at most, percent of one host core.
     pub host_cpu_max: f64,
+    /// Its QEMU's resident memory at most, MiB.
     pub rss_mib_max: f64,
     /// Guest samples taken, and those that were due but could not be had.
     pub guest_samples: u32,
+    /// Guest samples that were due but could not be had.
     pub guest_missing: u32,
     /// Percent of the guest's CPU time, over its samples.
     pub guest_user_mean: Option<f64>,
+    /// Percent of the guest's CPU time in the kernel, over its samples.
     pub guest_system_mean: Option<f64>,
     /// Busiest guest processes over the run, percent of one vCPU on average.
     pub top: Vec<ProcessUse>,
 }
 
+/// The host's CPU over the run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostCpu {
+    /// Steal (time the host's hypervisor gave to others), mean percent.
     pub steal_mean: f64,
+    /// Steal at most, percent.
     pub steal_max: f64,
     /// The fewest host CPUs the lab's QEMUs could use at any sample.
     pub cpus_allowed: u32,
+    /// Host CPUs online.
     pub cpus_online: u32,
+    /// `LABTEST_HOST_CPUS` when the lab was confined on purpose.
     pub confined_to: Option<u32>,
     /// The longest stretch in which the QEMUs together demanded what their CPUs give
     /// ([`DEMAND_STARVED_SHARE`]), in seconds, if any.
@@ -66,9 +81,13 @@ pub struct HostCpu {
 /// What sampling cost: on the host, percent of one core; in the guests, percent of one vCPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SamplerCost {
+    /// On the host, mean.
     pub host_pct_mean: f64,
+    /// On the host, at most.
     pub host_pct_max: f64,
+    /// In the guests, mean.
     pub guest_pct_mean: f64,
+    /// In the guests, at most.
     pub guest_pct_max: f64,
 }
 
@@ -107,6 +126,7 @@ pub struct CpuFold {
 }
 
 impl CpuFold {
+    /// Folds one event in; events other than samples are ignored.
     pub fn add(&mut self, at: Duration, kind: &EventKind) {
         match kind {
             EventKind::MachineSample {

@@ -32,31 +32,41 @@ pub const KEEP: usize = 200;
 pub struct RunRecord {
     /// When the run ended, seconds since the Unix epoch.
     pub unix: u64,
+    /// The lab's directory, as the run was given it: runs are compared within one lab.
     pub lab: String,
     /// `passed`, `failed` or `aborted`. A string, not the enum, so a file written by another
     /// version still loads.
     pub result: String,
+    /// The whole run.
     #[serde(with = "secs")]
     pub duration: Duration,
+    /// How long each phase took, in order.
     pub phases: Vec<PhaseRecord>,
     /// From the run's start to the lab passing its readiness gate; `None` if it never did.
     #[serde(default, with = "opt_secs")]
     pub ready: Option<Duration>,
+    /// Each scenario's result and time.
     pub scenarios: Vec<ScenarioRecord>,
 }
 
+/// One phase of a recorded run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseRecord {
+    /// Which phase.
     pub phase: Phase,
+    /// How long it took.
     #[serde(with = "secs")]
     pub took: Duration,
 }
 
+/// One scenario of a recorded run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScenarioRecord {
+    /// Its name.
     pub name: String,
     /// `passed`, `flaky`, `failed`, `error` or `not_run`.
     pub result: String,
+    /// How long it took.
     #[serde(with = "secs")]
     pub duration: Duration,
     /// The measured delays of the attempt that decided the result.
@@ -64,14 +74,18 @@ pub struct ScenarioRecord {
     pub measured: Vec<MeasuredRecord>,
 }
 
+/// One measured delay of a recorded scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MeasuredRecord {
+    /// The check that measured it.
     pub check: String,
+    /// The delay, from what, and its budget.
     #[serde(flatten)]
     pub measured: Measured,
 }
 
 impl RunRecord {
+    /// The record of the run `summary` describes, ended at `now_unix`.
     pub fn from_summary(summary: &Summary, now_unix: u64) -> RunRecord {
         RunRecord {
             unix: now_unix,
@@ -114,6 +128,7 @@ impl RunRecord {
         }
     }
 
+    /// The record of scenario `name`, if the run had it.
     pub fn scenario(&self, name: &str) -> Option<&ScenarioRecord> {
         self.scenarios.iter().find(|s| s.name == name)
     }

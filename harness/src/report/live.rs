@@ -19,6 +19,7 @@ use crate::events::{Event, EventKind, Events};
 /// output only depends on the events).
 const BUILD_LINE_EVERY: Duration = Duration::from_secs(10);
 
+/// How the live view shows a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Bars and a status line; for a person at a terminal.
@@ -66,6 +67,7 @@ enum Inner {
 }
 
 impl LiveView {
+    /// A view on stdout in `mode`.
     pub fn new(mode: Mode) -> Self {
         let inner = match mode {
             Mode::Tty => Inner::Tty(Bars::new(ProgressDrawTarget::stdout())),
@@ -81,6 +83,7 @@ impl LiveView {
         }
     }
 
+    /// Shows one event.
     pub fn handle(&mut self, event: &Event) {
         match &mut self.inner {
             Inner::Tty(bars) => bars.handle(event),

@@ -51,33 +51,40 @@ mod summary;
 #[cfg(test)]
 mod fixture;
 
-pub use artifacts::ArtifactsDir;
+// The folder is a lower layer (the scenarios write evidence to it); the CLI finds it here too.
+pub use crate::artifacts::{ArtifactsDir, ARTIFACTS_FOLDER};
 pub use plain::render_plain_line;
 pub use summary::{
     Attempt, FailedCheck, MachineSummary, PhaseTime, RunResult, ScenarioResult, ScenarioSummary,
     StepOutput, Summary,
 };
 
-/// The `what` of the [`crate::events::EventKind::Artifact`] event that names the artifacts
-/// folder itself; the summary points at that path.
-pub const ARTIFACTS_FOLDER: &str = "artifacts folder";
-
+/// Why a report could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A report file could not be written.
     #[error("writing {path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
-    #[error("{path}: not a path inside the artifacts folder")]
-    OutsideArtifacts { path: PathBuf },
+    /// The artifacts folder refused a file.
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactsError),
+    /// The JUnit XML could not be rendered.
     #[error("rendering JUnit XML")]
     Junit(#[from] quick_junit::SerializeError),
+    /// A JSON report could not be rendered.
     #[error("rendering JSON")]
     Json(#[from] serde_json::Error),
+    /// A line of `events.jsonl` is not an event.
     #[error("events.jsonl line {line}")]
     BadEventLine {
+        /// Its line number, from 1.
         line: usize,
+        /// Why it does not parse.
         source: serde_json::Error,
     },
 }
@@ -93,6 +100,7 @@ pub fn fmt_measured(m: &crate::events::Measured) -> String {
     )
 }
 
+/// Durations as people read them in a log: `0.4s`, `12.3s`, `3m05s`, `1h02m`.
 pub fn fmt_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs < 60 {

@@ -15,24 +15,30 @@ use crate::secs;
 /// A whole run, built by [`Summary::from_events`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    /// The lab's directory, as the run was given it.
     pub lab: String,
     /// The run's wall-clock start, RFC 3339 UTC, as [`EventKind::RunStarted`] has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// How the run ended as a whole.
     pub result: RunResult,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
+    /// From the first event to the last.
     #[serde(with = "secs")]
     pub duration: Duration,
     /// Time spent per phase, in the order the phases first came; a phase entered twice
     /// (a rebuild during a scenario) adds up.
     pub phases: Vec<PhaseTime>,
+    /// Each machine's starts, first boot and faults.
     pub machines: Vec<MachineSummary>,
     /// Failed checks that belong to no scenario: the readiness gate, mostly.
     pub lab_failures: Vec<FailedCheck>,
     /// Every check that belongs to no scenario (the readiness gate), passed or failed.
     pub lab_checks: Vec<CheckRecord>,
+    /// Each scenario listed for the run, in order.
     pub scenarios: Vec<ScenarioSummary>,
+    /// Every warning, in order.
     pub warnings: Vec<String>,
     /// The artifacts folder, when one was created.
     pub artifacts: Option<PathBuf>,
@@ -43,6 +49,7 @@ pub struct Summary {
     pub cpu: Option<CpuSummary>,
 }
 
+/// How a run ended; decides the CLI's exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunResult {
@@ -66,31 +73,41 @@ impl RunResult {
     }
 }
 
+/// Time spent in one phase.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PhaseTime {
+    /// The phase.
     pub phase: Phase,
+    /// Its time, all its stretches together.
     #[serde(with = "secs")]
     pub took: Duration,
 }
 
+/// One machine over the run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MachineSummary {
+    /// The machine.
     pub name: String,
     /// How many times QEMU was started (a crash and restart makes 2).
     pub starts: u32,
     /// The first boot's time to guest channel up: the figure to compare across runs.
     #[serde(with = "opt_secs")]
     pub first_boot: Option<Duration>,
+    /// The faults put on it, as the vocabulary writes them.
     pub faults: Vec<String>,
 }
 
+/// One scenario over the run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScenarioSummary {
+    /// The scenario's name.
     pub name: String,
+    /// Its result over all its attempts.
     pub result: ScenarioResult,
     /// Of the last attempt, like nextest's JUnit: earlier attempts carry their own.
     #[serde(with = "secs")]
     pub duration: Duration,
+    /// Its attempts, in order.
     pub attempts: Vec<Attempt>,
 }
 
@@ -113,19 +130,24 @@ impl ScenarioSummary {
     }
 }
 
+/// A scenario's result over its attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScenarioResult {
+    /// Passed, without a retry.
     Passed,
     /// Passed on a retry after failing: green, but worth a look.
     Flaky,
+    /// Its last attempt failed: the lab misbehaved.
     Failed,
+    /// Its last attempt erred: the harness could not do its part.
     Error,
     /// Listed for the run, never started (the run aborted first).
     NotRun,
 }
 
 impl ScenarioResult {
+    /// The result as the summary writes it (failures in capitals).
     pub fn as_str(self) -> &'static str {
         match self {
             ScenarioResult::Passed => "passed",
@@ -137,18 +159,23 @@ impl ScenarioResult {
     }
 }
 
+/// One attempt of a scenario.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Attempt {
+    /// Which attempt, from 1.
     pub attempt: u32,
     /// `None` when the run ended in the middle of this attempt.
     pub outcome: Option<Outcome>,
+    /// How long it took.
     #[serde(with = "secs")]
     pub took: Duration,
+    /// Why it failed or erred, in one line.
     pub message: Option<String>,
     /// Every check that failed, in order: not only the first.
     pub failed_checks: Vec<FailedCheck>,
     /// Every check that ended in this attempt, passed or failed, in the order they ended.
     pub checks: Vec<CheckRecord>,
+    /// What its steps printed, for JUnit.
     #[serde(skip)]
     pub output: Vec<StepOutput>,
     /// The lab this attempt ran on came from a snapshot (not a boot of its own).
@@ -172,13 +199,20 @@ pub struct SnapshotSave {
     pub bytes: u64,
 }
 
+/// A check that failed, with what explains it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailedCheck {
+    /// Its group: `readiness`, or a scenario's name.
     pub scope: String,
+    /// The check's name.
     pub check: String,
+    /// Why it failed, in one line.
     pub reason: String,
+    /// What it last saw.
     pub observed: Option<String>,
+    /// Files that explain the failure.
     pub evidence: Vec<PathBuf>,
+    /// How long it ran.
     #[serde(with = "secs")]
     pub took: Duration,
 }
@@ -221,10 +255,14 @@ impl CheckRecord {
     }
 }
 
+/// What one step printed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutput {
+    /// The step.
     pub step: String,
+    /// Which output stream.
     pub stream: Stream,
+    /// The output.
     pub text: String,
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
     Kvm,
+    /// QEMU's software emulation: works anywhere, ~10x slower.
     Tcg,
 }
 
@@ -29,20 +31,30 @@ impl Accel {
 /// What the user asked for (`LABTEST_ACCEL=auto|kvm|tcg`, or a CLI flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {
+    /// KVM when it works here, else TCG with a warning.
     Auto,
+    /// KVM or an error: for a host that must be fast.
     Kvm,
+    /// TCG, without probing KVM.
     Tcg,
 }
 
+/// Why the accelerator asked for cannot be had.
 #[derive(Debug, thiserror::Error)]
 pub enum AccelError {
+    /// `LABTEST_ACCEL` (or `--accel`) is not a choice.
     #[error("LABTEST_ACCEL={0:?} is not one of auto, kvm, tcg")]
     BadChoice(String),
+    /// KVM was forced and its probe failed; the probe's reason.
     #[error("KVM was forced (LABTEST_ACCEL=kvm) but does not work here: {0}")]
     KvmForcedButBroken(String),
 }
 
 impl AccelChoice {
+    /// `LABTEST_ACCEL`, or `Auto` when it is unset.
+    ///
+    /// # Errors
+    /// [`AccelError::BadChoice`] for any other word: a typo is refused, not guessed.
     pub fn from_env() -> Result<Self, AccelError> {
         match std::env::var("LABTEST_ACCEL") {
             Err(_) => Ok(Self::Auto),
@@ -66,6 +78,7 @@ impl std::str::FromStr for AccelChoice {
 /// The outcome of [`resolve`].
 #[derive(Debug, Clone)]
 pub struct AccelVerdict {
+    /// The accelerator to run with.
     pub accel: Accel,
     /// Set when KVM was wanted but unusable: print it once, loudly.
     pub warning: Option<String>,

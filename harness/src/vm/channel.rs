@@ -25,36 +25,66 @@ use tokio::net::UnixStream;
 /// What a command did in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
+    /// Its exit status.
     pub status: i32,
+    /// What it printed.
     pub stdout: Vec<u8>,
+    /// What it printed on stderr.
     pub stderr: Vec<u8>,
 }
 
 impl ExecOutput {
+    /// Stdout as text (invalid UTF-8 replaced).
     pub fn stdout_str(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// Stderr as text (invalid UTF-8 replaced).
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
 }
 
+/// Why a guest command could not be run or answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
+    /// The channel's socket could not be connected.
     #[error("guest channel {path} could not be reached: {message}")]
-    Connect { path: PathBuf, message: String },
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// Reading or writing the channel failed, or its reply did not parse.
     #[error("guest channel {path}: {message}")]
-    Io { path: PathBuf, message: String },
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The command's reply did not come in time.
     #[error("command {command:?} got no reply within {:.1}s on {path}; output so far: {partial:?}", timeout.as_secs_f64())]
     Timeout {
+        /// The command.
         command: String,
+        /// The socket.
         path: PathBuf,
+        /// How long it waited.
         timeout: Duration,
+        /// What had come of the reply.
         partial: String,
     },
+    /// An earlier command was abandoned before its reply and the reply has not come yet: a new
+    /// one would read the old reply as its own.
     #[error("guest channel {path} is still busy with an earlier command whose caller stopped waiting for it ({command:?}): expected its reply before sending another")]
-    Busy { path: PathBuf, command: String },
+    Busy {
+        /// The socket.
+        path: PathBuf,
+        /// The abandoned command.
+        command: String,
+    },
 }
 
 /// One connection to one labtest-shell port. Requests are strictly one at a time.
@@ -195,6 +225,7 @@ impl Channel {
         }
     }
 
+    /// The channel's socket.
     pub fn path(&self) -> &Path {
         &self.path
     }

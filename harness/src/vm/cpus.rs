@@ -9,10 +9,13 @@ use nix::unistd::Pid;
 /// The variable users set; named in every error about it.
 pub const HOST_CPUS_VAR: &str = "LABTEST_HOST_CPUS";
 
+/// `LABTEST_HOST_CPUS` is not a number of CPUs this process may use.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("LABTEST_HOST_CPUS={value:?}: expected a number of host CPUs from 1 to {usable} (the CPUs this process may use)")]
 pub struct HostCpusError {
+    /// The value as given.
     pub value: String,
+    /// How many CPUs this process may use.
     pub usable: usize,
 }
 
@@ -60,10 +63,12 @@ impl HostCpus {
         Ok(HostCpus { count, set })
     }
 
+    /// How many CPUs.
     pub fn count(&self) -> usize {
         self.count
     }
 
+    /// Them, as an affinity mask for QEMU.
     pub fn cpu_set(&self) -> CpuSet {
         self.set
     }

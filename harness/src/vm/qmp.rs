@@ -8,29 +8,48 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
+/// Why a QMP exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
+    /// The QMP socket could not be connected.
     #[error("could not connect to QMP at {path}")]
     Connect {
+        /// The socket.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// QEMU said something that is not QMP, or closed the socket.
     #[error("QMP at {path}: {message}")]
-    Protocol { path: PathBuf, message: String },
+    Protocol {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// QEMU answered a command with an error.
     #[error("QMP command {command} failed: {class}: {desc}")]
     Command {
+        /// The command.
         command: String,
+        /// QMP's error class (`GenericError`).
         class: String,
+        /// QMP's description.
         desc: String,
     },
+    /// QEMU did not answer in time.
     #[error("QMP command {command} got no answer within {:.1}s (QEMU at {path} is not responding)", timeout.as_secs_f64())]
     Timeout {
+        /// The command.
         command: String,
+        /// The socket.
         path: PathBuf,
+        /// How long the harness waited.
         timeout: Duration,
     },
 }
 
+/// A connection to one QEMU's QMP socket, past the capabilities handshake.
 pub struct Qmp {
     path: PathBuf,
     reader: BufReader<OwnedReadHalf>,

@@ -31,13 +31,21 @@ cat /proc/[0-9]*/stat 2>/dev/null; read -r s </proc/$BASHPID/stat; echo \"self $
 /// The ticks of a `cpu` line of /proc/stat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTimes {
+    /// Ticks in user mode.
     pub user: u64,
+    /// Ticks in user mode, niced.
     pub nice: u64,
+    /// Ticks in the kernel.
     pub system: u64,
+    /// Ticks idle.
     pub idle: u64,
+    /// Ticks waiting for I/O.
     pub iowait: u64,
+    /// Ticks serving interrupts.
     pub irq: u64,
+    /// Ticks serving soft interrupts.
     pub softirq: u64,
+    /// Ticks taken by the hypervisor.
     pub steal: u64,
 }
 
@@ -104,7 +112,9 @@ impl CpuTimes {
 /// One /proc/PID/stat (or task stat) line: who, and the CPU ticks it used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskStat {
+    /// The process (or thread) id.
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
     /// utime + stime.
     pub ticks: u64,
@@ -155,9 +165,13 @@ fn vcpu_index(comm: &str) -> Option<usize> {
 /// A QEMU process read once: its ticks, its threads' and its RSS.
 #[derive(Debug, Clone)]
 pub struct QemuReading {
+    /// When it was read.
     pub at: Instant,
+    /// The whole process.
     pub process: TaskStat,
+    /// Each thread (vCPUs, I/O).
     pub threads: Vec<TaskStat>,
+    /// Its resident memory, KiB.
     pub rss_kib: u64,
 }
 
@@ -252,10 +266,15 @@ impl HostProbe {
 /// What [`GUEST_COMMAND`] printed, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuestReading {
+    /// All CPUs' ticks together.
     pub cpu: CpuTimes,
+    /// How many CPUs the guest has.
     pub cpus: u32,
+    /// The one-minute load average.
     pub load1: f64,
+    /// `MemAvailable`, KiB.
     pub mem_avail_kib: u64,
+    /// Every process's line.
     pub processes: Vec<TaskStat>,
     /// The sampling command's own ticks, its `cat` included.
     pub cost_ticks: u64,

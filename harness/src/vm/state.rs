@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::boot::HalfStarted;
 use super::channel::sh_quote;
-use super::{HalfStarted, Machine, VmError};
+use super::{Machine, VmError};
 use crate::error::Chain;
 use crate::events::EventKind;
 use crate::wait::{poll_until, Poll, Wait};

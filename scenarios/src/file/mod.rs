@@ -63,6 +63,7 @@ pub struct ScenarioFile {
     /// Lower-case letters, digits and dashes: it becomes a JUnit testcase name and a directory
     /// name in the artifacts folder.
     pub name: String,
+    /// `description = "..."`: what the scenario is for, for reports.
     pub description: Option<String>,
     /// In file order; never empty.
     pub steps: Vec<Step>,
@@ -75,6 +76,7 @@ pub struct Step {
     pub number: usize,
     /// The line of its `[[step]]` header.
     pub line: usize,
+    /// What the step does.
     pub action: Action,
     /// Free text from `note = "..."`, for reports.
     pub note: Option<String>,
@@ -111,19 +113,27 @@ pub enum Action {
     Sleep(Duration),
 }
 
+/// An `apply` or `manifest` step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Apply {
+    /// The manifest.
     pub source: ManifestSource,
     /// `namespace = "..."`: passed to kubectl; `None` leaves it to the manifest (and so to
     /// "default").
     pub namespace: Option<String>,
 }
 
+/// Where an `apply` step's manifest comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ManifestSource {
     /// `apply = "manifests/web.yaml"`: `path` is resolved against the scenario file's directory
     /// and was a readable file at load time; `written` is the value as written, for messages.
-    File { path: PathBuf, written: String },
+    File {
+        /// The file, resolved.
+        path: PathBuf,
+        /// The value as written.
+        written: String,
+    },
     /// `manifest = """..."""`: the YAML itself.
     Inline(String),
 }
@@ -132,8 +142,10 @@ use crate::vocabulary::{ExpectKind, WaitKind};
 /// Faults are the harness's one vocabulary: a file names them as `Lab::inject` takes them.
 pub use harness::fault::Fault;
 
+/// A `wait` step: a condition polled until it holds or the deadline passes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaitStep {
+    /// What to wait for.
     pub condition: WaitFor,
     /// Always written in the file: a wait without a deadline is how test suites hang for hours.
     pub timeout: Duration,
@@ -144,6 +156,7 @@ pub struct WaitStep {
 /// Which pods a pod wait looks at: `pod = "name"` or `selector = "app=web"` (exactly one).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PodSelector {
+    /// `pod = "name"`: one pod by name.
     Name(String),
     /// A Kubernetes label selector, as `kubectl get pods -l` takes it.
     Labels(String),
@@ -162,87 +175,127 @@ harness::words! {
 /// (any effect matches when absent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Taint {
+    /// The taint's key.
     pub key: String,
+    /// Its effect; `None`: any.
     pub effect: Option<TaintEffect>,
 }
 
 /// A node label: `label = "key=value"` (that value) or `label = "key"` (any value).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Label {
+    /// The label's key.
     pub key: String,
+    /// Its value; `None`: any.
     pub value: Option<String>,
 }
 
 /// Conditions of a `wait` step. Nodes are named like the machines they run on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WaitFor {
+    /// The Node's Ready condition is True.
     NodeReady {
+        /// The node (a machine name).
         node: String,
     },
+    /// The Node's Ready condition is not True (False or Unknown).
     NodeNotReady {
+        /// The node (a machine name).
         node: String,
     },
+    /// The Node carries the taint.
     NodeTainted {
+        /// The node (a machine name).
         node: String,
+        /// The taint.
         taint: Taint,
     },
+    /// The Node no longer carries the taint.
     NodeUntainted {
+        /// The node (a machine name).
         node: String,
+        /// The taint.
         taint: Taint,
     },
     /// The Node carries the label (a rebuild's labels reach the Node some time after the
     /// switch: `--node-labels` acts only at registration, a reconciler patches an existing Node).
     NodeHasLabel {
+        /// The node (a machine name).
         node: String,
+        /// The label.
         label: Label,
     },
+    /// The Node does not carry the label.
     NodeLacksLabel {
+        /// The node (a machine name).
         node: String,
+        /// The label.
         label: Label,
     },
     /// The Deployment's Available condition is True and at least `replicas` replicas are
     /// available (`None`: its `spec.replicas`).
     DeploymentAvailable {
+        /// Its namespace.
         namespace: String,
+        /// The Deployment.
         deployment: String,
+        /// How many replicas must be available; `None`: its `spec.replicas`.
         replicas: Option<u32>,
     },
     /// Every replica runs the latest spec and is available, no old pod is left (`kubectl
     /// rollout status`); a Deployment can be available long before that, on old pods.
     DeploymentRolledOut {
+        /// Its namespace.
         namespace: String,
+        /// The Deployment.
         deployment: String,
     },
     /// `numberReady == desiredNumberScheduled`.
     DaemonSetReady {
+        /// Its namespace.
         namespace: String,
+        /// The DaemonSet.
         daemonset: String,
     },
     /// At least `count` selected pods are Running (and on `node`, when given).
     PodRunning {
+        /// Their namespace.
         namespace: String,
+        /// Which pods.
         pods: PodSelector,
+        /// The node they must run on; `None`: any.
         node: Option<String>,
+        /// How many at least.
         count: u32,
     },
     /// At least `count` selected pods are Pending (e.g. unschedulable).
     PodPending {
+        /// Their namespace.
         namespace: String,
+        /// Which pods.
         pods: PodSelector,
+        /// How many at least.
         count: u32,
     },
+    /// The systemd unit is `active`.
     UnitActive {
+        /// The machine.
         machine: String,
+        /// The unit.
         unit: String,
     },
     /// The unit entered `failed` (e.g. a broken kubelet after its restart limit).
     UnitFailed {
+        /// The machine.
         machine: String,
+        /// The unit.
         unit: String,
     },
     /// A shell command in the guest exits 0.
     CommandSucceeds {
+        /// The machine.
         machine: String,
+        /// The command, run with bash as root.
         command: String,
     },
 }
@@ -282,6 +335,7 @@ impl WaitFor {
     }
 }
 
+/// A `rebuild` step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rebuild {
     /// A `[[generation]]` name of the lab spec (which names the machine).
@@ -290,9 +344,12 @@ pub struct Rebuild {
     pub timeout: Duration,
 }
 
+/// A `rollback` step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollback {
+    /// The machine to switch back.
     pub machine: String,
+    /// For the switch back.
     pub timeout: Duration,
 }
 
@@ -302,28 +359,43 @@ pub enum Expectation {
     /// Every pod of the Deployment is Running on a node not in `failed_nodes`, and there is at
     /// least one.
     PodsOnSurvivingNodes {
+        /// Its namespace.
         namespace: String,
+        /// The Deployment.
         deployment: String,
+        /// The nodes its pods must not be on.
         failed_nodes: Vec<String>,
     },
     /// The Deployment reports exactly `count` available replicas.
     ReplicasAvailable {
+        /// Its namespace.
         namespace: String,
+        /// The Deployment.
         deployment: String,
+        /// The exact number of available replicas.
         count: u32,
     },
+    /// The Node carries the label now.
     NodeHasLabel {
+        /// The node (a machine name).
         node: String,
+        /// The label.
         label: Label,
     },
+    /// The Node does not carry the label now.
     NodeLacksLabel {
+        /// The node (a machine name).
         node: String,
+        /// The label.
         label: Label,
     },
     /// A shell command in the guest exits 0 and its stdout contains `contains`.
     CommandOutput {
+        /// The machine.
         machine: String,
+        /// The command, run with bash as root.
         command: String,
+        /// Text its stdout must contain.
         contains: String,
     },
 }
@@ -345,34 +417,45 @@ impl Expectation {
 /// for executors that want to check names themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference<'a> {
+    /// Whether it names a machine or a generation.
     pub kind: ReferenceKind,
+    /// The name as written.
     pub name: &'a str,
     /// The field it was written in (`machine`, `node`, `machines`, ...).
     pub field: &'static str,
 }
 
+/// What a [`Reference`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReferenceKind {
     /// A lab machine; Kubernetes node names are machine names.
     Machine,
+    /// A `[[generation]]` of the lab spec.
     Generation,
 }
 
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    /// The file could not be read.
     #[error("cannot read scenario file {}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// `field` is a path like `name`, `step[3]` or `step[3].timeout`; `message` says what was
     /// expected and what was seen.
     #[error("{}:{line}: {field}: {message}", path.display())]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// The field, e.g. `step[3].timeout`.
         field: String,
+        /// What was expected and what was seen.
         message: String,
     },
 }
