@@ -269,6 +269,91 @@ pub struct SnapshotMeta {
     pub save_secs: f64,
     /// Bytes on disk (states and frozen disks).
     pub bytes: u64,
+    /// The faults that held when it was saved and that a restore puts back: the ones the
+    /// harness keeps (the hub's cut pairs, a link set down) and the ones a restore would
+    /// otherwise undo (a frozen machine).
+    #[serde(default, skip_serializing_if = "SavedFaults::is_empty")]
+    pub faults: SavedFaults,
+    /// The snapshot the saved lab was itself restored from: its disks lie above that one's, so
+    /// it is usable only while that one is there, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseSnapshot>,
+    /// Set when a run saved it because a scenario failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureNote>,
+}
+
+impl SnapshotMeta {
+    /// When the lab's first boot was saved, as far as this snapshot's chain knows: the
+    /// cluster's certificates are that old at least.
+    pub fn first_saved(&self) -> u64 {
+        self.base
+            .as_ref()
+            .map_or(self.created, |b| b.first_saved.min(self.created))
+    }
+}
+
+/// The faults a snapshot holds beyond its machines' own state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFaults {
+    /// Pairs of machines the hub kept apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<(String, String)>,
+    /// Machines whose CPUs were paused (`labtest freeze`): restored paused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
+    /// Machines whose lab NIC had no carrier (`link-down`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links_down: Vec<String>,
+}
+
+impl SavedFaults {
+    /// No fault held.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty() && self.frozen.is_empty() && self.links_down.is_empty()
+    }
+
+    /// The faults and the commands that undo them, in one line; empty when none held.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|(a, b)| format!("{a} and {b} partitioned (`labtest heal {a} {b}`)"))
+            .collect();
+        parts.extend(
+            self.frozen
+                .iter()
+                .map(|m| format!("{m} frozen (`labtest thaw {m}`)")),
+        );
+        parts.extend(
+            self.links_down
+                .iter()
+                .map(|m| format!("{m}'s lab link down (a scenario's `link-up {m}`)")),
+        );
+        parts.join(", ")
+    }
+}
+
+/// The snapshot a saved lab had been restored from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseSnapshot {
+    /// Its name.
+    pub name: SnapshotName,
+    /// Its [`SnapshotMeta::created`]: a snapshot saved again under the same name is another one.
+    pub created: u64,
+    /// Its [`SnapshotMeta::first_saved`].
+    pub first_saved: u64,
+}
+
+/// Why a run saved a snapshot: the scenario that failed and what it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureNote {
+    /// The run's report directory.
+    pub run: PathBuf,
+    /// The scenario that failed.
+    pub scenario: String,
+    /// The failure as the run reported it: the check, what it expected and last saw.
+    pub failure: String,
 }
 
 /// A snapshot found in the store, checked against its key.
@@ -350,16 +435,24 @@ impl SnapshotStore {
                 meta.format
             )));
         }
-        let age = now_secs().saturating_sub(meta.created);
+        // The certificates date from the lab's first boot, which a snapshot saved from a
+        // restored lab inherits.
+        let age = now_secs().saturating_sub(meta.first_saved());
         if age > MAX_AGE_SECS {
             return Err(unusable(format!(
-                "saved {} days ago ({} UTC), more than {} days: its cluster certificates live \
-                 30 days (nixpkgs kubernetes/pki.nix: expiry 720h) and its guests, resuming at \
-                 the save time, renew none, so they may have expired against the host's clock",
+                "its lab was first saved {} days ago ({} UTC), more than {} days: its cluster \
+                 certificates live 30 days (nixpkgs kubernetes/pki.nix: expiry 720h) and its \
+                 guests, resuming at the save time, renew none, so they may have expired against \
+                 the host's clock",
                 age / 86_400,
-                crate::utc::minutes(meta.created),
+                crate::utc::minutes(meta.first_saved()),
                 MAX_AGE_SECS / 86_400
             )));
+        }
+        if let Some(base) = &meta.base {
+            if let Err(reason) = self.base_is_there(lab, base) {
+                return Err(unusable(reason));
+            }
         }
         if meta.key != key.hash {
             let changed: Vec<&String> = key
@@ -396,6 +489,81 @@ impl SnapshotStore {
             }
         }
         Ok(snapshot)
+    }
+
+    /// `Ok` when `base`, and every snapshot below it, is in the store as it was when a snapshot
+    /// above it was saved; else why not, in one line.
+    fn base_is_there(&self, lab: &str, base: &BaseSnapshot) -> Result<(), String> {
+        let mut next = Some(base.clone());
+        // A chain is as long as restores of restores go; the bound only stops a looping one.
+        for _ in 0..64 {
+            let Some(base) = next else { return Ok(()) };
+            let dir = self.dir(lab, &base.name);
+            match read_meta(&dir) {
+                Some(meta) if meta.created == base.created => next = meta.base,
+                Some(meta) => {
+                    return Err(format!(
+                        "its disks lie above snapshot {} as saved at {} UTC, which was saved \
+                         again since ({} UTC): the lab it holds cannot be put together any more",
+                        base.name,
+                        crate::utc::minutes(base.created),
+                        crate::utc::minutes(meta.created)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "its disks lie above snapshot {}, which is gone ({} has no {META})",
+                        base.name,
+                        dir.display()
+                    ))
+                }
+            }
+        }
+        Err(format!(
+            "its chain of base snapshots from {} loops",
+            base.name
+        ))
+    }
+
+    /// Keeps the failure snapshots of `lab` within `budget` bytes together: the oldest go
+    /// first; `keep` (the one just saved) and any snapshot another one lies above stay.
+    /// Returns the removed ones, to say so.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] for the first one that could not be removed.
+    pub fn prune_failures(
+        &self,
+        lab: &str,
+        budget: u64,
+        keep: &SnapshotName,
+    ) -> Result<Vec<Snapshot>, SnapshotError> {
+        let all: Vec<Snapshot> = self
+            .list()
+            .into_iter()
+            .filter(|s| s.meta.lab == lab)
+            .collect();
+        let is_base = |name: &SnapshotName| {
+            all.iter()
+                .any(|s| s.meta.base.as_ref().is_some_and(|b| &b.name == name))
+        };
+        let mut failures: Vec<&Snapshot> =
+            all.iter().filter(|s| s.meta.failure.is_some()).collect();
+        failures.sort_by_key(|s| std::cmp::Reverse(s.meta.created));
+        let mut total: u64 = failures.iter().map(|s| s.meta.bytes).sum();
+        let mut removed = Vec::new();
+        for old in failures.iter().rev() {
+            if total <= budget {
+                break;
+            }
+            if &old.meta.name == keep || is_base(&old.meta.name) {
+                continue;
+            }
+            if self.remove_if_unchanged(old)? {
+                total = total.saturating_sub(old.meta.bytes);
+                removed.push((*old).clone());
+            }
+        }
+        Ok(removed)
     }
 
     /// Every complete snapshot in the store, any lab, any key.
@@ -622,6 +790,9 @@ mod tests {
             created: now_secs(),
             save_secs: 0.0,
             bytes: 0,
+            faults: SavedFaults::default(),
+            base: None,
+            failure: None,
         }
     }
 
@@ -756,10 +927,152 @@ mod tests {
         let err = store.lookup("t", &name("ready"), &k).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("saved 31 days ago")
+            text.contains("first saved 31 days ago")
                 && text.contains("more than 29 days")
                 && text.contains("expiry 720h"),
             "{text}"
+        );
+    }
+
+    /// Saves a one-machine snapshot `n` of lab `t` made from `k`, with `meta` changed by `with`.
+    fn save_as(
+        store: &SnapshotStore,
+        k: &SnapshotKey,
+        n: &str,
+        with: impl FnOnce(SnapshotMeta) -> SnapshotMeta,
+    ) -> Snapshot {
+        let part = store.begin("t", &name(n)).unwrap();
+        std::fs::write(part.join("a.state"), b"QEVM\0\0\0\x03rest").unwrap();
+        std::fs::write(part.join("a.qcow2"), b"QFI\xfb").unwrap();
+        let meta = with(SnapshotMeta {
+            name: name(n),
+            ..meta(k)
+        });
+        store.commit(&part, &meta).unwrap()
+    }
+
+    fn base_of(snapshot: &Snapshot) -> Option<BaseSnapshot> {
+        Some(BaseSnapshot {
+            name: snapshot.meta.name.clone(),
+            created: snapshot.meta.created,
+            first_saved: snapshot.meta.first_saved(),
+        })
+    }
+
+    /// A failure snapshot's disks lie above the Ready snapshot the run restored: once that one
+    /// is saved again, the failure cannot be put back together, and lookup says why.
+    #[test]
+    fn a_snapshot_above_a_base_that_was_saved_again_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let k = key("one");
+        let ready = save_as(&store, &k, "ready", |m| SnapshotMeta {
+            created: now_secs() - 100,
+            ..m
+        });
+        save_as(&store, &k, "failed-x", |m| SnapshotMeta {
+            base: base_of(&ready),
+            ..m
+        });
+        store
+            .lookup("t", &name("failed-x"), &k)
+            .expect("its base is there");
+        save_as(&store, &k, "ready", |m| m);
+        let text = store
+            .lookup("t", &name("failed-x"), &k)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("lie above snapshot ready") && text.contains("saved again since"),
+            "{text}"
+        );
+        store.remove("t", &name("ready")).unwrap();
+        let text = store
+            .lookup("t", &name("failed-x"), &k)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("which is gone"), "{text}");
+    }
+
+    /// The certificates come from the first boot: a fresh failure snapshot above a Ready
+    /// snapshot 31 days old is as old as that.
+    #[test]
+    fn a_snapshot_inherits_the_age_of_its_first_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let k = key("one");
+        let ready = save_as(&store, &k, "ready", |m| SnapshotMeta {
+            created: now_secs() - 31 * 86_400,
+            ..m
+        });
+        save_as(&store, &k, "failed-x", |m| SnapshotMeta {
+            base: base_of(&ready),
+            ..m
+        });
+        let text = store
+            .lookup("t", &name("failed-x"), &k)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("first saved 31 days ago"), "{text}");
+    }
+
+    #[test]
+    fn failure_snapshots_beyond_the_budget_go_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path());
+        let k = key("one");
+        let note = |scenario: &str| FailureNote {
+            run: "/r".into(),
+            scenario: scenario.into(),
+            failure: "x: timed out".into(),
+        };
+        let failed = |n: &str, age: u64, base: Option<BaseSnapshot>| {
+            save_as(&store, &k, n, |m| SnapshotMeta {
+                created: now_secs() - age,
+                bytes: 100,
+                failure: Some(note(n)),
+                base,
+                ..m
+            })
+        };
+        save_as(&store, &k, "ready", |m| SnapshotMeta { bytes: 1000, ..m });
+        failed("failed-old", 300, None);
+        let middle = failed("failed-middle", 200, None);
+        // A snapshot a user saved from a restored failure lies above it: that one stays.
+        save_as(&store, &k, "mine", |m| SnapshotMeta {
+            base: base_of(&middle),
+            ..m
+        });
+        failed("failed-new", 100, None);
+        failed("failed-newest", 50, None);
+        let removed = store
+            .prune_failures("t", 300, &name("failed-newest"))
+            .unwrap();
+        let removed: Vec<&str> = removed.iter().map(|s| s.meta.name.as_str()).collect();
+        assert_eq!(removed, ["failed-old"], "the oldest goes; a base stays");
+        let left: Vec<String> = store
+            .list()
+            .iter()
+            .map(|s| s.meta.name.to_string())
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "failed-middle",
+                "failed-new",
+                "failed-newest",
+                "mine",
+                "ready"
+            ],
+            "the Ready snapshot and a user's never count"
+        );
+        let removed = store
+            .prune_failures("t", 0, &name("failed-newest"))
+            .unwrap();
+        assert_eq!(
+            removed.len(),
+            1,
+            "the one just saved stays, even over budget"
         );
     }
 

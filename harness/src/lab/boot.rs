@@ -8,7 +8,7 @@ use super::{Lab, LabError, LabSpec};
 use crate::events::{EventKind, Events};
 use crate::net::Hub;
 use crate::sampler::{Sampler, SamplerConfig};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BaseSnapshot, Snapshot};
 use crate::vm::cpus::HostCpus;
 use crate::vm::{Accel, Machine, MachineBuilder, DEFAULT_BOOT_TIMEOUT};
 
@@ -188,6 +188,11 @@ impl LabBuilder {
             events: events.clone(),
             up_in: Duration::ZERO,
             sampler: None,
+            restored_from: self.snapshot.as_ref().map(|s| BaseSnapshot {
+                name: s.meta.name.clone(),
+                created: s.meta.created,
+                first_saved: s.meta.first_saved(),
+            }),
         };
         let deadline = started + self.boot_timeout;
         match &self.snapshot {
@@ -207,14 +212,35 @@ impl LabBuilder {
                 for result in futures::future::join_all(loads).await {
                     result?;
                 }
-                let resumes = lab.machines.iter().map(|m| m.resume(deadline));
+                // Faults that held at the save hold again, from the first instant the guests
+                // run: the hub's cut pairs before any frame passes, frozen machines never run.
+                let faults = &snapshot.meta.faults;
+                for (a, b) in &faults.partitions {
+                    lab.hub.partition(a, b)?;
+                }
+                let resumes = lab
+                    .machines
+                    .iter()
+                    .filter(|m| !faults.frozen.iter().any(|f| f == m.name()))
+                    .map(|m| m.resume(deadline));
                 for result in futures::future::join_all(resumes).await {
                     result?;
+                }
+                for machine in &faults.links_down {
+                    lab.machine(machine)?.set_link(false).await?;
                 }
                 events.emit(EventKind::SnapshotRestored {
                     snapshot: snapshot.meta.name.to_string(),
                     took: started.elapsed(),
                 });
+                if !faults.is_empty() {
+                    events.emit(EventKind::Warning {
+                        message: format!(
+                            "restored as saved, faults and all: {}",
+                            faults.describe()
+                        ),
+                    });
+                }
             }
         }
         lab.up_in = started.elapsed();

@@ -17,7 +17,8 @@ use crate::fault::Fault;
 use crate::net::{Hub, HubError};
 use crate::sampler::Sampler;
 use crate::snapshot::{
-    Snapshot, SnapshotError, SnapshotKey, SnapshotMeta, SnapshotName, SnapshotStore,
+    BaseSnapshot, FailureNote, SavedFaults, Snapshot, SnapshotError, SnapshotKey, SnapshotMeta,
+    SnapshotName, SnapshotStore,
 };
 use crate::vm::{Machine, VmError};
 
@@ -110,6 +111,14 @@ pub enum LabError {
         /// Why it was refused.
         reason: String,
     },
+    /// The lab is not in a state a snapshot can hold.
+    #[error("lab {lab} cannot be saved: {reason}")]
+    CannotSave {
+        /// The lab's name.
+        lab: String,
+        /// Why not, and what to do.
+        reason: String,
+    },
     /// The prepare step could not be started (no bash).
     #[error("lab {lab}: could not start its prepare step `{command}` with bash")]
     PrepareSpawn {
@@ -173,6 +182,8 @@ pub struct Lab {
     up_in: Duration,
     /// Samples where the CPU goes from the moment the lab is up until it is dropped.
     sampler: Option<Sampler>,
+    /// The snapshot it was restored from: a snapshot of this lab lies above that one's disks.
+    restored_from: Option<BaseSnapshot>,
 }
 
 impl Lab {
@@ -279,10 +290,13 @@ impl Lab {
 
     /// Saves the whole lab as snapshot `name` in `store`: every machine paused together, each
     /// one's state and disk saved, then all continued together, so the lab goes on as it was.
+    /// A frozen machine stays frozen; the hub's partitions, frozen machines and links set down
+    /// are kept in the snapshot and put back by a restore ([`SnapshotMeta::faults`]).
     ///
     /// # Errors
     /// [`LabError::Vm`] for the machine that could not be saved (a mounted 9p share, a failed
-    /// migration), [`LabError::Snapshot`] for the store; nothing half-written stays usable.
+    /// migration), [`LabError::CannotSave`] when a machine is powered off, [`LabError::Snapshot`]
+    /// for the store; nothing half-written stays usable.
     pub async fn save_snapshot(
         &self,
         store: &SnapshotStore,
@@ -290,16 +304,68 @@ impl Lab {
         key: &SnapshotKey,
         events: &Events,
     ) -> Result<Snapshot, LabError> {
+        self.save(store, name, key, None, events).await
+    }
+
+    /// [`Lab::save_snapshot`] for a run whose scenario failed: the snapshot says which one and
+    /// what it saw, and counts against the failure snapshots' budget
+    /// ([`SnapshotStore::prune_failures`]).
+    ///
+    /// # Errors
+    /// As [`Lab::save_snapshot`].
+    pub async fn save_failure(
+        &self,
+        store: &SnapshotStore,
+        name: &SnapshotName,
+        key: &SnapshotKey,
+        note: FailureNote,
+        events: &Events,
+    ) -> Result<Snapshot, LabError> {
+        self.save(store, name, key, Some(note), events).await
+    }
+
+    async fn save(
+        &self,
+        store: &SnapshotStore,
+        name: &SnapshotName,
+        key: &SnapshotKey,
+        failure: Option<FailureNote>,
+        events: &Events,
+    ) -> Result<Snapshot, LabError> {
         let started = Instant::now();
+        // A powered-off machine has no state to save, and its disk is not QEMU's to freeze.
+        if let Some(off) = self.machines.iter().find(|m| !m.is_running()) {
+            return Err(LabError::CannotSave {
+                lab: self.spec.name.clone(),
+                reason: format!(
+                    "{} is powered off; start it first (`labtest start {}`)",
+                    off.name(),
+                    off.name()
+                ),
+            });
+        }
         // A sampling command caught half-way would be saved with the guest, and its reply come
         // back into a restored lab's fresh channel.
         let _quiet = match &self.sampler {
             Some(sampler) => Some(sampler.hold_guests().await),
             None => None,
         };
+        // Paused already means frozen (a fault): it is saved as it is and stays so.
+        let statuses =
+            futures::future::join_all(self.machines.iter().map(|m| m.qmp_status())).await;
+        let mut frozen = Vec::new();
+        for (machine, status) in self.machines.iter().zip(statuses) {
+            if status? == "paused" {
+                frozen.push(machine.name().to_string());
+            }
+        }
+        let running = || {
+            self.machines
+                .iter()
+                .filter(|m| !frozen.iter().any(|f| f == m.name()))
+        };
         let part = store.begin(&self.spec.name, name)?;
-        let pauses = self.machines.iter().map(|m| m.pause());
-        let paused = futures::future::join_all(pauses).await;
+        let paused = futures::future::join_all(running().map(|m| m.pause())).await;
         let saved = match paused.into_iter().collect::<Result<Vec<()>, VmError>>() {
             Ok(_) => {
                 let saves = self.machines.iter().map(|m| {
@@ -313,8 +379,7 @@ impl Lab {
             }
             Err(e) => Err(e),
         };
-        let unpauses = self.machines.iter().map(|m| m.unpause());
-        let unpaused = futures::future::join_all(unpauses).await;
+        let unpaused = futures::future::join_all(running().map(|m| m.unpause())).await;
         if let Err(e) = saved {
             let _ = std::fs::remove_dir_all(&part);
             return Err(e.into());
@@ -328,6 +393,16 @@ impl Lab {
                 crate::vm::state::file_size(&saved.state) + crate::vm::state::file_size(&saved.disk)
             })
             .sum();
+        let faults = SavedFaults {
+            partitions: self.hub.partitions(),
+            frozen,
+            links_down: self
+                .machines
+                .iter()
+                .filter(|m| m.link_is_down())
+                .map(|m| m.name().to_string())
+                .collect(),
+        };
         let meta = SnapshotMeta {
             format: crate::snapshot::FORMAT.into(),
             lab: self.spec.name.clone(),
@@ -338,6 +413,9 @@ impl Lab {
             created: crate::snapshot::now_secs(),
             save_secs: started.elapsed().as_secs_f64(),
             bytes,
+            faults,
+            base: self.restored_from.clone(),
+            failure,
         };
         let snapshot = store.commit(&part, &meta)?;
         events.emit(EventKind::SnapshotSaved {

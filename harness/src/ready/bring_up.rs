@@ -342,8 +342,15 @@ pub async fn restore_named(
 ) -> Result<Ready, ReadyError> {
     let SnapshotTarget { store, key } = snapshot_target(lab_dir, spec, built)?;
     let snapshot = store.lookup(&spec.name, name, &key)?;
+    // A lab saved failing, or with faults on it, is wanted as it was: the gate would fail on
+    // the very state it was kept for.
+    let origin = if snapshot.meta.failure.is_some() || !snapshot.meta.faults.is_empty() {
+        Origin::AsSaved
+    } else {
+        Origin::Restored
+    };
     let lab = boot(spec, built, evidence, Some(snapshot), events).await?;
-    make_ready(lab, spec, evidence, Origin::Restored, events).await
+    make_ready(lab, spec, evidence, origin, events).await
 }
 
 /// How often a Ready snapshot is tried when restoring it fails for a reason that may pass.
@@ -385,6 +392,9 @@ enum Origin {
     Booted,
     /// A snapshot of a lab that passed the gate: nodes are joined, the gate re-checks in seconds.
     Restored,
+    /// A snapshot kept to look at (a failure, faults on): no gate, and no client when the
+    /// master is frozen.
+    AsSaved,
 }
 
 /// Joins the nodes (after a boot) and takes the lab through the readiness gate.
@@ -442,6 +452,15 @@ async fn make_ready(
             });
         }
     }
+    if origin == Origin::AsSaved && master.qmp_status().await.ok().as_deref() == Some("paused") {
+        events.emit(EventKind::Warning {
+            message: format!(
+                "{} (the master) is frozen as it was saved: no Kubernetes client until `labtest thaw {}`",
+                k8s.master, k8s.master
+            ),
+        });
+        return Ok(Ready { lab, kube: None });
+    }
     let access = bring_up_step(
         events,
         "admin kubeconfig and the files it names",
@@ -464,6 +483,12 @@ async fn make_ready(
         .collect();
     let mut gate = ReadinessGate::new(node_names, k8s.workload_image.clone());
     match origin {
+        Origin::AsSaved => {
+            return Ok(Ready {
+                lab,
+                kube: Some(access),
+            })
+        }
         Origin::Restored => {
             gate.budgets = GateBudgets::restored();
             // Bound is enough to prove the scheduler and a kubelet's watch came back.

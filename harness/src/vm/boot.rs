@@ -82,6 +82,9 @@ impl Machine {
         for sock in ["qmp.sock", "shell.sock", "ctl.sock"] {
             let _ = std::fs::remove_file(self.socket(sock));
         }
+        // A new QEMU's NIC starts with its carrier up.
+        self.link_down
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let console = self.open_console(n)?;
         let mut command = Command::new(&self.config.run_script);
         let forwards: Vec<String> = self

@@ -63,8 +63,15 @@ impl Machine {
             }
         });
         self.qmp("set_link", Some(json!({ "name": LAB_NETDEV, "up": up })))
-            .await
-            .map(|_| ())
+            .await?;
+        self.link_down
+            .store(!up, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the lab NIC's carrier is down ([`Machine::set_link`]).
+    pub fn link_is_down(&self) -> bool {
+        self.link_down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The state QMP reports: "running", "paused", ...

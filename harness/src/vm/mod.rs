@@ -358,6 +358,9 @@ pub struct Machine {
     /// The disk image QEMU writes to (NIX_DISK_IMAGE): a save moves the machine onto a new
     /// overlay above the frozen one.
     disk: std::sync::Mutex<PathBuf>,
+    /// Whether the lab NIC's carrier was last set down ([`Machine::set_link`]): QMP has no
+    /// query for it, and a snapshot must carry it.
+    link_down: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Machine::start`] and [`Machine::reboot`] observed.
@@ -411,6 +414,7 @@ impl Machine {
             boot_id: std::sync::Mutex::new(None),
             starts: std::sync::atomic::AtomicU32::new(0),
             disk: std::sync::Mutex::new(disk),
+            link_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
