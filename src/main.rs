@@ -609,7 +609,7 @@ async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand, secs: u64) ->
             for s in snapshots {
                 let m = &s.meta;
                 println!(
-                    "{:<16} {:<24} {:>8.0} MiB  {:>10} old  key {}  {}",
+                    "{:<16} {:<44} {:>8.0} MiB  {:>10} old  key {}  {}",
                     m.lab,
                     m.name,
                     m.bytes as f64 / (1024.0 * 1024.0),
@@ -619,6 +619,17 @@ async fn snapshot_command(lab_dir: &Path, action: SnapshotCommand, secs: u64) ->
                     &m.key[..12.min(m.key.len())],
                     s.dir.display()
                 );
+                if let Some(failure) = &m.failure {
+                    println!(
+                        "    failed {} in run {}: {}",
+                        failure.scenario,
+                        failure.run.display(),
+                        failure.failure
+                    );
+                }
+                if !m.faults.is_empty() {
+                    println!("    restored with: {}", m.faults.describe());
+                }
             }
         }
         SnapshotCommand::Rm { name } => {

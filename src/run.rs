@@ -10,7 +10,7 @@ use harness::error::Chain;
 use harness::events::{EventKind, Events, Outcome, Phase};
 use harness::kube::KubeAccess;
 use harness::lab::{Lab, LabSpec};
-use harness::ready::{self, SnapshotTarget, Snapshots};
+use harness::ready::{self, FailureKeeper, SnapshotTarget, Snapshots};
 use harness::report::{live, ArtifactsDir};
 use harness::vm::accel::AccelChoice;
 use harness::vm::cpus::HostCpus;
@@ -44,6 +44,18 @@ pub struct RunArgs {
     /// After a failed run, keep the lab up for debugging until Ctrl-C or `labtest down`.
     #[arg(long)]
     keep: bool,
+    /// Do not save a failed scenario's lab as a snapshot (by default each failure is saved the
+    /// moment it is seen, and the reports print `labtest up --from NAME` to step back into it).
+    #[arg(long, env = "LABTEST_NO_FAILURE_SNAPSHOTS")]
+    no_failure_snapshots: bool,
+    /// Disk the saved failures may use together, in GiB; the oldest go first.
+    #[arg(
+        long,
+        value_name = "GIB",
+        env = "LABTEST_FAILURE_SNAPSHOTS_GIB",
+        default_value_t = 4.0
+    )]
+    failure_snapshots_gib: f64,
     #[command(flatten)]
     snapshot: SnapshotArgs,
     #[command(flatten)]
@@ -210,6 +222,18 @@ pub async fn run(
         match ready::build(lab_dir, &spec, &work, accel, host_cpus, &events).await {
             Err(e) => aborted = Some(format!("the lab could not be built: {}", Chain(&e))),
             Ok(built) => {
+                let keeping = if args.no_failure_snapshots {
+                    None
+                } else {
+                    ready::snapshot_target(lab_dir, &spec, &built)
+                        .ok()
+                        .map(|target| {
+                            FailureKeeper::new(target, lab_dir, &report_dir).budget(
+                                (args.failure_snapshots_gib.max(0.0) * f64::from(1u32 << 30))
+                                    as u64,
+                            )
+                        })
+                };
                 // Without snapshots every scenario shares one boot; with them each gets a pristine
                 // Ready lab of its own, so no scenario's faults leak into the next.
                 let mut shared: Option<(Arc<Lab>, Option<KubeAccess>)> = None;
@@ -269,6 +293,7 @@ pub async fn run(
                         &events,
                         &artifacts,
                         &work,
+                        keeping.as_ref(),
                     )
                     .await;
                     if let Ok(mut now) = running.lock() {
@@ -430,7 +455,10 @@ pub async fn run_on_served(
         events.emit(EventKind::Phase {
             phase: Phase::Scenario,
         });
-        run_scenario(name, lab, kube, lab_dir, &files, &events, &artifacts, &work).await;
+        run_scenario(
+            name, lab, kube, lab_dir, &files, &events, &artifacts, &work, None,
+        )
+        .await;
     }
     events.emit(EventKind::RunFinished { aborted: None });
     let summary = artifacts.write_reports(&recorder.events())?;
@@ -438,7 +466,9 @@ pub async fn run_on_served(
 }
 
 /// Runs one scenario (built-in or file) on a Ready lab, reported as one attempt; `false` when
-/// it did not pass. Afterwards every machine it rebuilt is back on its start generation.
+/// it did not pass. A failure is saved first, when `keeping` says where ([`FailureKeeper`]),
+/// before anything undoes it; afterwards every machine it rebuilt is back on its start
+/// generation.
 #[allow(clippy::too_many_arguments)]
 async fn run_scenario(
     name: &str,
@@ -449,6 +479,7 @@ async fn run_scenario(
     events: &Events,
     artifacts: &ArtifactsDir,
     work: &Path,
+    keeping: Option<&FailureKeeper>,
 ) -> bool {
     events.emit(EventKind::ScenarioStarted {
         scenario: name.to_string(),
@@ -472,6 +503,11 @@ async fn run_scenario(
                 Some(file) => scenarios::runner::run_file(file, &ctx).await,
                 None => scenarios::run(name, &ctx).await,
             };
+            // Saved before the generations go back or evidence capture runs a command.
+            if let (Err(e), Some(keeping)) = (&result, keeping) {
+                // Reported through the events either way; a lab not kept costs the run nothing.
+                let _ = keeping.keep(lab, name, &e.to_string(), events).await;
+            }
             // Also after a failure: the next scenario must start on the booted systems.
             let returned = ctx.return_to_start_generations().await;
             result.and(returned)

@@ -166,3 +166,132 @@ fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
     wait_label("");
     let _ = labtest(&["down"]).output();
 }
+
+/// Step back into a failure: a scenario file fails while a worker is partitioned from the
+/// master; the run saves the lab at that moment and prints the command that brings it back;
+/// `labtest up --from` restores it with the worker still NotReady and the partition still
+/// holding, and `heal` then brings the worker back.
+#[test]
+fn a_failed_scenario_is_kept_and_comes_back_as_it_failed() {
+    let lab = support::repo_root().join("fixtures/lab");
+    let labtest = |args: &[&str]| {
+        let mut cmd = Command::cargo_bin("labtest").expect("the labtest binary");
+        cmd.env("LABTEST_ACCEL", "tcg")
+            .arg("--lab")
+            .arg(&lab)
+            .args(args)
+            .timeout(Duration::from_secs(30 * 60));
+        cmd
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let file = scratch.path().join("fails-partitioned.toml");
+    std::fs::write(
+        &file,
+        "name = \"fails-partitioned\"\n\
+         [[step]]\nfault = \"partition\"\nmachines = [\"grey-area\", \"limiting-factor\"]\n\
+         [[step]]\nwait = \"node-not-ready\"\nnode = \"limiting-factor\"\ntimeout = \"3m\"\n\
+         [[step]]\nexpect = \"command-output\"\nmachine = \"limiting-factor\"\ncommand = \"hostname\"\ncontains = \"a-name-it-does-not-have\"\n",
+    )
+    .expect("writing the scenario file");
+    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 temp path").to_string();
+    let junit = scratch.path().join("junit.xml");
+    let run = labtest(&[
+        "run",
+        "--scenario-file",
+        &path(&file),
+        "--report-dir",
+        &path(&scratch.path().join("report")),
+        "--junit",
+        &path(&junit),
+    ])
+    .output()
+    .expect("labtest run");
+    let said = text(&run);
+    assert_eq!(run.status.code(), Some(1), "the file must fail:\n{said}");
+    let name = said
+        .split_whitespace()
+        .skip_while(|w| *w != "--from")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `up --from NAME` in the summary:\n{said}"))
+        .to_string();
+    assert!(
+        name.starts_with("failed-fails-partitioned-") && said.contains("step back into it"),
+        "{said}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap_or_default();
+    assert!(
+        xml.contains(&format!("up --from {name}")),
+        "the JUnit failure names the command too:\n{xml}"
+    );
+
+    let restore_started = std::time::Instant::now();
+    let up = labtest(&["up", "--from", &name])
+        .output()
+        .expect("labtest up");
+    let restored_in = restore_started.elapsed();
+    // The lab goes down and its snapshot out of the store whichever way the test ends.
+    let down = || {
+        let _ = labtest(&["down"]).output();
+        let _ = labtest(&["snapshot", "rm", &name]).output();
+    };
+    if !up.status.success() {
+        down();
+        panic!("labtest up --from {name}:\n{}", text(&up));
+    }
+    println!(
+        "up --from {name}: {:.1}s to a lab that answers",
+        restored_in.as_secs_f64()
+    );
+    let ready_of = || -> String {
+        let out = labtest(&[
+            "kubectl",
+            "--",
+            "get",
+            "node",
+            "limiting-factor",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .expect("labtest kubectl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Still failed, and it stays so: the partition came back with the lab.
+    for _ in 0..3 {
+        let status = text(&labtest(&["status"]).output().expect("labtest status"));
+        let ready = ready_of();
+        if ready == "True" || !status.contains("grey-area<->limiting-factor") {
+            down();
+            panic!("restored failure: expected limiting-factor NotReady behind its partition, saw Ready={ready:?}\n{status}");
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let healed = labtest(&["heal", "grey-area", "limiting-factor"])
+        .output()
+        .expect("labtest heal");
+    if !healed.status.success() {
+        down();
+        panic!("labtest heal: {}", text(&healed));
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let ready = ready_of();
+        if ready == "True" {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            down();
+            panic!("after heal, limiting-factor: expected Ready within 180s, last saw {ready:?}");
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    down();
+}

@@ -234,6 +234,30 @@ pub enum EventKind {
         /// Bytes on disk.
         bytes: u64,
     },
+    /// A scenario failed and its lab was saved as snapshot `snapshot` at that moment, before
+    /// evidence capture or teardown changed anything; `restore` is the command that brings it
+    /// back as it was.
+    FailureKept {
+        /// The scenario that failed.
+        scenario: String,
+        /// The snapshot's name.
+        snapshot: String,
+        /// The command that brings it back (`labtest up --lab DIR --from NAME`).
+        restore: String,
+        /// How long the save took, the lab paused for most of it.
+        #[serde(with = "secs")]
+        took: Duration,
+        /// Bytes on disk.
+        bytes: u64,
+    },
+    /// A scenario failed and its lab could not be kept; `reason` says why (a machine powered
+    /// off, the store unwritable).
+    FailureNotKept {
+        /// The scenario that failed.
+        scenario: String,
+        /// Why not, in one line.
+        reason: String,
+    },
     /// A lab was brought back from snapshot `snapshot` instead of booting; `took` counts from
     /// the first QEMU start to every guest channel answering. The scenario that starts next
     /// runs on it.

@@ -8,6 +8,7 @@
 
 mod bring_up;
 mod evidence;
+mod keep;
 mod lock;
 mod settings;
 mod test_lab;
@@ -26,6 +27,7 @@ pub use bring_up::{
     boot, build, ready_lab, restore_named, snapshot_target, Built, Ready, SnapshotTarget,
 };
 pub use evidence::capture_failure;
+pub use keep::{failure_snapshot_name, FailureKeeper, DEFAULT_FAILURE_BUDGET};
 pub use settings::{cache_dir, history_file, snapshot_store, Snapshots};
 pub use test_lab::{ReadyLab, ReadyLabBuilder};
 
@@ -66,6 +68,15 @@ pub enum ReadyError {
         lab_dir: PathBuf,
         /// The build's own error, with Nix's diagnosis under it.
         source: Box<LabError>,
+    },
+    /// A wait of a [`ReadyLab`] failed and the lab was saved as it was then
+    /// ([`ReadyLabBuilder::keep_failures`], `LABTEST_KEEP=failure`).
+    #[error("the lab was saved as it failed; step back into it with `{restore}`")]
+    Kept {
+        /// The command that brings the saved lab back.
+        restore: String,
+        /// The failure.
+        source: Box<ReadyError>,
     },
     /// `LABTEST_SNAPSHOT` holds a word that is not a [`Snapshots`] mode: refused rather
     /// than guessed, as a typo in `LABTEST_ACCEL` is.

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 
-use super::bring_up::{build, ready_lab};
+use super::bring_up::{build, ready_lab, snapshot_target};
+use super::keep::FailureKeeper;
 use super::settings::Snapshots;
 use super::{ReadyError, TEST_SCOPE};
 use crate::error::Chain;
@@ -26,6 +27,7 @@ pub struct ReadyLabBuilder {
     host_cpus: Result<Option<HostCpus>, HostCpusError>,
     snapshots: Result<Snapshots, ReadyError>,
     keep: bool,
+    keep_failures: bool,
     report_dir: Option<PathBuf>,
     events: Option<Events>,
 }
@@ -53,6 +55,15 @@ impl ReadyLabBuilder {
     /// it, and print where it is (default: `$LABTEST_KEEP` is set).
     pub fn keep(mut self, keep: bool) -> Self {
         self.keep = keep;
+        self
+    }
+
+    /// When a wait of the lab fails ([`ReadyLab::wait_node`]), save the whole lab as it is at
+    /// that moment as a failure snapshot, and name the command that brings it back in the
+    /// error (default: `$LABTEST_KEEP` is `failure`). Needs the lab's snapshot store, as
+    /// `labtest run` keeps failed scenarios.
+    pub fn keep_failures(mut self, keep: bool) -> Self {
+        self.keep_failures = keep;
         self
     }
 
@@ -118,7 +129,15 @@ impl ReadyLabBuilder {
                 &events,
             )
             .await?;
-            ready_lab(
+            let keeper = match self.keep_failures {
+                true => Some(FailureKeeper::new(
+                    snapshot_target(&self.lab_dir, &spec, &built)?,
+                    &self.lab_dir,
+                    &report_dir,
+                )),
+                false => None,
+            };
+            let ready = ready_lab(
                 &self.lab_dir,
                 &spec,
                 &built,
@@ -126,12 +145,14 @@ impl ReadyLabBuilder {
                 snapshots,
                 &events,
             )
-            .await
+            .await?;
+            Ok((ready, keeper))
         }
         .await;
         let mut lab = ReadyLab {
             lab: None,
             kube: None,
+            keeper: None,
             events,
             view,
             report_dir,
@@ -139,9 +160,10 @@ impl ReadyLabBuilder {
             keep: self.keep,
         };
         match brought_up {
-            Ok(ready) => {
+            Ok((ready, keeper)) => {
                 lab.lab = Some(ready.lab);
                 lab.kube = ready.kube;
+                lab.keeper = keeper;
                 Ok(lab)
             }
             Err(e) => {
@@ -179,6 +201,8 @@ pub struct ReadyLab {
     /// handles past it.
     lab: Option<Lab>,
     kube: Option<KubeAccess>,
+    /// Saves the lab when a wait fails ([`ReadyLabBuilder::keep_failures`]).
+    keeper: Option<FailureKeeper>,
     events: Events,
     view: Option<std::thread::JoinHandle<()>>,
     report_dir: PathBuf,
@@ -188,15 +212,18 @@ pub struct ReadyLab {
 
 impl ReadyLab {
     /// A builder for the lab in `lab_dir` (a flake with a lab.toml), with the defaults the CLI
-    /// reads from the environment: `LABTEST_ACCEL`, `LABTEST_SNAPSHOT`, `LABTEST_KEEP`,
+    /// reads from the environment: `LABTEST_ACCEL`, `LABTEST_SNAPSHOT`, `LABTEST_KEEP` (set:
+    /// keep the report dir; `failure`: also save the lab when a wait fails),
     /// `LABTEST_REPORT_DIR`, `LABTEST_HOST_CPUS`.
     pub fn from_dir(lab_dir: impl Into<PathBuf>) -> ReadyLabBuilder {
+        let keep = std::env::var("LABTEST_KEEP").ok();
         ReadyLabBuilder {
             lab_dir: lab_dir.into(),
             accel: AccelChoice::from_env(),
             host_cpus: HostCpus::from_env(),
             snapshots: Snapshots::from_env(),
-            keep: std::env::var_os("LABTEST_KEEP").is_some(),
+            keep: keep.is_some(),
+            keep_failures: keep.as_deref() == Some("failure"),
             report_dir: std::env::var_os("LABTEST_REPORT_DIR").map(PathBuf::from),
             events: None,
         }
@@ -250,7 +277,9 @@ impl ReadyLab {
     /// long it took. Reported as a check of scope [`TEST_SCOPE`] (the live view, the reports).
     ///
     /// # Errors
-    /// [`KubeError`] at `timeout`, with the node's last observed state.
+    /// [`KubeError`] at `timeout`, with the node's last observed state; inside
+    /// [`ReadyError::Kept`], naming the command that brings the lab back, when the lab keeps
+    /// its failures.
     pub async fn wait_node<C>(
         &self,
         name: &str,
@@ -263,12 +292,39 @@ impl ReadyLab {
         let nodes: ::kube::Api<Node> = ::kube::Api::all(self.client()?.clone());
         let wait = Wait::new(format!("node {name}"), timeout, Duration::from_secs(1));
         let started = Instant::now();
-        crate::check::run(&self.events, TEST_SCOPE, &wait, || {
+        let waited = crate::check::run(&self.events, TEST_SCOPE, &wait, || {
             look(&nodes, name, &condition)
         })
-        .await
-        .map_err(KubeError::from)?;
-        Ok(started.elapsed())
+        .await;
+        match waited {
+            Ok(_) => Ok(started.elapsed()),
+            Err(e) => Err(self.kept(ReadyError::Kube(KubeError::from(e))).await),
+        }
+    }
+
+    /// `failure`, after saving the lab as it is now when it keeps its failures.
+    async fn kept(&self, failure: ReadyError) -> ReadyError {
+        let Some(keeper) = &self.keeper else {
+            return failure;
+        };
+        // The test's name, where the test harness names its thread after it.
+        let test = std::thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .unwrap_or(TEST_SCOPE)
+            .rsplit("::")
+            .next()
+            .unwrap_or(TEST_SCOPE)
+            .to_string();
+        let text = Chain(&failure).to_string();
+        match keeper.keep(self.lab(), &test, &text, &self.events).await {
+            Ok(restore) => ReadyError::Kept {
+                restore,
+                source: Box::new(failure),
+            },
+            // The event says why it was not kept; the failure is what the test is about.
+            Err(_) => failure,
+        }
     }
 }
 

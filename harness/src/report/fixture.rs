@@ -319,6 +319,18 @@ pub fn mixed_run() -> Vec<Event> {
             "pod without toleration evicted",
             "timed out after 30.0s",
         )
+        .at(
+            174_600,
+            EventKind::FailureKept {
+                scenario: "node-failure".into(),
+                snapshot: "failed-node-failure-20261207T174000Z".into(),
+                restore:
+                    "labtest --lab fixtures/lab up --from failed-node-failure-20261207T174000Z"
+                        .into(),
+                took: Duration::from_millis(1_600),
+                bytes: 1_700 << 20,
+            },
+        )
         .finished(
             175_000,
             "node-failure",
@@ -640,6 +652,7 @@ pub fn every_kind() -> Vec<Event> {
             "taint present",
             "timed out after 30.0s",
         )
+
         .at(
             70_000,
             EventKind::CheckFailed {
@@ -656,6 +669,17 @@ pub fn every_kind() -> Vec<Event> {
                 }),
             },
         )
+        .at(
+            70_500,
+            EventKind::FailureKept {
+                scenario: "node-failure".into(),
+                snapshot: "failed-node-failure-20261207T174000Z".into(),
+                restore: "labtest --lab fixtures/lab up --from failed-node-failure-20261207T174000Z"
+                    .into(),
+                took: Duration::from_millis(1_600),
+                bytes: 1_700 << 20,
+            },
+        )
         .finished(
             71_000,
             "node-failure",
@@ -667,6 +691,13 @@ pub fn every_kind() -> Vec<Event> {
         .scenario(71_000, "node-failure", 2)
         .finished(100_000, "node-failure", 2, Outcome::Passed, 29_000, None)
         .scenario(100_000, "pod-scheduling", 1)
+        .at(
+            100_900,
+            EventKind::FailureNotKept {
+                scenario: "pod-scheduling".into(),
+                reason: "lab fixture cannot be saved: limiting-factor is powered off; start it first (`labtest start limiting-factor`)".into(),
+            },
+        )
         .finished(
             101_000,
             "pod-scheduling",

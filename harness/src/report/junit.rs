@@ -242,6 +242,12 @@ fn describe_attempt(attempt: &Attempt) -> String {
     if let Some(message) = &attempt.message {
         let _ = writeln!(text, "{message}");
     }
+    if let Some(kept) = &attempt.kept {
+        let _ = writeln!(text, "{}", kept.line());
+    }
+    if let Some(reason) = &attempt.not_kept {
+        let _ = writeln!(text, "lab not kept: {reason}");
+    }
     text
 }
 

@@ -155,6 +155,12 @@ pub fn render_plain_line(event: &Event) -> Option<String> {
                 fmt_duration(*took)
             )
         }
+        EventKind::FailureKept {
+            scenario, restore, ..
+        } => format!("scenario {scenario}: lab kept as it failed; step back into it: {restore}"),
+        EventKind::FailureNotKept { scenario, reason } => {
+            format!("scenario {scenario}: lab not kept: {reason}")
+        }
     };
     Some(format!("[{:>7}] {body}", fmt_duration(event.elapsed)))
 }

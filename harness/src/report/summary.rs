@@ -180,6 +180,38 @@ pub struct Attempt {
     pub output: Vec<StepOutput>,
     /// The lab this attempt ran on came from a snapshot (not a boot of its own).
     pub restored: Option<Restored>,
+    /// Its lab, saved the moment it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<KeptFailure>,
+    /// Why its failed lab could not be saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_kept: Option<String>,
+}
+
+/// A failed attempt's lab, saved as a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeptFailure {
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// The command that brings it back.
+    pub restore: String,
+    /// How long the save took.
+    #[serde(with = "secs")]
+    pub took: Duration,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+impl KeptFailure {
+    /// `step back into it: COMMAND (saved in 1.6s, 1.7 GiB)`: the one line every report prints.
+    pub fn line(&self) -> String {
+        format!(
+            "step back into it: {} (saved in {}, {:.1} GiB on disk)",
+            self.restore,
+            fmt_duration(self.took),
+            self.bytes as f64 / (1024.0 * 1024.0 * 1024.0)
+        )
+    }
 }
 
 /// A lab brought back from a snapshot.
@@ -386,7 +418,8 @@ impl Summary {
         for scenario in &self.scenarios {
             let numbered = scenario.attempts.len() > 1;
             for attempt in &scenario.attempts {
-                if attempt.failed_checks.is_empty() {
+                let kept = attempt.kept.is_some() || attempt.not_kept.is_some();
+                if attempt.failed_checks.is_empty() && !kept {
                     continue;
                 }
                 let _ = write!(failures, "  {}", scenario.name);
@@ -395,6 +428,17 @@ impl Summary {
                 }
                 let _ = writeln!(failures, ":");
                 describe_checks(&mut failures, &attempt.failed_checks);
+                if attempt.failed_checks.is_empty() {
+                    if let Some(message) = &attempt.message {
+                        let _ = writeln!(failures, "    {message}");
+                    }
+                }
+                if let Some(kept) = &attempt.kept {
+                    let _ = writeln!(failures, "    {}", kept.line());
+                }
+                if let Some(reason) = &attempt.not_kept {
+                    let _ = writeln!(failures, "    lab not kept: {reason}");
+                }
             }
         }
         if !failures.is_empty() {
@@ -633,6 +677,8 @@ impl Fold {
                     checks: Vec::new(),
                     output: Vec::new(),
                     restored: self.restored.take(),
+                    kept: None,
+                    not_kept: None,
                 });
                 self.open.insert(scenario.clone(), (index, at));
             }
@@ -670,6 +716,27 @@ impl Fold {
                 }
             }
             EventKind::Warning { message } => self.warnings.push(message.clone()),
+            EventKind::FailureKept {
+                scenario,
+                snapshot,
+                restore,
+                took,
+                bytes,
+            } => {
+                if let Some(a) = self.open_attempt(scenario) {
+                    a.kept = Some(KeptFailure {
+                        snapshot: snapshot.clone(),
+                        restore: restore.clone(),
+                        took: *took,
+                        bytes: *bytes,
+                    });
+                }
+            }
+            EventKind::FailureNotKept { scenario, reason } => {
+                if let Some(a) = self.open_attempt(scenario) {
+                    a.not_kept = Some(reason.clone());
+                }
+            }
             EventKind::SnapshotSaved {
                 snapshot,
                 took,

@@ -8,7 +8,9 @@ use maud::{html, Markup, PreEscaped};
 use super::svg::sparkline;
 use crate::events::{Event, EventKind};
 use crate::report::history::RunRecord;
-use crate::report::summary::{CheckRecord, FailedCheck, RunResult, ScenarioResult, Summary};
+use crate::report::summary::{
+    Attempt, CheckRecord, FailedCheck, RunResult, ScenarioResult, Summary,
+};
 use crate::report::{fmt_duration, ARTIFACTS_FOLDER};
 
 pub(super) fn run_result(r: RunResult) -> &'static str {
@@ -217,18 +219,24 @@ pub(super) fn cpu_table(s: &Summary) -> Markup {
 
 /// Every failed check with what it last saw and links to its evidence, by where it ran.
 pub(super) fn failures(s: &Summary, folder: Option<&Path>) -> Markup {
-    let mut groups: Vec<(String, &[FailedCheck])> = Vec::new();
+    let mut groups: Vec<(String, &[FailedCheck], Option<&Attempt>)> = Vec::new();
     if !s.lab_failures.is_empty() {
-        groups.push(("the lab, before the scenarios".into(), &s.lab_failures));
+        groups.push((
+            "the lab, before the scenarios".into(),
+            &s.lab_failures,
+            None,
+        ));
     }
     for sc in &s.scenarios {
-        for a in sc.attempts.iter().filter(|a| !a.failed_checks.is_empty()) {
+        let failed =
+            |a: &&Attempt| !a.failed_checks.is_empty() || a.kept.is_some() || a.not_kept.is_some();
+        for a in sc.attempts.iter().filter(failed) {
             let name = if sc.attempts.len() > 1 {
                 format!("{}, attempt {}", sc.name, a.attempt)
             } else {
                 sc.name.clone()
             };
-            groups.push((name, &a.failed_checks));
+            groups.push((name, &a.failed_checks, Some(a)));
         }
     }
     if groups.is_empty() {
@@ -237,8 +245,21 @@ pub(super) fn failures(s: &Summary, folder: Option<&Path>) -> Markup {
     html! {
         section id="failures" {
             h2 { "Failed checks" }
-            @for (name, checks) in &groups {
+            @for (name, checks, attempt) in &groups {
                 h3 { (name) }
+                @if let Some(a) = attempt {
+                    @if checks.is_empty() {
+                        @if let Some(message) = &a.message { p { (message) } }
+                    }
+                    @if let Some(kept) = &a.kept {
+                        p class="kept" { "step back into it: " code { (kept.restore) }
+                            " (saved in " (fmt_duration(kept.took)) ", "
+                            (format!("{:.1}", kept.bytes as f64 / (1024.0 * 1024.0 * 1024.0))) " GiB on disk)" }
+                    }
+                    @if let Some(reason) = &a.not_kept {
+                        p { "lab not kept: " (reason) }
+                    }
+                }
                 @for c in checks.iter() {
                     div class="failure" {
                         p { b { (c.check) } ": FAILED after " (fmt_duration(c.took)) ": " (c.reason) }
