@@ -972,7 +972,65 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
     .assert()
     .success();
 
+    // Faults come back with a snapshot: a save leaves a frozen machine frozen, and a restore
+    // brings it back frozen behind the same partition.
+    run(&["freeze", "limiting-factor"]).assert().success();
+    run(&["partition", "grey-area", "limiting-factor"])
+        .assert()
+        .success();
+    run(&["snapshot", "save", "incident-faults"])
+        .assert()
+        .success();
+    let status = output_text(&run(&["status"]).assert().success());
+    assert!(
+        status.contains("limiting-factor") && status.contains("paused"),
+        "the save thawed a frozen machine:\n{status}"
+    );
     run(&["down"]).assert().success();
+    let back = output_text(&run(&["up", "--from", "incident-faults"]).assert().success());
+    assert!(
+        back.contains("restored as saved, faults and all")
+            && back.contains("limiting-factor frozen"),
+        "{back}"
+    );
+    let status = output_text(&run(&["status"]).assert().success());
+    assert!(
+        status.contains("paused") && status.contains("grey-area<->limiting-factor"),
+        "restored without its faults:\n{status}"
+    );
+    run(&["thaw", "limiting-factor"]).assert().success();
+    run(&["exec", "limiting-factor", "--", "true"])
+        .assert()
+        .success();
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        "limiting-factor",
+    ])
+    .assert()
+    .failure();
+    run(&["heal", "grey-area", "limiting-factor"])
+        .assert()
+        .success();
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "ping",
+        "-c1",
+        "-W5",
+        "limiting-factor",
+    ])
+    .assert()
+    .success();
+    run(&["down"]).assert().success();
+    run(&["snapshot", "rm", "incident-faults"])
+        .assert()
+        .success();
 
     // Two labs from the one snapshot at the same time, each with its own disks, hub and ports
     // (through the library, as a user's own test would).

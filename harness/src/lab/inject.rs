@@ -27,7 +27,7 @@ impl Lab {
         let vm = |e: VmError| LabError::Vm(Box::new(e));
         let machine = self.machine(fault.machines()[0])?;
         let running = machine.is_running();
-        let frozen = running && machine.qmp_status().await.ok().as_deref() == Some("paused");
+        let frozen = running && machine.is_frozen().await;
         let name = machine.name();
         let needs_running = !matches!(
             fault,

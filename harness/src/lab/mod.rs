@@ -355,7 +355,7 @@ impl Lab {
             futures::future::join_all(self.machines.iter().map(|m| m.qmp_status())).await;
         let mut frozen = Vec::new();
         for (machine, status) in self.machines.iter().zip(statuses) {
-            if status? == "paused" {
+            if crate::vm::is_stopped(&status?) {
                 frozen.push(machine.name().to_string());
             }
         }

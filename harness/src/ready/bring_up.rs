@@ -452,7 +452,7 @@ async fn make_ready(
             });
         }
     }
-    if origin == Origin::AsSaved && master.qmp_status().await.ok().as_deref() == Some("paused") {
+    if origin == Origin::AsSaved && master.is_frozen().await {
         events.emit(EventKind::Warning {
             message: format!(
                 "{} (the master) is frozen as it was saved: no Kubernetes client until `labtest thaw {}`",

@@ -19,7 +19,7 @@ impl Machine {
     /// comes, and its reply is discarded: the next command gets its own output.
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
         // A frozen guest would answer nothing until the deadline: say so at once.
-        let paused = self.qmp_status().await.ok().as_deref() == Some("paused");
+        let paused = self.is_frozen().await;
         self.refuse_frozen(paused, command)?;
         let guard = self.links.shell.lock().await;
         self.exec_on(guard, command, timeout).await
@@ -40,7 +40,12 @@ impl Machine {
                 return Ok(None);
             };
             match guard.as_mut() {
-                Some(qmp) => qmp.status(QMP_TIMEOUT).await.ok().as_deref() == Some("paused"),
+                Some(qmp) => qmp
+                    .status(QMP_TIMEOUT)
+                    .await
+                    .ok()
+                    .as_deref()
+                    .is_some_and(super::faults::is_stopped),
                 None => false,
             }
         };

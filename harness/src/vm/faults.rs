@@ -74,6 +74,17 @@ impl Machine {
         self.link_down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the machine's CPUs are stopped by a freeze: QMP says "paused", or "postmigrate"
+    /// when a snapshot was saved while it was frozen (QEMU leaves a saved machine in that state
+    /// until it continues, and a `stop` does not change it).
+    pub async fn is_frozen(&self) -> bool {
+        self.qmp_status()
+            .await
+            .ok()
+            .as_deref()
+            .is_some_and(is_stopped)
+    }
+
     /// The state QMP reports: "running", "paused", ...
     pub async fn qmp_status(&self) -> Result<String, VmError> {
         let mut guard = self.links.qmp.lock().await;
@@ -187,4 +198,9 @@ impl Machine {
         });
         Ok(())
     }
+}
+
+/// A QMP run state in which the guest's CPUs do not run and will not until a `cont`.
+pub fn is_stopped(status: &str) -> bool {
+    matches!(status, "paused" | "postmigrate")
 }

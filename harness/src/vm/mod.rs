@@ -15,6 +15,7 @@ pub mod channel;
 pub mod cpus;
 mod exec;
 mod faults;
+pub use faults::is_stopped;
 pub mod qmp;
 pub mod sample;
 pub mod spawn;

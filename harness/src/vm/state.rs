@@ -78,7 +78,7 @@ impl Machine {
     pub async fn save_state(&self, into: &SavedState, timeout: Duration) -> Result<(), VmError> {
         let started = Instant::now();
         let status = self.qmp_status().await?;
-        if status != "paused" {
+        if !super::faults::is_stopped(&status) {
             return Err(self.state_error(&format!(
                 "saving its state: expected a paused machine, it is {status}"
             )));
