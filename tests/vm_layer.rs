@@ -221,6 +221,12 @@ async fn three_machines_run_commands_and_share_a_partitionable_network() {
         "{:?}",
         asked.elapsed()
     );
+    // What the evidence of a guest that does not answer shows: where each vCPU is.
+    let vcpus = co.cpu_state().await.unwrap();
+    assert!(
+        vcpus.contains("(qemu) info cpus") && vcpus.contains("RIP="),
+        "{vcpus}"
+    );
     co.thaw().await.unwrap();
     assert_eq!(co.succeed("echo thawed").await.unwrap(), "thawed\n");
     // A command that is running when the machine freezes holds only the shell channel: status

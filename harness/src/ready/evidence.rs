@@ -1,6 +1,7 @@
 //! What a failed bring-up or check leaves in the artifacts folder.
 use std::time::Duration;
 
+use crate::error::Chain;
 use crate::kube::KubeAccess;
 use crate::lab::Lab;
 use crate::report::{cpu, ArtifactsDir};
@@ -55,7 +56,31 @@ pub async fn capture_failure(
         if !machine.is_running() || machine.qmp_status().await.ok().as_deref() != Some("running") {
             continue;
         }
+        // A guest that runs but does not answer (seen: both of the master's vCPUs busy, its
+        // channel and apiserver silent for minutes): where its vCPUs are, twice, to tell a
+        // spin from progress.
+        if machine.exec("true", GUEST_ANSWERS).await.is_err() {
+            let mut text = String::new();
+            for _ in 0..2 {
+                match machine.cpu_state().await {
+                    Ok(state) => text.push_str(&state),
+                    Err(e) => text.push_str(&format!("QEMU did not say: {}\n", Chain(&e))),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let _ = artifacts.write_text(
+                std::path::Path::new("machines")
+                    .join(machine.name())
+                    .join(format!("vcpus-after-{what}.txt")),
+                &text,
+                &format!("{}'s vCPUs: its guest did not answer", machine.name()),
+            );
+            continue;
+        }
         let text = machine.unit_evidence(&unit).await;
         let _ = artifacts.write_journal(machine.name(), &format!("{unit}-after-{what}"), &text);
     }
 }
+
+/// How long a running guest gets to answer a `true` before the evidence asks QEMU instead.
+const GUEST_ANSWERS: Duration = Duration::from_secs(10);

@@ -74,6 +74,28 @@ impl Machine {
         self.link_down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Where each vCPU is (`info cpus`, `info registers -a` through QMP's human monitor): for a
+    /// guest that runs but does not answer, whether it spins in the kernel or in a process.
+    ///
+    /// # Errors
+    /// [`VmError::Qmp`] when QEMU does not answer, [`VmError::State`] when it is off.
+    pub async fn cpu_state(&self) -> Result<String, VmError> {
+        let mut text = String::new();
+        for command in ["info cpus", "info registers -a"] {
+            let out = self
+                .qmp(
+                    "human-monitor-command",
+                    Some(json!({ "command-line": command })),
+                )
+                .await?;
+            text.push_str(&format!(
+                "(qemu) {command}\n{}\n",
+                out.as_str().unwrap_or("")
+            ));
+        }
+        Ok(text)
+    }
+
     /// Whether the machine's CPUs are stopped by a freeze: QMP says "paused", or "postmigrate"
     /// when a snapshot was saved while it was frozen (QEMU leaves a saved machine in that state
     /// until it continues, and a `stop` does not change it).
