@@ -960,17 +960,19 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
     ])
     .assert()
     .success();
-    run(&[
-        "exec",
-        "grey-area",
-        "--",
-        "ping",
-        "-c1",
-        "-W5",
-        "limiting-factor",
-    ])
-    .assert()
-    .success();
+    let ping = || {
+        run(&[
+            "exec",
+            "grey-area",
+            "--",
+            "ping",
+            "-c1",
+            "-W5",
+            "limiting-factor",
+        ])
+        .assert()
+    };
+    ping().success();
 
     // Faults come back with a snapshot: a save leaves a frozen machine frozen, and a restore
     // brings it back frozen behind the same partition.
@@ -1002,31 +1004,11 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
     run(&["exec", "limiting-factor", "--", "true"])
         .assert()
         .success();
-    run(&[
-        "exec",
-        "grey-area",
-        "--",
-        "ping",
-        "-c1",
-        "-W2",
-        "limiting-factor",
-    ])
-    .assert()
-    .failure();
+    ping().failure();
     run(&["heal", "grey-area", "limiting-factor"])
         .assert()
         .success();
-    run(&[
-        "exec",
-        "grey-area",
-        "--",
-        "ping",
-        "-c1",
-        "-W5",
-        "limiting-factor",
-    ])
-    .assert()
-    .success();
+    ping().success();
     run(&["down"]).assert().success();
     run(&["snapshot", "rm", "incident-faults"])
         .assert()

@@ -7,6 +7,26 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 
+/// `labtest --lab fixtures/lab ARGS`, under TCG, bounded.
+fn labtest(args: &[&str]) -> Command {
+    let mut cmd = Command::cargo_bin("labtest").expect("the labtest binary");
+    cmd.env("LABTEST_ACCEL", "tcg")
+        .arg("--lab")
+        .arg(support::repo_root().join("fixtures/lab"))
+        .args(args)
+        .timeout(Duration::from_secs(30 * 60));
+    cmd
+}
+
+/// One field of a node, through `labtest kubectl` and a JSONPath; empty when it cannot be read.
+fn node_field(node: &str, jsonpath: &str) -> String {
+    let out = labtest(&["kubectl", "--", "get", "node", node, "-o", jsonpath])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .expect("labtest kubectl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// After a restore the guests' clocks resume from the moment of the save (they lag the host by
 /// the snapshot's age, all by the same amount): the node controller must see every lease as
 /// fresh, so for two minutes every node stays Ready and untainted - no eviction storm. Runs on
@@ -15,16 +35,6 @@ use assert_cmd::Command;
 /// a `labtest rollback`.
 #[test]
 fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
-    let lab = support::repo_root().join("fixtures/lab");
-    let labtest = |args: &[&str]| {
-        let mut cmd = Command::cargo_bin("labtest").expect("the labtest binary");
-        cmd.env("LABTEST_ACCEL", "tcg")
-            .arg("--lab")
-            .arg(&lab)
-            .args(args)
-            .timeout(Duration::from_secs(30 * 60));
-        cmd
-    };
     let up = labtest(&["up"]).output().expect("labtest up");
     assert!(
         up.status.success(),
@@ -115,20 +125,11 @@ fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
 
     // "Try my change before it touches the real machine": rebuild to a generation, see it in
     // the cluster, roll back, see it gone - on the restored lab, from the CLI.
-    let label_of = || -> String {
-        let out = labtest(&[
-            "kubectl",
-            "--",
-            "get",
-            "node",
+    let label_of = || {
+        node_field(
             "limiting-factor",
-            "-o",
             "jsonpath={.metadata.labels.labtest\\.io/generation}",
-        ])
-        .timeout(Duration::from_secs(60))
-        .output()
-        .expect("labtest kubectl");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        )
     };
     let wait_label = |want: &str| {
         let start = std::time::Instant::now();
@@ -173,16 +174,6 @@ fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
 /// holding, and `heal` then brings the worker back.
 #[test]
 fn a_failed_scenario_is_kept_and_comes_back_as_it_failed() {
-    let lab = support::repo_root().join("fixtures/lab");
-    let labtest = |args: &[&str]| {
-        let mut cmd = Command::cargo_bin("labtest").expect("the labtest binary");
-        cmd.env("LABTEST_ACCEL", "tcg")
-            .arg("--lab")
-            .arg(&lab)
-            .args(args)
-            .timeout(Duration::from_secs(30 * 60));
-        cmd
-    };
     let text = |out: &std::process::Output| {
         format!(
             "{}{}",
@@ -249,20 +240,11 @@ fn a_failed_scenario_is_kept_and_comes_back_as_it_failed() {
         "up --from {name}: {:.1}s to a lab that answers",
         restored_in.as_secs_f64()
     );
-    let ready_of = || -> String {
-        let out = labtest(&[
-            "kubectl",
-            "--",
-            "get",
-            "node",
+    let ready_of = || {
+        node_field(
             "limiting-factor",
-            "-o",
             "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ])
-        .timeout(Duration::from_secs(60))
-        .output()
-        .expect("labtest kubectl");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        )
     };
     // Still failed, and it stays so: the partition came back with the lab.
     for _ in 0..3 {
