@@ -938,7 +938,23 @@ fn up_restores_a_pristine_snapshot_and_boots_afresh_when_it_is_stale_or_corrupt(
     ])
     .assert()
     .success();
+    // A second save of the lab that booted and saved Ready: its disk lies above Ready's, not
+    // above a file of the lab's state dir, so it restores after the lab is gone.
+    run(&["snapshot", "save", "second-save"]).assert().success();
     run(&["down"]).assert().success();
+    run(&["up", "--from", "second-save"]).assert().success();
+    run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "test",
+        "-e",
+        "/root/after-the-snapshot",
+    ])
+    .assert()
+    .success();
+    run(&["down"]).assert().success();
+    run(&["snapshot", "rm", "second-save"]).assert().success();
 
     let started = Instant::now();
     let again = output_text(&run(&["up"]).assert().success());

@@ -188,11 +188,11 @@ impl LabBuilder {
             events: events.clone(),
             up_in: Duration::ZERO,
             sampler: None,
-            restored_from: self.snapshot.as_ref().map(|s| BaseSnapshot {
+            restored_from: std::sync::Mutex::new(self.snapshot.as_ref().map(|s| BaseSnapshot {
                 name: s.meta.name.clone(),
                 created: s.meta.created,
                 first_saved: s.meta.first_saved(),
-            }),
+            })),
         };
         let deadline = started + self.boot_timeout;
         match &self.snapshot {

@@ -182,8 +182,9 @@ pub struct Lab {
     up_in: Duration,
     /// Samples where the CPU goes from the moment the lab is up until it is dropped.
     sampler: Option<Sampler>,
-    /// The snapshot it was restored from: a snapshot of this lab lies above that one's disks.
-    restored_from: Option<BaseSnapshot>,
+    /// The snapshot its disks lie above: the one it was restored from, then the one it saved
+    /// last. A snapshot of this lab lies above that one's disks.
+    restored_from: std::sync::Mutex<Option<BaseSnapshot>>,
 }
 
 impl Lab {
@@ -414,10 +415,24 @@ impl Lab {
             save_secs: started.elapsed().as_secs_f64(),
             bytes,
             faults,
-            base: self.restored_from.clone(),
+            base: self
+                .restored_from
+                .lock()
+                .map(|b| b.clone())
+                .unwrap_or_default(),
             failure,
         };
         let snapshot = store.commit(&part, &meta)?;
+        for machine in &self.machines {
+            machine.kept_at(&snapshot.machine(machine.name()).disk);
+        }
+        if let Ok(mut base) = self.restored_from.lock() {
+            *base = Some(BaseSnapshot {
+                name: meta.name.clone(),
+                created: meta.created,
+                first_saved: meta.first_saved(),
+            });
+        }
         events.emit(EventKind::SnapshotSaved {
             snapshot: name.to_string(),
             took: started.elapsed(),

@@ -362,6 +362,10 @@ pub struct Machine {
     /// Whether the lab NIC's carrier was last set down ([`Machine::set_link`]): QMP has no
     /// query for it, and a snapshot must carry it.
     link_down: std::sync::atomic::AtomicBool,
+    /// The disk the last save froze, and where its snapshot keeps it once committed
+    /// ([`Machine::kept_at`]): the overlay the machine runs on names that disk by its
+    /// state-dir path, which goes with the lab.
+    kept_disk: std::sync::Mutex<state::KeptDisk>,
 }
 
 /// What [`Machine::start`] and [`Machine::reboot`] observed.
@@ -416,6 +420,7 @@ impl Machine {
             starts: std::sync::atomic::AtomicU32::new(0),
             disk: std::sync::Mutex::new(disk),
             link_down: std::sync::atomic::AtomicBool::new(false),
+            kept_disk: std::sync::Mutex::new(state::KeptDisk::default()),
         })
     }
 

@@ -147,7 +147,23 @@ impl Machine {
         // The stream is complete once QEMU says so, but `cat` may still be flushing it.
         sync_file(&part).map_err(|e| self.io("syncing the saved state", e))?;
         std::fs::rename(&part, &into.state).map_err(|e| self.io("naming the saved state", e))?;
-        link_or_copy(&frozen, &into.disk).map_err(|e| self.io("keeping the frozen disk", e))?;
+        // The first save of a booted or restored machine freezes an overlay whose backing file
+        // outlives the lab (the guest image, a snapshot's disk): a hard link keeps it. A later
+        // save freezes the overlay the machine went on with after the earlier one, and that
+        // names the earlier frozen disk by its state-dir path: the kept copy must name the
+        // snapshot that kept it instead, or it cannot be restored once the lab is down.
+        let earlier = self.kept_disk.lock().ok().and_then(|k| k.kept.clone());
+        match earlier {
+            Some(earlier) => copy_onto(&frozen, &into.disk, &earlier),
+            None => link_or_copy(&frozen, &into.disk),
+        }
+        .map_err(|e| self.io("keeping the frozen disk", e))?;
+        if let Ok(mut kept) = self.kept_disk.lock() {
+            *kept = KeptDisk {
+                frozen: Some(frozen),
+                kept: None,
+            };
+        }
         tracing::info!(
             "{} saved in {:.2}s: {} bytes of state",
             self.config.name,
@@ -306,6 +322,49 @@ pub fn file_size(path: &Path) -> u64 {
 
 /// A hard link where the file system allows (the frozen disk is never written again), a copy
 /// elsewhere.
+/// The disk a machine's last save froze, and where it is kept for good ([`Machine::kept_at`]).
+#[derive(Debug, Default)]
+pub(crate) struct KeptDisk {
+    frozen: Option<PathBuf>,
+    kept: Option<PathBuf>,
+}
+
+impl Machine {
+    /// The snapshot that holds this machine's last save is committed, its disk at `kept`: a
+    /// later save's disk will lie above that file, not above the lab's state dir.
+    pub fn kept_at(&self, kept: &Path) {
+        if let Ok(mut disk) = self.kept_disk.lock() {
+            if disk.frozen.is_some() {
+                disk.kept = Some(std::path::absolute(kept).unwrap_or_else(|_| kept.to_path_buf()));
+            }
+        }
+    }
+}
+
+/// A copy of the qcow2 overlay `from` at `to` whose backing file is `backing` (the same bytes
+/// as the one `from` names, kept elsewhere). A copy, not a link: `from` stays in use, and
+/// `qemu-img rebase -u` only rewrites the header's file name.
+fn copy_onto(from: &Path, to: &Path, backing: &Path) -> std::io::Result<()> {
+    let part = to.with_extension("part");
+    std::fs::copy(from, &part)?;
+    let qemu_img = which::which("qemu-img").map_err(std::io::Error::other)?;
+    let out = Command::new(qemu_img)
+        .args(["rebase", "-u", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(&part)
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "qemu-img rebase -u of {} onto {} failed: {}",
+            part.display(),
+            backing.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    sync_file(&part)?;
+    std::fs::rename(&part, to)
+}
+
 fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(to);
     if std::fs::hard_link(from, to).is_ok() {
