@@ -172,6 +172,25 @@ fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
     // own, so the snapshot's authorized_keys hold a stranger's).
     ssh_and_journal(&labtest);
     nginx_answers_from_the_other_machines(&labtest);
+    // The save is made on a lab restored from the Ready snapshot, not on this one: when this
+    // test is the suite's first lab test, this lab is the one that booted and saved Ready, and
+    // a second save of such a lab is not restorable once it is down (its disk's backing file
+    // stays in its state dir; a known bug of `snapshot save`, see harness/src/vm/state.rs).
+    let _ = labtest(&["down"]).output();
+    let up = labtest(&["up"]).output().expect("labtest up");
+    let let_in = labtest(&["ssh", "limiting-factor", "--", "true"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("labtest ssh");
+    if !(up.status.success() && let_in.status.success()) {
+        let _ = labtest(&["down"]).output();
+        panic!(
+            "labtest up (restore) and ssh:\n{}{}{}",
+            String::from_utf8_lossy(&up.stdout),
+            String::from_utf8_lossy(&up.stderr),
+            String::from_utf8_lossy(&let_in.stderr)
+        );
+    }
     let saved = labtest(&["snapshot", "save", "ssh-e2e"])
         .output()
         .expect("labtest snapshot save");

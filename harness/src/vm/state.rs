@@ -15,6 +15,14 @@
 //!   block device.
 //! * The restoring QEMU must get the same devices: the same run script and accelerator options.
 //!   Backends may differ (sockets, host ports, the hub): each restored lab has its own.
+//! * Known bug (found 2026-12-07 by tests/scenarios_e2e.rs): a machine saved twice in one life
+//!   (a lab that booted and saved its Ready snapshot, then `labtest snapshot save NAME`) runs
+//!   after the first save on an overlay in its state dir whose backing file is the first
+//!   frozen disk *by its state-dir path*; the second save links that overlay into the store, so
+//!   once the lab is down, restoring NAME fails ("Could not open backing file"). A save from a
+//!   restored lab, or the first save of a booted one, is whole. Fix: flatten the frozen disk
+//!   onto the first backing file outside the state dir (`qemu-img convert -B`) when its chain
+//!   passes through the state dir.
 //! * The guest's clocks do not see the gap: its wall clock resumes from the moment of the save
 //!   and lags the host by the snapshot's age, CLOCK_MONOTONIC continues without a jump (measured).
 //!   Machines saved and resumed together keep their mutual offsets, which is what Kubernetes'
