@@ -44,6 +44,11 @@ pub enum Request {
     },
     /// The latest CPU samples of every machine (`labtest top`); status 0 once there are any.
     Top,
+    /// How to reach a machine's sshd (`labtest ssh`, `labtest journal`): the lab key let in,
+    /// the host key pinned, sshd answering.
+    Ssh {
+        machine: String,
+    },
     Down,
 }
 
@@ -54,6 +59,9 @@ pub struct Reply {
     pub stdout: String,
     pub stderr: String,
     pub text: String,
+    /// For [`Request::Ssh`].
+    #[serde(default)]
+    pub ssh: Option<harness::lab::SshAccess>,
 }
 
 impl Reply {

@@ -83,6 +83,23 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// A real OpenSSH session into a machine (interactive, or one command whose exit status is
+    /// passed through), through a host port forward on 127.0.0.1 with a key made for the lab.
+    Ssh {
+        machine: String,
+        /// The command to run; none: an interactive login shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// A machine's journal (one unit's, or all of it) over SSH, as an admin reads it.
+    Journal {
+        machine: String,
+        /// A systemd unit (or journalctl pattern) to show alone, e.g. kubelet.service.
+        unit: Option<String>,
+        /// Keep printing new entries until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// kubectl with the running lab's admin kubeconfig.
     Kubectl {
         #[arg(last = true)]
@@ -148,7 +165,11 @@ impl Command {
             Command::Up { .. } | Command::Serve { .. } | Command::Top { once: false } => 3_600,
             Command::Rebuild { .. } => 3_900,
             Command::Start { .. } | Command::Rollback { .. } => 900,
-            Command::Exec { .. } | Command::Snapshot { .. } | Command::Cache { .. } => 600,
+            Command::Exec { .. }
+            | Command::Ssh { .. }
+            | Command::Journal { .. }
+            | Command::Snapshot { .. }
+            | Command::Cache { .. } => 600,
             Command::Kubectl { .. } => 300,
             Command::Down
             | Command::Crash { .. }
@@ -279,6 +300,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let status = reply.status.unwrap_or(2);
             Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
         }
+        Command::Ssh { machine, command } => {
+            // A terminal session lasts as long as its user wants, unless told otherwise.
+            let deadline = (!command.is_empty() || cli.timeout.is_some()).then_some(timeout);
+            ssh(&cli.lab, &machine, &command, deadline).await
+        }
+        Command::Journal {
+            machine,
+            unit,
+            follow,
+        } => {
+            let command = harness::lab::journal_command(unit.as_deref(), follow);
+            let deadline = (!follow || cli.timeout.is_some()).then_some(timeout);
+            ssh(&cli.lab, &machine, &command, deadline).await
+        }
         Command::Kubectl { args } => {
             let session = running(&cli.lab)?;
             let kubeconfig = session
@@ -378,6 +413,54 @@ async fn call(session: &Session, request: Request, timeout_secs: u64) -> Result<
         bail!("{error}");
     }
     Ok(reply)
+}
+
+/// `labtest ssh` / `journal`: asks the lab's server for the way in (the lab key let in, the
+/// host key pinned, sshd answering), then runs the host's `ssh` with the terminal as it is and
+/// exits with its status: the remote command's, or 255 when ssh itself failed.
+async fn ssh(
+    lab_dir: &Path,
+    machine: &str,
+    remote: &[String],
+    deadline: Option<Duration>,
+) -> Result<ExitCode> {
+    let session = running(lab_dir)?;
+    let ssh = which::which("ssh")
+        .context("ssh is not on PATH (Debian: apt-get install openssh-client)")?;
+    let request = Request::Ssh {
+        machine: machine.to_string(),
+    };
+    // Two guest round trips and a banner, each bounded by the server (60 s + 30 s).
+    let reply = call(&session, request, 120).await?;
+    let access = reply
+        .ssh
+        .context("the lab's server answered without the way in (an older labtest serves it? `labtest down` and `up` again)")?;
+    let mut child = tokio::process::Command::new(ssh)
+        .args(access.ssh_args(remote))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting ssh")?;
+    let status = match deadline {
+        None => child.wait().await?,
+        Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => bail!(
+                "ssh to {machine} did not finish within {}s (--timeout); it was killed",
+                limit.as_secs()
+            ),
+        },
+    };
+    Ok(ExitCode::from(exit_byte(status)))
+}
+
+/// A child's exit status as a shell reports it: its code, or 128 + the signal that ended it.
+fn exit_byte(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
+    }
 }
 
 /// `rebuild` / `rollback`: prints what the switch did, exits 1 when it left units failed.
@@ -652,6 +735,10 @@ fn print_reach(info: &Info) {
     println!("  machines: {}", info.machines.join(", "));
     if let Some(first) = info.machines.first() {
         println!("  a shell command:  labtest --lab {lab} exec {first} -- systemctl --failed");
+        if info.ssh {
+            println!("  ssh:              labtest --lab {lab} ssh {first}");
+            println!("  a journal:        labtest --lab {lab} journal {first} sshd.service");
+        }
     }
     if let Some(kubeconfig) = &info.kubeconfig {
         println!("  kubectl:          labtest --lab {lab} kubectl -- get nodes");
@@ -736,6 +823,16 @@ async fn serve_in_background(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ssh's exit status reaches the caller as a shell would report it.
+    #[test]
+    fn a_childs_status_becomes_the_exit_code() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_byte(std::process::ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(exit_byte(std::process::ExitStatus::from_raw(255 << 8)), 255);
+        // Killed by SIGTERM (15).
+        assert_eq!(exit_byte(std::process::ExitStatus::from_raw(15)), 143);
+    }
 
     /// A read of the log can end inside a character: what is shown stops before it, and the
     /// next read shows the rest once.

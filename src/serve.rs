@@ -105,6 +105,10 @@ async fn run(request: Request, lab: &Lab, served: &Served) -> Result<Reply> {
             }
         }
         Request::Fault { fault } => Reply::text(lab.inject(&fault).await?),
+        Request::Ssh { machine } => Reply {
+            ssh: Some(lab.ssh_access(&machine).await?),
+            ..Reply::default()
+        },
         Request::Snapshot { name } => {
             let target = served
                 .snapshots

@@ -19,6 +19,9 @@ pub struct Info {
     pub machines: Vec<String>,
     pub state_dir: PathBuf,
     pub kubeconfig: Option<PathBuf>,
+    /// Whether the lab's machines run sshd (`labtest ssh`).
+    #[serde(default)]
+    pub ssh: bool,
 }
 
 impl Info {
@@ -36,6 +39,7 @@ impl Info {
             machines: spec.machine_names(),
             state_dir: lab.state_dir().map(Path::to_path_buf).unwrap_or_default(),
             kubeconfig: spec.kubernetes.as_ref().map(|_| session.kubeconfig()),
+            ssh: spec.ssh.is_some(),
         })
     }
 }

@@ -37,6 +37,8 @@ fn help_and_list_name_every_command_and_scenario() {
         "partition",
         "heal",
         "list",
+        "ssh",
+        "journal",
     ] {
         assert!(
             out.contains(command),
@@ -448,6 +450,8 @@ fn commands_on_a_lab_that_is_not_up_explain_how_to_start_it() {
     for args in [
         vec!["status"],
         vec!["exec", "grey-area", "--", "true"],
+        vec!["ssh", "grey-area"],
+        vec!["journal", "grey-area", "--follow"],
         vec!["crash", "grey-area"],
     ] {
         labtest()
@@ -503,6 +507,19 @@ fn up_exec_faults_down_and_no_qemu_survives_a_killed_server() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("no machine named \"nosuch\""));
+    // This lab's machines run no sshd: `ssh` and `journal` say so, and how to get a shell.
+    for args in [
+        &["ssh", "grey-area", "--", "true"][..],
+        &["journal", "grey-area", "sshd.service"][..],
+    ] {
+        run(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "lab vm-only runs no SSH server (its lab.toml has no [ssh])",
+            ))
+            .stderr(predicate::str::contains("labtest exec"));
+    }
     run(&["kubectl", "--", "get", "nodes"])
         .assert()
         .code(2)

@@ -555,3 +555,137 @@ fn broken_kubelet_is_built_on_top_of_node_label_in_both_labs() {
         "fixtures/lab/flake.nix: broken-kubelet drops node-label's label"
     );
 }
+
+/// vm-configs/services.json, the traditional services both labs run beside Kubernetes: sshd on
+/// every machine with the same settings (no password of any kind), nginx on grey-area serving
+/// the same page on the same port. The NixOS lab reads the file in vm.nix and grey-area.nix; the
+/// fixture lab renders it into each machine's generation. Both lab.toml say the same `[ssh]`.
+#[test]
+fn every_service_setting_reaches_both_labs() {
+    let text = read(&repo_root().join("vm-configs/services.json"));
+    let services: serde_json::Value =
+        serde_json::from_str(&text).expect("vm-configs/services.json is JSON");
+    let sshd = services["sshd"]
+        .as_object()
+        .expect("services.json: sshd should be an object of sshd_config settings");
+    let nginx = &services["nginx"];
+    let page = nginx["page"].as_str().expect("services.json: nginx.page");
+    let port = nginx["port"].as_u64().expect("services.json: nginx.port");
+    let nginx_machine = nginx["machine"]
+        .as_str()
+        .expect("services.json: nginx.machine");
+    for key in ["sshd", "nginx"] {
+        assert!(
+            services["why"][key].is_string(),
+            "services.json: {key} has no \"why\" entry saying what it is for"
+        );
+    }
+    // Never a password, in either lab: the settings the harness's way in relies on.
+    for (key, want) in [
+        ("PasswordAuthentication", serde_json::json!(false)),
+        ("KbdInteractiveAuthentication", serde_json::json!(false)),
+    ] {
+        assert_eq!(sshd.get(key), Some(&want), "services.json: sshd.{key}");
+    }
+
+    // The NixOS lab.
+    let common = nix_code("vm-configs/common.nix");
+    assert!(
+        common.contains("services.openssh.enable = true;"),
+        "vm-configs/common.nix no longer enables sshd on every machine"
+    );
+    let vm = nix_code("vm-configs/vm.nix");
+    for code in [
+        "services = builtins.fromJSON (builtins.readFile ./services.json);",
+        "settings = services.sshd;",
+        "authorizedKeysInHomedir = true;",
+        "restrictNetwork = true;",
+    ] {
+        assert!(vm.contains(code), "vm-configs/vm.nix lacks `{code}`");
+    }
+    assert!(
+        !vm.contains("forwardPorts"),
+        "vm-configs/vm.nix: a fixed host port (virtualisation.forwardPorts) would make two labs \
+         from one snapshot fight over it; the harness forwards sshd itself"
+    );
+    let grey_area = nix_code(&format!("vm-configs/{nginx_machine}.nix"));
+    for code in [
+        "services = builtins.fromJSON (builtins.readFile ./services.json);",
+        "defaultHTTPListenPort = services.nginx.port;",
+        "root = pkgs.writeTextDir \"index.html\" services.nginx.page;",
+        "allowedTCPPorts = [ services.nginx.port ];",
+    ] {
+        assert!(
+            grey_area.contains(code),
+            "vm-configs/{nginx_machine}.nix lacks `{code}`"
+        );
+    }
+
+    // Both lab.toml: every machine's sshd on the same guest port, as the same user.
+    for lab in [".", "fixtures/lab"] {
+        let spec = harness::lab::LabSpec::load(&repo_root().join(lab)).expect("lab.toml");
+        let ssh = spec
+            .ssh
+            .unwrap_or_else(|| panic!("{lab}/lab.toml has no [ssh]"));
+        assert_eq!(
+            (ssh.port, ssh.user.as_str()),
+            (22, "root"),
+            "{lab}/lab.toml [ssh]"
+        );
+    }
+
+    // The fixture lab: every machine's generation carries the settings; only grey-area nginx.
+    let built = build_fixture(&MACHINES);
+    for machine in MACHINES {
+        // `nix build --json` does not keep the attributes' order: find each by its name.
+        let top = built
+            .iter()
+            .find(|p| {
+                p.to_string_lossy()
+                    .ends_with(&format!("-labtest-system-{machine}"))
+            })
+            .unwrap_or_else(|| panic!("no toplevel of {machine} among {built:?}"));
+        let config = read(&top.join("etc/ssh/sshd_config"));
+        for (key, value) in sshd {
+            let value = match value {
+                serde_json::Value::Bool(b) => (if *b { "yes" } else { "no" }).to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                other => panic!("services.json: sshd.{key} = {other}: expected a bool or string"),
+            };
+            let lines: Vec<&str> = config
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some(key.as_str()))
+                .collect();
+            assert_eq!(
+                lines,
+                [format!("{key} {value}")],
+                "{machine}'s sshd_config: expected exactly one `{key} {value}`:\n{config}"
+            );
+        }
+        let target = read(&top.join("units/labtest.target"));
+        assert!(
+            target.contains("sshd.service"),
+            "{machine}'s labtest.target does not start sshd.service:\n{target}"
+        );
+        assert!(
+            top.join("units/sshd.service").is_file(),
+            "{machine}: no sshd.service"
+        );
+        let conf = top.join("etc/nginx/nginx.conf");
+        if machine == nginx_machine {
+            let conf = read(&conf);
+            assert!(
+                conf.contains(&format!("listen 0.0.0.0:{port} default_server;"))
+                    && conf.contains("server_tokens off;"),
+                "{machine}'s nginx.conf:\n{conf}"
+            );
+            assert_eq!(read(&top.join("share/www/index.html")), page);
+            assert!(target.contains("nginx.service"), "{target}");
+        } else {
+            assert!(
+                !conf.exists(),
+                "{machine} runs nginx, only {nginx_machine} should"
+            );
+        }
+    }
+}

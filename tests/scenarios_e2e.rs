@@ -1,6 +1,8 @@
 //! Tier 4: a lab restored from the fixture lab's Ready snapshot, kept up with `labtest up` and
-//! driven from the CLI as a user does between incidents: it stays Ready for two minutes and takes
-//! a rebuild and a rollback. (Each scenario is a test of its own in tests/scenarios.rs.)
+//! driven from the CLI as a user does between incidents: it stays Ready for two minutes, takes
+//! a rebuild and a rollback, lets an admin in with `labtest ssh` and `labtest journal`, serves
+//! nginx beside Kubernetes, and takes ssh again after a restore of a snapshot it saved. (Each
+//! scenario is a test of its own in tests/scenarios.rs.)
 mod support;
 
 use std::time::Duration;
@@ -165,7 +167,276 @@ fn a_restored_lab_stays_ready_untainted_and_takes_a_rebuild_and_a_rollback() {
         String::from_utf8_lossy(&rolled.stderr)
     );
     wait_label("");
+
+    // SSH and the journal, as an admin between incidents; then the same on a lab restored from
+    // a snapshot this lab saved after its key was let in (the restored lab has a key of its
+    // own, so the snapshot's authorized_keys hold a stranger's).
+    ssh_and_journal(&labtest);
+    nginx_answers_from_the_other_machines(&labtest);
+    // When this test is the suite's first lab test, this lab booted and saved Ready: this is
+    // its second save, which must restore once the lab is down.
+    let saved = labtest(&["snapshot", "save", "ssh-e2e"])
+        .output()
+        .expect("labtest snapshot save");
+    let said = String::from_utf8_lossy(&saved.stdout).into_owned();
     let _ = labtest(&["down"]).output();
+    assert!(
+        saved.status.success(),
+        "labtest snapshot save: {said}{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let up = labtest(&["up", "--from", "ssh-e2e"])
+        .output()
+        .expect("labtest up --from");
+    let _ = labtest(&["snapshot", "rm", "ssh-e2e"]).output();
+    if !up.status.success() {
+        panic!(
+            "labtest up --from ssh-e2e failed:\n{}{}",
+            String::from_utf8_lossy(&up.stdout),
+            String::from_utf8_lossy(&up.stderr)
+        );
+    }
+    let again = labtest(&[
+        "ssh",
+        "limiting-factor",
+        "--",
+        "cat",
+        "/root/.ssh/authorized_keys",
+    ])
+    .timeout(Duration::from_secs(120))
+    .output()
+    .expect("labtest ssh");
+    let keys = String::from_utf8_lossy(&again.stdout).into_owned();
+    let _ = labtest(&["down"]).output();
+    assert!(
+        again.status.success() && keys.lines().filter(|l| l.contains("labtest@")).count() >= 2,
+        "ssh into a lab restored from a snapshot made with another key: expected success and \
+         both labs' keys in authorized_keys:\n{keys}{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+type Labtest<'a> = &'a dyn Fn(&[&str]) -> Command;
+
+/// What `labtest ssh` and `labtest journal` must do on the fixture lab: one command with its
+/// status and output passed through, an interactive session on a pseudo-terminal, the journal
+/// (which shows the login was by key), sshd as strict as the NixOS lab's, and a clear error
+/// when a machine's sshd is down. Tears the lab down on a failure.
+fn ssh_and_journal(labtest: Labtest) {
+    let check = |ok: bool, what: &str, out: &std::process::Output| {
+        if !ok {
+            let _ = labtest(&["down"]).output();
+            panic!(
+                "{what}: exit {:?}\nstdout: {}\nstderr: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let run = |args: &[&str]| {
+        labtest(args)
+            .timeout(Duration::from_secs(120))
+            .output()
+            .expect("labtest")
+    };
+    let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+    let one = run(&["ssh", "grey-area", "--", "hostname"]);
+    check(
+        one.status.success() && text(&one) == "grey-area\n",
+        "labtest ssh grey-area -- hostname",
+        &one,
+    );
+    // Several words reach the remote shell word for word; the status comes back.
+    let status = run(&[
+        "ssh",
+        "limiting-factor",
+        "--",
+        "sh",
+        "-c",
+        "echo \"it's $(hostname)\"; echo oops >&2; exit 7",
+    ]);
+    check(
+        status.status.code() == Some(7)
+            && text(&status) == "it's limiting-factor\n"
+            && String::from_utf8_lossy(&status.stderr).contains("oops"),
+        "labtest ssh limiting-factor -- sh -c '...; exit 7'",
+        &status,
+    );
+    // Through sshd on the guest's port 22 (the harness's forward), not the guest channel.
+    let via = run(&["ssh", "congenital-optimist", "--", "echo $SSH_CONNECTION"]);
+    check(
+        via.status.success() && text(&via).trim_end().ends_with(" 22"),
+        "labtest ssh congenital-optimist: SSH_CONNECTION ending in sshd's port 22",
+        &via,
+    );
+    // sshd as strict as NixOS's services.openssh with vm-configs/services.json.
+    let strict = run(&["ssh", "grey-area", "--", "sshd -T"]);
+    let effective = text(&strict);
+    // `sshd -T` names prohibit-password by its older synonym, without-password.
+    for lines in [
+        &["passwordauthentication no"][..],
+        &["kbdinteractiveauthentication no"],
+        &[
+            "permitrootlogin without-password",
+            "permitrootlogin prohibit-password",
+        ],
+        &["x11forwarding no"],
+    ] {
+        check(
+            strict.status.success() && effective.lines().any(|l| lines.contains(&l)),
+            &format!("sshd -T on grey-area: expected `{}`", lines[0]),
+            &strict,
+        );
+    }
+
+    // Interactive: a login shell on a pseudo-terminal (script(1) gives `labtest ssh` one, as a
+    // terminal would), its exit status passed through.
+    let labtest_bin = assert_cmd::cargo::cargo_bin("labtest");
+    let lab = support::repo_root().join("fixtures/lab");
+    let mut script = std::process::Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} --lab {} ssh limiting-factor",
+            labtest_bin.display(),
+            lab.display()
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) (util-linux)");
+    {
+        use std::io::Write;
+        let stdin = script.stdin.as_mut().expect("script's stdin");
+        stdin
+            .write_all(b"tty; echo marker-$((6*7)) $(hostname); exit 3\n")
+            .expect("typing into the session");
+    }
+    // stdin stays open until the session ends: an EOF would end it early.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = script.try_wait().expect("waiting for script") {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = script.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(script.stdin.take());
+    let out = script.wait_with_output().expect("script's output");
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    check(
+        status.and_then(|s| s.code()) == Some(3)
+            && seen.contains("/dev/pts/")
+            && seen.contains("marker-42 limiting-factor"),
+        "an interactive labtest ssh under a pseudo-terminal: a tty, the command's output, exit 3",
+        &out,
+    );
+
+    // The journal, as an admin reads it: sshd's shows the logins above were by the lab key.
+    let journal = run(&["journal", "grey-area", "sshd.service"]);
+    check(
+        journal.status.success()
+            && text(&journal).contains("Accepted publickey for root from")
+            && text(&journal).contains("ED25519"),
+        "labtest journal grey-area sshd.service: a key login of root",
+        &journal,
+    );
+    // --follow keeps printing until stopped; here the deadline stops it.
+    let follow = run(&[
+        "--timeout",
+        "15",
+        "journal",
+        "limiting-factor",
+        "kubelet.service",
+        "-f",
+    ]);
+    check(
+        follow.status.code() == Some(2)
+            && text(&follow).contains("kubelet")
+            && String::from_utf8_lossy(&follow.stderr).contains("did not finish within 15s"),
+        "labtest journal limiting-factor kubelet.service --follow under --timeout 15",
+        &follow,
+    );
+
+    // A machine whose sshd is down: a clear error, and ssh works again once it is back.
+    let stop = run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "systemctl",
+        "stop",
+        "sshd.service",
+    ]);
+    check(stop.status.success(), "systemctl stop sshd.service", &stop);
+    let refused = run(&["ssh", "grey-area", "--", "true"]);
+    let start = run(&[
+        "exec",
+        "grey-area",
+        "--",
+        "systemctl",
+        "start",
+        "sshd.service",
+    ]);
+    check(
+        refused.status.code() == Some(2)
+            && String::from_utf8_lossy(&refused.stderr)
+                .contains("grey-area has no SSH server answering"),
+        "labtest ssh to a machine whose sshd is stopped",
+        &refused,
+    );
+    check(
+        start.status.success(),
+        "systemctl start sshd.service",
+        &start,
+    );
+    let back = run(&["ssh", "grey-area", "--", "true"]);
+    check(
+        back.status.success(),
+        "labtest ssh once sshd is back",
+        &back,
+    );
+}
+
+/// nginx on grey-area serves the NixOS config's page (vm-configs/services.json) to the other
+/// machines, beside Kubernetes.
+fn nginx_answers_from_the_other_machines(labtest: Labtest) {
+    let services: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::repo_root().join("vm-configs/services.json"))
+            .expect("vm-configs/services.json"),
+    )
+    .expect("services.json is JSON");
+    let page = services["nginx"]["page"].as_str().expect("nginx.page");
+    for machine in ["congenital-optimist", "limiting-factor"] {
+        // bash's /dev/tcp: nothing the guest image might lack.
+        let out = labtest(&[
+            "exec",
+            machine,
+            "--",
+            "timeout 20 bash -c 'exec 3<>/dev/tcp/grey-area/80 && printf \"GET / HTTP/1.0\\r\\nHost: grey-area\\r\\n\\r\\n\" >&3 && cat <&3'",
+        ])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .expect("labtest exec curl");
+        let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        let served = answer.starts_with("HTTP/1.1 200 OK\r\n")
+            // server_tokens off: no version, as nixpkgs' nginx module has it by default.
+            && answer.contains("\r\nServer: nginx\r\n")
+            && answer.ends_with(&format!("\r\n\r\n{page}"));
+        if !(out.status.success() && served) {
+            let _ = labtest(&["down"]).output();
+            panic!(
+                "{machine}: expected grey-area's nginx page {page:?}, got exit {:?}: {answer}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
 
 /// Step back into a failure: a scenario file fails while a worker is partitioned from the

@@ -3,6 +3,9 @@
 # Hardware specifics (disks, boot loader, the real cluster NIC via labtest.clusterInterface) are
 # the owner's: see vm-configs/README.md.
 { pkgs, ... }:
+let
+  services = builtins.fromJSON (builtins.readFile ./services.json);
+in
 {
   imports = [ ./common.nix ];
 
@@ -16,12 +19,17 @@
     "node"
   ];
 
+  # The page and port both labs serve (./services.json; the fixture lab's grey-area serves the
+  # same with Debian's nginx, tests/nixos_lab_files.rs pins the pair).
   services.nginx = {
     enable = true;
+    # nixpkgs' services/web-servers/nginx/default.nix: the port a virtual host without
+    # listen.port gets (default 80).
+    defaultHTTPListenPort = services.nginx.port;
     virtualHosts."grey-area" = {
       default = true;
-      root = pkgs.writeTextDir "index.html" "grey-area: nginx beside Kubernetes\n";
+      root = pkgs.writeTextDir "index.html" services.nginx.page;
     };
   };
-  networking.firewall.allowedTCPPorts = [ 80 ];
+  networking.firewall.allowedTCPPorts = [ services.nginx.port ];
 }

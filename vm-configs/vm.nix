@@ -14,6 +14,9 @@ let
   # entry's "why" says what it is for; tests/nixos_lab_files.rs pins the pair). VM-only: they
   # are for TCG and for the scenarios' timings, not for the real machines.
   tuning = builtins.fromJSON (builtins.readFile ./tuning.json);
+  # sshd's settings both labs share (fixtures/lab/flake.nix renders the same file into the
+  # fixture's sshd_config; tests/nixos_lab_files.rs pins the pair).
+  services = builtins.fromJSON (builtins.readFile ./services.json);
 
   # MAC = 52:54:00:4c + the last two octets of the cluster address in hex (10.77.0.10 -> 00:0a),
   # the scheme the fixture lab and the harness use.
@@ -153,6 +156,26 @@ in
       environment = tuning.controlPlaneEnvironment;
     })
   );
+
+  # sshd (enabled in common.nix) as the harness reaches it: `labtest ssh` logs in as root with a
+  # key made for each lab and installed over the guest channel into /root/.ssh/authorized_keys
+  # (nixpkgs' sshd.nix reads it: authorizedKeysInHomedir defaults to true and puts
+  # .ssh/authorized_keys into AuthorizedKeysFile), through a free host port on 127.0.0.1 the
+  # harness forwards to port 22 with QEMU_NET_OPTS (hostfwd=tcp:127.0.0.1:PORT-:22), like the
+  # apiserver's. Not virtualisation.forwardPorts: that bakes one fixed host port into the run
+  # script, and two labs restored from one snapshot at once (or a lab beside a user's sshd)
+  # would fight over it; the user-mode NIC stays restrictNetwork (restrict=on) either way.
+  # openFirewall (default true) opens 22 on user0. No password of any kind: settings from
+  # ./services.json (PasswordAuthentication and KbdInteractiveAuthentication off, which the
+  # module leaves on; PermitRootLogin its default prohibit-password, stated). VM-only: the real
+  # machines' login policy is their owner's (the same settings are a good idea there too).
+  # Option names as nixpkgs' services/networking/ssh/sshd.nix has them since `settings`
+  # replaced passwordAuthentication & co (read from a stored copy of the current module; the
+  # stored NixOS/nixpkgs copies, 408b8b57 and 00976b19, predate `settings`).
+  services.openssh = {
+    settings = services.sshd;
+    authorizedKeysInHomedir = true;
+  };
 
   # Direct kernel boot; `switch-to-configuration switch` must not try to install GRUB.
   boot.loader.grub.enable = false;

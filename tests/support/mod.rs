@@ -41,12 +41,14 @@ pub fn guest_dir() -> &'static str {
     DIR.get_or_init(|| script_output(&repo_root().join("fixtures/guest/build.sh"), &[], &[]))
 }
 
-/// The fixture lab's spec without Kubernetes: machines and network only, for the VM tier.
+/// The fixture lab's spec without Kubernetes or sshd: machines and network only, for the VM tier.
 pub fn vm_spec() -> LabSpec {
     let spec = LabSpec::load(&repo_root().join("fixtures/lab")).expect("fixtures/lab/lab.toml");
     LabSpec {
         kubernetes: None,
         generations: Vec::new(),
+        // The bare guest runs no sshd: only the fixture lab's generations start one.
+        ssh: None,
         ..spec
     }
 }

@@ -164,6 +164,10 @@ impl LabBuilder {
             if let Some((_, port)) = master.as_ref().filter(|(m, _)| *m == spec.name) {
                 builder = builder.forward(*port);
             }
+            // Every machine's sshd, for `labtest ssh`: on 127.0.0.1 only, like every forward.
+            if let Some(ssh) = &self.spec.ssh {
+                builder = builder.forward(ssh.port);
+            }
             let params: Vec<&str> = self
                 .kernel_params
                 .iter()
@@ -193,6 +197,7 @@ impl LabBuilder {
                 created: s.meta.created,
                 first_saved: s.meta.first_saved(),
             })),
+            ssh_key: tokio::sync::Mutex::new(()),
         };
         let deadline = started + self.boot_timeout;
         match &self.snapshot {

@@ -6,6 +6,7 @@ mod boot;
 mod build;
 mod inject;
 mod spec;
+mod ssh;
 mod state_dir;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ use crate::vm::{Machine, VmError};
 
 pub use boot::{LabBuilder, NODE_NICE};
 pub use build::{build, build_attr, lab_nix};
-pub use spec::{GenerationSpec, KubernetesSpec, LabSpec, MachineSpec, NetworkSpec};
+pub use spec::{GenerationSpec, KubernetesSpec, LabSpec, MachineSpec, NetworkSpec, SshSpec};
+pub use ssh::{journal_command, SshAccess, SshError};
 pub use state_dir::remove_orphaned_state_dirs;
 
 /// Why a lab could not be read, built, booted, faulted or torn down. Messages leave the cause
@@ -76,6 +78,9 @@ pub enum LabError {
     /// Saving or loading a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// No SSH session can be had (no sshd, no key).
+    #[error(transparent)]
+    Ssh(#[from] SshError),
     /// The lab's state dir (disks, sockets, logs) could not be made.
     #[error("lab state dir: {0}")]
     StateDir(std::io::Error),
@@ -185,6 +190,8 @@ pub struct Lab {
     /// The snapshot its disks lie above: the one it was restored from, then the one it saved
     /// last. A snapshot of this lab lies above that one's disks.
     restored_from: std::sync::Mutex<Option<BaseSnapshot>>,
+    /// Held while the lab's SSH key is made, so two first `labtest ssh` get one key.
+    ssh_key: tokio::sync::Mutex<()>,
 }
 
 impl Lab {

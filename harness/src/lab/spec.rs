@@ -35,6 +35,8 @@ pub struct LabSpec {
     /// Named system generations `labtest rebuild --generation` can switch to (`[[generation]]`).
     #[serde(default, rename = "generation")]
     pub generations: Vec<GenerationSpec>,
+    /// Every machine runs an OpenSSH server (`labtest ssh`); absent: none does.
+    pub ssh: Option<SshSpec>,
 }
 
 fn default_vm_attr() -> String {
@@ -82,6 +84,27 @@ pub struct KubernetesSpec {
     pub kubelet_unit: String,
     /// The container image the scenarios' pods run.
     pub workload_image: String,
+}
+
+/// `[ssh]`: every machine of the lab runs sshd, reached through a host port forward on
+/// 127.0.0.1 with a key the harness makes for the lab.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    /// sshd's port in the guest, forwarded to a free host port on every machine.
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Whom `labtest ssh` logs in as; the lab key is installed for this user.
+    #[serde(default = "default_ssh_user")]
+    pub user: String,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+fn default_ssh_user() -> String {
+    "root".into()
 }
 
 /// `[[generation]]`: a named system for one machine, to switch to with `labtest rebuild`.
@@ -272,6 +295,19 @@ fn validate(spec: &LabSpec) -> Result<(), String> {
     }
     if let Some(k8s) = &spec.kubernetes {
         validate_kubernetes(spec, k8s)?;
+    }
+    if let Some(ssh) = &spec.ssh {
+        if ssh.port == 0 {
+            return Err("[ssh] port = 0: expected sshd's port in the guest, 1-65535".into());
+        }
+        // The name goes into a guest shell command and the home directory lookup.
+        let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        if ssh.user.is_empty() || !ssh.user.chars().all(plain) || ssh.user.starts_with('-') {
+            return Err(format!(
+                "[ssh] user = {:?}: expected a user name (a-z, 0-9, '_', '-')",
+                ssh.user
+            ));
+        }
     }
     let mut generations = BTreeSet::new();
     for generation in &spec.generations {
@@ -477,8 +513,10 @@ workload_image = "labtest/workload:1"
             ("kubelet_unit = \"kubelet.service\"", "kubelet_unit = \"kubelet.service\"\njoin_command = \"join\"", "join_token_command and join_command go together"),
             ("kubelet_unit = \"kubelet.service\"", "kubelet_unit = \"kubelet.service\"\njoin_command = \" \"\njoin_token_command = \"cat t\"", "join_command: expected a shell command"),
             ("vm_attr = \"vm\"", "vm_attr = \"\"", "vm_attr: expected a value"),
+            ("[ssh]\nport = 22", "[ssh]\nport = 0", "[ssh] port = 0: expected sshd's port"),
+            ("user = \"root\"", "user = \"root; rm\"", "[ssh] user = \"root; rm\": expected a user name"),
         ];
-        let spec = format!("vm_attr = \"vm\"\n{GOOD}");
+        let spec = format!("vm_attr = \"vm\"\n{GOOD}\n[ssh]\nport = 22\nuser = \"root\"\n");
         LabSpec::parse(&spec, Path::new("lab.toml")).unwrap();
         for (from, to, expected) in cases {
             assert!(

@@ -15,6 +15,10 @@
 //!   block device.
 //! * The restoring QEMU must get the same devices: the same run script and accelerator options.
 //!   Backends may differ (sockets, host ports, the hub): each restored lab has its own.
+//! * A machine saved twice in one life runs after the first save on an overlay that names the
+//!   first frozen disk by its state-dir path: the second save keeps a copy of that overlay
+//!   whose header names the first snapshot's disk instead ([`Machine::kept_at`]), so it
+//!   restores once the lab is gone (found 2026-12-07 by tests/scenarios_e2e.rs).
 //! * The guest's clocks do not see the gap: its wall clock resumes from the moment of the save
 //!   and lags the host by the snapshot's age, CLOCK_MONOTONIC continues without a jump (measured).
 //!   Machines saved and resumed together keep their mutual offsets, which is what Kubernetes'
