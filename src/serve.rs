@@ -234,12 +234,10 @@ async fn status_text(lab: &Lab) -> String {
         let state = if !machine.is_running() {
             "off".to_string()
         } else {
-            // A machine saved while frozen stays stopped in QEMU's "postmigrate": frozen all the same.
-            match machine.qmp_status().await {
-                Ok(status) if harness::vm::is_stopped(&status) => "paused".to_string(),
-                Ok(status) => status,
-                Err(e) => format!("unknown ({e})"),
-            }
+            machine
+                .qmp_status()
+                .await
+                .unwrap_or_else(|e| format!("unknown ({e})"))
         };
         text.push_str(&format!(
             "  {:<22} {:<9} console {}\n",

@@ -104,10 +104,25 @@ impl ArtifactsDir {
         unit: &str,
         text: &str,
     ) -> Result<PathBuf, ArtifactsError> {
-        let relative = Path::new("machines")
-            .join(file_name(machine))
-            .join(format!("journal-{}.txt", file_name(unit)));
-        self.write_text(relative, text, &format!("journal of {unit} on {machine}"))
+        self.write_text(
+            machine_file(machine, &format!("journal-{}.txt", file_name(unit))),
+            text,
+            &format!("journal of {unit} on {machine}"),
+        )
+    }
+
+    /// Saves where `machine`'s vCPUs were when its guest did not answer after `what` failed.
+    pub fn write_vcpus(
+        &self,
+        machine: &str,
+        what: &str,
+        text: &str,
+    ) -> Result<PathBuf, ArtifactsError> {
+        self.write_text(
+            machine_file(machine, &format!("vcpus-after-{}.txt", file_name(what))),
+            text,
+            &format!("{machine}'s vCPUs: its guest did not answer"),
+        )
     }
 
     /// Saves Kubernetes state (`kubectl describe nodes`, events, pod lists) under `kube/`.
@@ -182,6 +197,11 @@ impl ArtifactsDir {
 /// A machine, unit or topic name as one safe file name: names come from lab specs and
 /// systemd (`kubelet.service`, `serial-getty@ttyS0.service`), so keep what is readable
 /// and replace what could make a path.
+/// `machines/<machine>/<file>`: where a machine's own evidence goes.
+fn machine_file(machine: &str, file: &str) -> PathBuf {
+    Path::new("machines").join(file_name(machine)).join(file)
+}
+
 fn file_name(name: &str) -> String {
     let cleaned: String = name
         .chars()

@@ -291,6 +291,15 @@ impl SnapshotMeta {
             .as_ref()
             .map_or(self.created, |b| b.first_saved.min(self.created))
     }
+
+    /// This snapshot as the base of a lab restored from it, or of a later save.
+    pub fn as_base(&self) -> BaseSnapshot {
+        BaseSnapshot {
+            name: self.name.clone(),
+            created: self.created,
+            first_saved: self.first_saved(),
+        }
+    }
 }
 
 /// The faults a snapshot holds beyond its machines' own state.
@@ -951,14 +960,6 @@ mod tests {
         store.commit(&part, &meta).unwrap()
     }
 
-    fn base_of(snapshot: &Snapshot) -> Option<BaseSnapshot> {
-        Some(BaseSnapshot {
-            name: snapshot.meta.name.clone(),
-            created: snapshot.meta.created,
-            first_saved: snapshot.meta.first_saved(),
-        })
-    }
-
     /// A failure snapshot's disks lie above the Ready snapshot the run restored: once that one
     /// is saved again, the failure cannot be put back together, and lookup says why.
     #[test]
@@ -971,7 +972,7 @@ mod tests {
             ..m
         });
         save_as(&store, &k, "failed-x", |m| SnapshotMeta {
-            base: base_of(&ready),
+            base: Some(ready.meta.as_base()),
             ..m
         });
         store
@@ -1006,7 +1007,7 @@ mod tests {
             ..m
         });
         save_as(&store, &k, "failed-x", |m| SnapshotMeta {
-            base: base_of(&ready),
+            base: Some(ready.meta.as_base()),
             ..m
         });
         let text = store
@@ -1040,7 +1041,7 @@ mod tests {
         let middle = failed("failed-middle", 200, None);
         // A snapshot a user saved from a restored failure lies above it: that one stays.
         save_as(&store, &k, "mine", |m| SnapshotMeta {
-            base: base_of(&middle),
+            base: Some(middle.meta.as_base()),
             ..m
         });
         failed("failed-new", 100, None);

@@ -8,7 +8,7 @@ use super::{Lab, LabError, LabSpec};
 use crate::events::{EventKind, Events};
 use crate::net::Hub;
 use crate::sampler::{Sampler, SamplerConfig};
-use crate::snapshot::{BaseSnapshot, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::vm::cpus::HostCpus;
 use crate::vm::{Accel, Machine, MachineBuilder, DEFAULT_BOOT_TIMEOUT};
 
@@ -192,11 +192,7 @@ impl LabBuilder {
             events: events.clone(),
             up_in: Duration::ZERO,
             sampler: None,
-            restored_from: std::sync::Mutex::new(self.snapshot.as_ref().map(|s| BaseSnapshot {
-                name: s.meta.name.clone(),
-                created: s.meta.created,
-                first_saved: s.meta.first_saved(),
-            })),
+            restored_from: std::sync::Mutex::new(self.snapshot.as_ref().map(|s| s.meta.as_base())),
             ssh_key: tokio::sync::Mutex::new(()),
         };
         let deadline = started + self.boot_timeout;

@@ -363,7 +363,7 @@ impl Lab {
             futures::future::join_all(self.machines.iter().map(|m| m.qmp_status())).await;
         let mut frozen = Vec::new();
         for (machine, status) in self.machines.iter().zip(statuses) {
-            if crate::vm::is_stopped(&status?) {
+            if status? == "paused" {
                 frozen.push(machine.name().to_string());
             }
         }
@@ -434,11 +434,7 @@ impl Lab {
             machine.kept_at(&snapshot.machine(machine.name()).disk);
         }
         if let Ok(mut base) = self.restored_from.lock() {
-            *base = Some(BaseSnapshot {
-                name: meta.name.clone(),
-                created: meta.created,
-                first_saved: meta.first_saved(),
-            });
+            *base = Some(meta.as_base());
         }
         events.emit(EventKind::SnapshotSaved {
             snapshot: name.to_string(),

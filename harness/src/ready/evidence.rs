@@ -68,13 +68,7 @@ pub async fn capture_failure(
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let _ = artifacts.write_text(
-                std::path::Path::new("machines")
-                    .join(machine.name())
-                    .join(format!("vcpus-after-{what}.txt")),
-                &text,
-                &format!("{}'s vCPUs: its guest did not answer", machine.name()),
-            );
+            let _ = artifacts.write_vcpus(machine.name(), what, &text);
             continue;
         }
         let text = machine.unit_evidence(&unit).await;

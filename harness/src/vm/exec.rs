@@ -40,12 +40,7 @@ impl Machine {
                 return Ok(None);
             };
             match guard.as_mut() {
-                Some(qmp) => qmp
-                    .status(QMP_TIMEOUT)
-                    .await
-                    .ok()
-                    .as_deref()
-                    .is_some_and(super::faults::is_stopped),
+                Some(qmp) => qmp.status(QMP_TIMEOUT).await.ok().as_deref() == Some("paused"),
                 None => false,
             }
         };

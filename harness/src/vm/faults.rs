@@ -96,15 +96,9 @@ impl Machine {
         Ok(text)
     }
 
-    /// Whether the machine's CPUs are stopped by a freeze: QMP says "paused", or "postmigrate"
-    /// when a snapshot was saved while it was frozen (QEMU leaves a saved machine in that state
-    /// until it continues, and a `stop` does not change it).
+    /// Whether the machine's CPUs are paused: frozen, or saved while frozen.
     pub async fn is_frozen(&self) -> bool {
-        self.qmp_status()
-            .await
-            .ok()
-            .as_deref()
-            .is_some_and(is_stopped)
+        self.qmp_status().await.ok().as_deref() == Some("paused")
     }
 
     /// The state QMP reports: "running", "paused", ...
@@ -220,9 +214,4 @@ impl Machine {
         });
         Ok(())
     }
-}
-
-/// A QMP run state in which the guest's CPUs do not run and will not until a `cont`.
-pub fn is_stopped(status: &str) -> bool {
-    matches!(status, "paused" | "postmigrate")
 }

@@ -15,7 +15,6 @@ pub mod channel;
 pub mod cpus;
 mod exec;
 mod faults;
-pub use faults::is_stopped;
 pub mod qmp;
 pub mod sample;
 pub mod spawn;
@@ -362,10 +361,10 @@ pub struct Machine {
     /// Whether the lab NIC's carrier was last set down ([`Machine::set_link`]): QMP has no
     /// query for it, and a snapshot must carry it.
     link_down: std::sync::atomic::AtomicBool,
-    /// The disk the last save froze, and where its snapshot keeps it once committed
+    /// Where the snapshot of the last save keeps the disk it froze, once committed
     /// ([`Machine::kept_at`]): the overlay the machine runs on names that disk by its
     /// state-dir path, which goes with the lab.
-    kept_disk: std::sync::Mutex<state::KeptDisk>,
+    kept_disk: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// What [`Machine::start`] and [`Machine::reboot`] observed.
@@ -420,7 +419,7 @@ impl Machine {
             starts: std::sync::atomic::AtomicU32::new(0),
             disk: std::sync::Mutex::new(disk),
             link_down: std::sync::atomic::AtomicBool::new(false),
-            kept_disk: std::sync::Mutex::new(state::KeptDisk::default()),
+            kept_disk: std::sync::Mutex::new(None),
         })
     }
 

@@ -130,10 +130,13 @@ impl Qmp {
     /// `query-status`'s `status` field: "running", "paused", "shutdown", ...
     pub async fn status(&mut self, timeout: Duration) -> Result<String, QmpError> {
         let value = self.execute("query-status", None, timeout).await?;
-        value["status"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.protocol(format!("query-status without a status: {value}")))
+        match value["status"].as_str() {
+            // QEMU leaves a machine saved while stopped in "postmigrate", and a `stop` does not
+            // change it: its CPUs are paused all the same until a `cont`.
+            Some("postmigrate") => Ok("paused".to_string()),
+            Some(status) => Ok(status.to_string()),
+            None => Err(self.protocol(format!("query-status without a status: {value}"))),
+        }
     }
 
     async fn read_message(&mut self) -> Result<Value, QmpError> {

@@ -82,7 +82,7 @@ impl Machine {
     pub async fn save_state(&self, into: &SavedState, timeout: Duration) -> Result<(), VmError> {
         let started = Instant::now();
         let status = self.qmp_status().await?;
-        if !super::faults::is_stopped(&status) {
+        if status != "paused" {
             return Err(self.state_error(&format!(
                 "saving its state: expected a paused machine, it is {status}"
             )));
@@ -156,17 +156,15 @@ impl Machine {
         // save freezes the overlay the machine went on with after the earlier one, and that
         // names the earlier frozen disk by its state-dir path: the kept copy must name the
         // snapshot that kept it instead, or it cannot be restored once the lab is down.
-        let earlier = self.kept_disk.lock().ok().and_then(|k| k.kept.clone());
+        let earlier = self.kept_disk.lock().ok().and_then(|k| k.clone());
         match earlier {
             Some(earlier) => copy_onto(&frozen, &into.disk, &earlier),
             None => link_or_copy(&frozen, &into.disk),
         }
         .map_err(|e| self.io("keeping the frozen disk", e))?;
+        // Until its snapshot is committed the disk just frozen is kept nowhere else.
         if let Ok(mut kept) = self.kept_disk.lock() {
-            *kept = KeptDisk {
-                frozen: Some(frozen),
-                kept: None,
-            };
+            *kept = None;
         }
         tracing::info!(
             "{} saved in {:.2}s: {} bytes of state",
@@ -326,21 +324,12 @@ pub fn file_size(path: &Path) -> u64 {
 
 /// A hard link where the file system allows (the frozen disk is never written again), a copy
 /// elsewhere.
-/// The disk a machine's last save froze, and where it is kept for good ([`Machine::kept_at`]).
-#[derive(Debug, Default)]
-pub(crate) struct KeptDisk {
-    frozen: Option<PathBuf>,
-    kept: Option<PathBuf>,
-}
-
 impl Machine {
     /// The snapshot that holds this machine's last save is committed, its disk at `kept`: a
     /// later save's disk will lie above that file, not above the lab's state dir.
     pub fn kept_at(&self, kept: &Path) {
         if let Ok(mut disk) = self.kept_disk.lock() {
-            if disk.frozen.is_some() {
-                disk.kept = Some(std::path::absolute(kept).unwrap_or_else(|_| kept.to_path_buf()));
-            }
+            *disk = Some(std::path::absolute(kept).unwrap_or_else(|_| kept.to_path_buf()));
         }
     }
 }
