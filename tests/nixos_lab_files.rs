@@ -269,7 +269,7 @@ fn flake_outputs_have_the_names_the_harness_uses() {
 /// vm-configs/tuning.json, the settings both labs share, and where each key lands in the NixOS
 /// lab: the line of vm-configs/vm.nix that assigns it to the nixpkgs option carrying it. A key
 /// added to the file without a row here fails the test, so no setting reaches one lab only.
-const TUNING_IN_NIXOS: [(&str, &str); 5] = [
+const TUNING_IN_NIXOS: [(&str, &str); 6] = [
     ("kernelParams", "boot.kernelParams = tuning.kernelParams;"),
     (
         "apiserverFlags",
@@ -287,7 +287,15 @@ const TUNING_IN_NIXOS: [(&str, &str); 5] = [
         "controlPlaneEnvironment",
         "environment = tuning.controlPlaneEnvironment;",
     ),
+    (
+        "timerSlackNSec",
+        "(_: enabled: lib.mkIf enabled { serviceConfig.TimerSlackNSec = tuning.timerSlackNSec; })",
+    ),
 ];
+
+/// The Go daemons of Kubernetes on every machine and, on the master, besides them: the units
+/// that get tuning.json's timer slack in both labs (the NixOS lab adds the daemons only it runs).
+const GO_DAEMONS: [&str; 2] = ["containerd", "kubelet"];
 
 /// The units of the fixture master that get the control-plane environment; vm.nix names the
 /// same four (checked below).
@@ -396,6 +404,20 @@ fn every_tuned_setting_reaches_both_labs() {
             "vm-configs/vm.nix does not give tuning.{key} to the NixOS lab (expected `{assignment}`)"
         );
     }
+    let nixos_enables = [
+        "containerd = config.virtualisation.containerd.enable;",
+        "kubelet = k8s.kubelet.enable;",
+        "etcd = config.services.etcd.enable;",
+        "kube-apiserver = k8s.apiserver.enable;",
+        "kube-controller-manager = k8s.controllerManager.enable;",
+        "kube-scheduler = k8s.scheduler.enable;",
+    ];
+    for enable in nixos_enables {
+        assert!(
+            flat.contains(enable),
+            "vm-configs/vm.nix should give the timer slack to every unit the fixture gives it (missing `{enable}`)"
+        );
+    }
     let units = CONTROL_PLANE_UNITS.map(|u| format!("\"{u}\"")).join(" ");
     assert!(
         flat.contains(&format!("lib.genAttrs [ {units} ]")),
@@ -403,8 +425,26 @@ fn every_tuned_setting_reaches_both_labs() {
     );
 
     // The fixture lab: its run scripts and the master's units carry every value.
-    let built = build_fixture(&["vm", "grey-area"]);
-    let (vm, master) = (&built[0], &built[1]);
+    let built = build_fixture(&["vm", "grey-area", "limiting-factor"]);
+    let (vm, master, node) = (&built[0], &built[1], &built[2]);
+    let slack = tuning["timerSlackNSec"]
+        .as_str()
+        .expect("tuning.json: timerSlackNSec should be a string");
+    let slack_line = format!("TimerSlackNSec={slack}");
+    for (toplevel, daemons) in [
+        (master, [&GO_DAEMONS[..], &CONTROL_PLANE_UNITS[..]].concat()),
+        (node, GO_DAEMONS.to_vec()),
+    ] {
+        for daemon in daemons {
+            let drop_in = toplevel.join(format!("units/{daemon}.service.d/timer-slack.conf"));
+            let text = read(&drop_in);
+            assert!(
+                text.lines().any(|l| l == slack_line),
+                "{} should say {slack_line}:\n{text}",
+                drop_in.display()
+            );
+        }
+    }
     for machine in MACHINES {
         let script = read(&vm.join(format!("bin/run-{machine}-vm")));
         for param in strings(&tuning["kernelParams"], "kernelParams") {

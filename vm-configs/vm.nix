@@ -9,7 +9,8 @@
 let
   lab = import ./lab-network.nix;
   me = lab.machines.${config.networking.hostName};
-  isMaster = lib.elem "master" config.services.kubernetes.roles;
+  k8s = config.services.kubernetes;
+  isMaster = lib.elem "master" k8s.roles;
   # The settings the fixture lab gets too (fixtures/lab/flake.nix reads the same file; each
   # entry's "why" says what it is for; tests/nixos_lab_files.rs pins the pair). VM-only: they
   # are for TCG and for the scenarios' timings, not for the real machines.
@@ -151,11 +152,33 @@ in
   # --leader-elect=${boolToString cfg.leaderElect} (default true).
   services.kubernetes.controllerManager.leaderElect = tuning.leaderElect;
   services.kubernetes.scheduler.leaderElect = tuning.leaderElect;
-  systemd.services = lib.mkIf isMaster (
-    lib.genAttrs [ "etcd" "kube-apiserver" "kube-controller-manager" "kube-scheduler" ] (_: {
-      environment = tuning.controlPlaneEnvironment;
-    })
-  );
+  systemd.services = lib.mkMerge [
+    (lib.mkIf isMaster (
+      lib.genAttrs [ "etcd" "kube-apiserver" "kube-controller-manager" "kube-scheduler" ] (_: {
+        environment = tuning.controlPlaneEnvironment;
+      })
+    ))
+    # Every Go daemon of this machine's Kubernetes gets tuning.json's timer slack (systemd.exec
+    # TimerSlackNSec=; the containers containerd starts inherit it). The fixture gives the same
+    # six units a drop-in (fixtures/lab/nix/system.sh); flannel, kube-proxy, certmgr and cfssl
+    # run only here and get it too. mkIf: a bare definition would create a unit with no
+    # ExecStart (as in common.nix).
+    (lib.mapAttrs
+      (_: enabled: lib.mkIf enabled { serviceConfig.TimerSlackNSec = tuning.timerSlackNSec; })
+      {
+        containerd = config.virtualisation.containerd.enable;
+        kubelet = k8s.kubelet.enable;
+        etcd = config.services.etcd.enable;
+        kube-apiserver = k8s.apiserver.enable;
+        kube-controller-manager = k8s.controllerManager.enable;
+        kube-scheduler = k8s.scheduler.enable;
+        kube-proxy = k8s.proxy.enable;
+        flannel = config.services.flannel.enable;
+        certmgr = config.services.certmgr.enable;
+        cfssl = config.services.cfssl.enable;
+      }
+    )
+  ];
 
   # sshd (enabled in common.nix) as the harness reaches it: `labtest ssh` logs in as root with a
   # key made for each lab and installed over the guest channel into /root/.ssh/authorized_keys
