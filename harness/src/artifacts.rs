@@ -194,14 +194,14 @@ impl ArtifactsDir {
     }
 }
 
-/// A machine, unit or topic name as one safe file name: names come from lab specs and
-/// systemd (`kubelet.service`, `serial-getty@ttyS0.service`), so keep what is readable
-/// and replace what could make a path.
 /// `machines/<machine>/<file>`: where a machine's own evidence goes.
 fn machine_file(machine: &str, file: &str) -> PathBuf {
     Path::new("machines").join(file_name(machine)).join(file)
 }
 
+/// A machine, unit or topic name as one safe file name: names come from lab specs and
+/// systemd (`kubelet.service`, `serial-getty@ttyS0.service`), so keep what is readable
+/// and replace what could make a path.
 fn file_name(name: &str) -> String {
     let cleaned: String = name
         .chars()

@@ -322,8 +322,6 @@ pub fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// A hard link where the file system allows (the frozen disk is never written again), a copy
-/// elsewhere.
 impl Machine {
     /// The snapshot that holds this machine's last save is committed, its disk at `kept`: a
     /// later save's disk will lie above that file, not above the lab's state dir.
@@ -358,6 +356,8 @@ fn copy_onto(from: &Path, to: &Path, backing: &Path) -> std::io::Result<()> {
     std::fs::rename(&part, to)
 }
 
+/// A hard link where the file system allows (the frozen disk is never written again), a copy
+/// elsewhere.
 fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(to);
     if std::fs::hard_link(from, to).is_ok() {
