@@ -479,6 +479,15 @@ fn every_tuned_setting_reaches_both_labs() {
             text.split_whitespace().any(|w| w == leader_elect),
             "the fixture's {name}.service lacks {leader_elect} (tuning.json leaderElect):\n{text}"
         );
+        // nixpkgs' controller-manager.nix and scheduler.nix pass neither: with them the two
+        // re-opened watches of a kube-system ConfigMap 0.6 times a second at idle (the
+        // apiserver's request counts), traffic the NixOS lab never makes.
+        for flag in ["--authentication-kubeconfig", "--authorization-kubeconfig"] {
+            assert!(
+                !text.contains(flag),
+                "the fixture's {name}.service passes {flag}, which the NixOS module does not:\n{text}"
+            );
+        }
     }
     let environment = tuning["controlPlaneEnvironment"]
         .as_object()
