@@ -509,9 +509,9 @@ async fn a_start_dropped_before_the_guest_answers_leaves_no_qemu() {
 }
 
 /// The sampler runs from the moment a lab is up: within ~20 s of a one-machine lab there are
-/// host samples of its QEMU (busy under TCG, so above zero, with its vCPU threads) and a guest
-/// sample with the guest's busiest processes - and sampling costs well under 2 % of a core on
-/// either side.
+/// host samples of its QEMU (busy and waking under TCG, so above zero, with its vCPU threads)
+/// and a guest sample with the guest's busiest processes - and sampling costs well under 2 % of
+/// a core on either side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_lab_is_sampled_on_the_host_and_in_the_guest() {
     let spec = support::vm_spec();
@@ -530,7 +530,9 @@ async fn a_running_lab_is_sampled_on_the_host_and_in_the_guest() {
         let events = recorder.events();
         let host = events.iter().any(|e| {
             matches!(&e.kind, EventKind::MachineSample { host, .. }
-                if host.cpu_pct > 0.0 && !host.vcpu_pct.is_empty() && host.rss_mib > 0.0)
+                if host.cpu_pct > 0.0 && !host.vcpu_pct.is_empty() && host.rss_mib > 0.0
+                    && host.wakeups_per_sec > 0.0
+                    && host.vcpu_wakeups_per_sec.len() == host.vcpu_pct.len())
         });
         let guest = events.iter().any(|e| {
             matches!(&e.kind, EventKind::MachineSample { guest: Some(g), .. } if !g.top.is_empty())

@@ -299,6 +299,17 @@ pub struct QemuUse {
     pub vcpu_pct: Vec<f64>,
     /// Its resident memory, MiB.
     pub rss_mib: f64,
+    /// Wake-ups a second (context switches, voluntary and not), all threads together. Under TCG
+    /// each guest timer wakes a vCPU thread from halt and goes through the main loop, so this
+    /// is what an idle lab's CPU follows and what a regression in the guests' timers moves: an
+    /// idle lab's vCPU threads woke 1100-1650 times a second each before the guests' daemons
+    /// got timer slack, 220-360 after. 0 in event logs from before it was sampled.
+    #[serde(default)]
+    pub wakeups_per_sec: f64,
+    /// Each vCPU thread's, in vCPU order, as [`QemuUse::vcpu_pct`]: the guest's timers show
+    /// there first. Empty in event logs from before it was sampled.
+    #[serde(default)]
+    pub vcpu_wakeups_per_sec: Vec<f64>,
 }
 
 /// The guest's own view over its (longer) sample interval. `user`, `system`, `iowait` and
@@ -654,5 +665,16 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_machine_sample_from_before_wake_ups_still_reads() {
+        let line = r#"{"elapsed":3.0,"kind":"machine_sample","machine":"grey-area","host":{"cpu_pct":50.0,"vcpu_pct":[40.0],"rss_mib":800.0}}"#;
+        let event: Event = serde_json::from_str(line).expect("deserialize");
+        assert!(
+            matches!(&event.kind, EventKind::MachineSample { host, .. }
+                if host.wakeups_per_sec == 0.0 && host.vcpu_wakeups_per_sec.is_empty()),
+            "{event:?}"
+        );
     }
 }

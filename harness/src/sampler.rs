@@ -22,7 +22,7 @@ use crate::wait::tail_chars;
 /// How often and how long.
 #[derive(Debug, Clone, Copy)]
 pub struct SamplerConfig {
-    /// Host side: cheap (a few /proc files per QEMU).
+    /// Host side: cheap (a few /proc files per QEMU, two per thread of it).
     pub host_every: Duration,
     /// Guest side: a command in every guest, so rarer. At 15 s, on a lab confined to one host
     /// CPU (every guest starved), the command cost 5.7 % of a vCPU per interval (it reads every

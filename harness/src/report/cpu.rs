@@ -620,6 +620,8 @@ mod tests {
                         cpu_pct: pct,
                         vcpu_pct: vec![pct],
                         rss_mib: 100.0,
+                        wakeups_per_sec: 500.0,
+                        vcpu_wakeups_per_sec: vec![300.0],
                     },
                     guest: None,
                     guest_missing: None,

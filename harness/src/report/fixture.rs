@@ -221,6 +221,8 @@ impl Run {
                         cpu_pct: *pct,
                         vcpu_pct: vec![(pct * 0.9 / f64::from(vcpus)).round(); vcpus as usize],
                         rss_mib: 812.0,
+                        wakeups_per_sec: (pct * 13.0).round(),
+                        vcpu_wakeups_per_sec: vec![(pct * 4.0).round(); vcpus as usize],
                     },
                     guest,
                     guest_missing,

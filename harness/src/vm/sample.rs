@@ -1,6 +1,6 @@
 //! Where a machine's CPU goes, read from `/proc`: its QEMU process on the host (the process, each
-//! vCPU thread, its RSS), the host as a whole, and the guest's own `/proc` over the guest channel
-//! ([`GUEST_COMMAND`], parsed by [`GuestReading::parse`]).
+//! vCPU thread, their wake-ups, its RSS), the host as a whole, and the guest's own `/proc` over
+//! the guest channel ([`GUEST_COMMAND`], parsed by [`GuestReading::parse`]).
 //!
 //! Every figure is a delta between two readings, so each probe keeps the previous one: the first
 //! reading of a probe is a baseline and yields nothing. The pure halves ([`qemu_use`],
@@ -145,9 +145,24 @@ impl TaskStat {
 
 /// `VmRSS` of /proc/PID/status, in KiB.
 pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    status_number(status, "VmRSS:")
+}
+
+/// A thread's context switches from its /proc/PID/task/TID/status, voluntary and not: under TCG
+/// every guest timer wakes a vCPU thread from halt, so their rate is what an idle lab's CPU
+/// costs follow (and what a regression in the guests' timers moves first).
+pub fn parse_ctxt_switches(status: &str) -> Option<u64> {
+    Some(
+        status_number(status, "voluntary_ctxt_switches:")?
+            + status_number(status, "nonvoluntary_ctxt_switches:")?,
+    )
+}
+
+/// The number after `key` on its line of a /proc status file.
+fn status_number(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .split_whitespace()
         .next()?
         .parse()
@@ -171,27 +186,46 @@ pub struct QemuReading {
     pub process: TaskStat,
     /// Each thread (vCPUs, I/O).
     pub threads: Vec<TaskStat>,
+    /// Each thread's context switches ([`parse_ctxt_switches`]), by thread id. Per thread because
+    /// the process's own status counts only its main thread's.
+    pub switches: HashMap<u32, u64>,
     /// Its resident memory, KiB.
     pub rss_kib: u64,
 }
 
 impl QemuReading {
-    /// Reads /proc/PID/{stat,status,task/*/stat}; `None` when the process is gone.
+    /// Reads /proc/PID/{stat,status,task/*/{stat,status}}; `None` when the process is gone.
     pub fn read(pid: u32) -> Option<QemuReading> {
         let at = Instant::now();
         let process = TaskStat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        let mut threads = Vec::new();
+        let mut switches = HashMap::new();
+        // A thread that ended since the listing is simply not counted.
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
             .ok()?
             .flatten()
-            // A thread that ended since the listing is simply not counted.
-            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-            .filter_map(|line| TaskStat::parse(&line))
-            .collect();
+        {
+            let path = task.path();
+            let Some(thread) = std::fs::read_to_string(path.join("stat"))
+                .ok()
+                .and_then(|line| TaskStat::parse(&line))
+            else {
+                continue;
+            };
+            if let Some(n) = std::fs::read_to_string(path.join("status"))
+                .ok()
+                .and_then(|status| parse_ctxt_switches(&status))
+            {
+                switches.insert(thread.pid, n);
+            }
+            threads.push(thread);
+        }
         Some(QemuReading {
             at,
             process,
             threads,
+            switches,
             rss_kib: parse_vm_rss_kib(&status).unwrap_or(0),
         })
     }
@@ -201,7 +235,14 @@ impl QemuReading {
 pub fn qemu_use(earlier: &QemuReading, later: &QemuReading) -> QemuUse {
     let secs = later.at.duration_since(earlier.at).as_secs_f64().max(1e-3);
     let pct = |ticks: u64| round1(ticks as f64 / USER_HZ / secs * 100.0);
-    let mut vcpus: Vec<(usize, f64)> = later
+    // A thread the earlier reading lacks started in between: all its switches are new. One the
+    // later reading lacks ended (or its status vanished): its switches are not counted.
+    let switched = |tid: u32| {
+        let now = later.switches.get(&tid).copied().unwrap_or(0);
+        now.saturating_sub(earlier.switches.get(&tid).copied().unwrap_or(0))
+    };
+    let per_sec = |switches: u64| (switches as f64 / secs).round();
+    let mut vcpus: Vec<(usize, f64, f64)> = later
         .threads
         .iter()
         .filter_map(|t| {
@@ -212,14 +253,20 @@ pub fn qemu_use(earlier: &QemuReading, later: &QemuReading) -> QemuUse {
                 .iter()
                 .find(|e| e.pid == t.pid)
                 .map_or(0, |e| e.ticks);
-            Some((index, pct(t.ticks.saturating_sub(before))))
+            Some((
+                index,
+                pct(t.ticks.saturating_sub(before)),
+                per_sec(switched(t.pid)),
+            ))
         })
         .collect();
-    vcpus.sort_by_key(|(index, _)| *index);
+    vcpus.sort_by_key(|(index, _, _)| *index);
     QemuUse {
         cpu_pct: pct(later.process.ticks.saturating_sub(earlier.process.ticks)),
-        vcpu_pct: vcpus.into_iter().map(|(_, pct)| pct).collect(),
+        vcpu_pct: vcpus.iter().map(|(_, pct, _)| *pct).collect(),
         rss_mib: round1(later.rss_kib as f64 / 1024.0),
+        wakeups_per_sec: per_sec(later.switches.keys().map(|&tid| switched(tid)).sum()),
+        vcpu_wakeups_per_sec: vcpus.iter().map(|(_, _, woke)| *woke).collect(),
     }
 }
 
@@ -411,6 +458,25 @@ mod tests {
             .collect();
         assert_eq!(vcpus, [(0, 214), (1, 8)]);
         assert_eq!(parse_vm_rss_kib(QEMU_STATUS), Some(97_304));
+        assert_eq!(parse_ctxt_switches(QEMU_STATUS), Some(492 + 579));
+    }
+
+    #[test]
+    fn context_switches_need_both_counts() {
+        assert_eq!(
+            parse_ctxt_switches("voluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t3\n"),
+            Some(10)
+        );
+        assert_eq!(parse_ctxt_switches("voluntary_ctxt_switches:\t7\n"), None);
+        assert_eq!(
+            parse_ctxt_switches("nonvoluntary_ctxt_switches:\t3\n"),
+            None,
+            "the involuntary line is not the voluntary one"
+        );
+        assert_eq!(
+            parse_ctxt_switches("voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t3\n"),
+            None
+        );
     }
 
     #[test]
@@ -441,6 +507,8 @@ mod tests {
             at: Instant::now(),
             process: TaskStat::parse(QEMU_STAT).expect("stat"),
             threads: QEMU_TASKS.lines().filter_map(TaskStat::parse).collect(),
+            // The main thread, another QEMU thread, vCPU 0, vCPU 1.
+            switches: HashMap::from([(25724, 1000), (25726, 50), (25727, 400), (25728, 30)]),
             rss_kib: 97_304,
         };
         let mut later = earlier.clone();
@@ -454,11 +522,16 @@ mod tests {
                 _ => 0,
             };
         }
+        // The main thread switched 200 times, vCPU 0 600, vCPU 1 100; a thread that started in
+        // between counts whole (40), and one whose status vanished not at all.
+        later.switches = HashMap::from([(25724, 1200), (25727, 1000), (25728, 130), (25730, 40)]);
         later.rss_kib = 512 * 1024;
         let used = qemu_use(&earlier, &later);
         assert_eq!(used.cpu_pct, 150.0);
         assert_eq!(used.vcpu_pct, [75.0, 25.0]);
         assert_eq!(used.rss_mib, 512.0);
+        assert_eq!(used.wakeups_per_sec, 470.0);
+        assert_eq!(used.vcpu_wakeups_per_sec, [300.0, 50.0]);
     }
 
     #[test]
