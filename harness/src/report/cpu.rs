@@ -1,7 +1,7 @@
 //! Where the CPU went, from the run's [`EventKind::MachineSample`] and [`EventKind::HostSample`]
-//! events ([`crate::sampler`]): per machine its QEMU's share of the host and the guest's own
-//! view, the host's steal and how many CPUs the lab could use, what sampling cost, and one line
-//! when the host was starved - so a slow host is not read as a broken cluster.
+//! events ([`crate::sampler`]): per machine its QEMU's share of the host, its wake-ups and the
+//! guest's own view, the host's steal and how many CPUs the lab could use, what sampling cost,
+//! and one line when the host was starved - so a slow host is not read as a broken cluster.
 //!
 //! Three renderings share the fold: the summary's `cpu` section ([`CpuSummary`]), the table a
 //! failure's evidence carries ([`evidence_text`]) and `labtest top` ([`top_text`]).
@@ -48,6 +48,12 @@ pub struct MachineCpu {
     pub host_cpu_max: f64,
     /// Its QEMU's resident memory at most, MiB.
     pub rss_mib_max: f64,
+    /// Its QEMU's wake-ups a second ([`crate::events::QemuUse::wakeups_per_sec`]), mean: what
+    /// an idle lab's CPU under TCG follows, so runs compare by it. `None` when no sample had
+    /// them (an event log from before they were sampled).
+    pub wakeups_per_sec_mean: Option<f64>,
+    /// The same for each vCPU thread, in vCPU order.
+    pub vcpu_wakeups_per_sec_mean: Vec<f64>,
     /// Guest samples taken, and those that were due but could not be had.
     pub guest_samples: u32,
     /// Guest samples that were due but could not be had.
@@ -98,6 +104,9 @@ struct MachineFold {
     host_sum: f64,
     host_max: f64,
     rss_max: f64,
+    wakeup_samples: u32,
+    wakeups_sum: f64,
+    vcpu_wakeups_sum: Vec<f64>,
     guest_samples: u32,
     guest_missing: u32,
     user_sum: f64,
@@ -142,6 +151,23 @@ impl CpuFold {
                 m.host_sum += host.cpu_pct;
                 m.host_max = m.host_max.max(host.cpu_pct);
                 m.rss_max = m.rss_max.max(host.rss_mib);
+                // A running QEMU always wakes: 0 is an event log from before wake-ups were
+                // sampled, left out rather than read as an idle lab.
+                if host.wakeups_per_sec > 0.0 {
+                    m.wakeup_samples += 1;
+                    m.wakeups_sum += host.wakeups_per_sec;
+                    let vcpus = host.vcpu_wakeups_per_sec.len();
+                    if m.vcpu_wakeups_sum.len() < vcpus {
+                        m.vcpu_wakeups_sum.resize(vcpus, 0.0);
+                    }
+                    for (sum, woke) in m
+                        .vcpu_wakeups_sum
+                        .iter_mut()
+                        .zip(&host.vcpu_wakeups_per_sec)
+                    {
+                        *sum += woke;
+                    }
+                }
                 if let Some(g) = guest {
                     m.guest_samples += 1;
                     m.user_sum += g.user;
@@ -225,12 +251,19 @@ impl CpuFold {
                     .collect();
                 top.sort_by(|a, b| b.pct.total_cmp(&a.pct).then_with(|| a.comm.cmp(&b.comm)));
                 top.truncate(TOP_PROCESSES);
+                let per_sec = |sum: f64| (sum / f64::from(m.wakeup_samples)).round();
                 MachineCpu {
                     name: name.clone(),
                     vcpus: m.vcpus,
                     host_cpu_mean: mean(m.host_sum, m.samples),
                     host_cpu_max: m.host_max,
                     rss_mib_max: m.rss_max,
+                    wakeups_per_sec_mean: (m.wakeup_samples > 0).then(|| per_sec(m.wakeups_sum)),
+                    vcpu_wakeups_per_sec_mean: m
+                        .vcpu_wakeups_sum
+                        .iter()
+                        .map(|&sum| per_sec(sum))
+                        .collect(),
                     guest_samples: m.guest_samples,
                     guest_missing: m.guest_missing,
                     guest_user_mean: (m.guest_samples > 0)
@@ -333,6 +366,9 @@ impl CpuSummary {
                 plural(m.vcpus, "vCPU"),
                 m.rss_mib_max
             );
+            if let Some(woke) = m.wakeups_per_sec_mean {
+                let _ = write!(out, ", wake-ups {woke:.0}/s");
+            }
             if let (Some(user), Some(system)) = (m.guest_user_mean, m.guest_system_mean) {
                 let _ = write!(out, "; guest user {user:.1}% sys {system:.1}%");
             }
@@ -655,6 +691,47 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn wake_ups_are_a_mean_of_the_samples_that_have_them() {
+        let mut fold = CpuFold::default();
+        let sample = |machine: &str, woke: f64, vcpus: Vec<f64>| EventKind::MachineSample {
+            machine: machine.into(),
+            host: QemuUse {
+                cpu_pct: 50.0,
+                vcpu_pct: vec![20.0; 2],
+                rss_mib: 100.0,
+                wakeups_per_sec: woke,
+                vcpu_wakeups_per_sec: vcpus,
+            },
+            guest: None,
+            guest_missing: None,
+        };
+        // A sample from an event log older than wake-ups (0, none per vCPU) is left out.
+        for kind in [
+            sample("a", 0.0, vec![]),
+            sample("a", 401.0, vec![200.0, 100.0]),
+            sample("a", 600.0, vec![300.0, 200.0]),
+            sample("old", 0.0, vec![]),
+        ] {
+            fold.add(Duration::ZERO, &kind);
+        }
+        let cpu = fold.finish().expect("samples");
+        let woke: Vec<(Option<f64>, &[f64])> = cpu
+            .machines
+            .iter()
+            .map(|m| {
+                (
+                    m.wakeups_per_sec_mean,
+                    m.vcpu_wakeups_per_sec_mean.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(woke, [(Some(501.0), &[250.0, 150.0][..]), (None, &[][..])]);
+        let text = cpu.render_text();
+        assert!(text.contains("RSS 100 MiB, wake-ups 501/s\n"), "{text}");
+        assert_eq!(text.matches("wake-ups").count(), 1, "{text}");
     }
 
     #[test]

@@ -113,6 +113,7 @@ mod tests {
         assert!(page.contains("<g class=\"lane cpu\" data-machine=\"limiting-factor\">"));
         assert!(page.contains("<p class=\"starved\">HOST STARVED: "));
         assert!(page.contains("<section id=\"cpu\">"));
+        assert!(page.contains("<th>wake-ups/s</th>"));
         let unsampled = fixture::passed_run();
         let page = render(&unsampled, &Summary::from_events(&unsampled), &[]);
         assert!(!page.contains("<polygon") && !page.contains("id=\"cpu\""));

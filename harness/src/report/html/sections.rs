@@ -184,7 +184,7 @@ pub(super) fn cpu_table(s: &Summary) -> Markup {
             table {
                 tr {
                     th { "machine" } th { "vCPUs" } th { "host mean" } th { "host max" }
-                    th { "RSS max" } th { "guest user" } th { "guest sys" }
+                    th { "RSS max" } th { "wake-ups/s" } th { "guest user" } th { "guest sys" }
                     th { "busiest guest processes" }
                 }
                 @for m in &cpu.machines {
@@ -194,6 +194,9 @@ pub(super) fn cpu_table(s: &Summary) -> Markup {
                         td class="num" { (pct(m.host_cpu_mean)) }
                         td class="num" { (pct(m.host_cpu_max)) }
                         td class="num" { (format!("{:.0}", m.rss_mib_max)) " MiB" }
+                        td class="num" {
+                            (m.wakeups_per_sec_mean.map_or("-".to_string(), |w| format!("{w:.0}")))
+                        }
                         td class="num" { (opt(m.guest_user_mean)) }
                         td class="num" { (opt(m.guest_system_mean)) }
                         td {
