@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::fmt_duration;
-use crate::events::{Event, EventKind, GuestUse, HostUse, ProcessUse, QemuUse};
+use crate::events::{Event, EventKind, GuestUse, HostUse, ProcessUse};
 use crate::vm::sample::{round1, TOP_PROCESSES};
 
 /// Mean host steal above which the host counts as starved.
@@ -407,10 +407,11 @@ fn top_list(top: &[ProcessUse]) -> String {
         .join(", ")
 }
 
-fn vcpu_list(qemu: &QemuUse) -> String {
-    qemu.vcpu_pct
+/// Per-vCPU figures as `35/34`, whole numbers.
+fn per_vcpu(values: &[f64]) -> String {
+    values
         .iter()
-        .map(|p| format!("{p:.0}"))
+        .map(|v| format!("{v:.0}"))
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -464,7 +465,7 @@ pub fn evidence_text(samples: &[Event]) -> String {
             "  {:>7}  {:>6.1}  {:>11}  {:>5.0} MiB  {guest}",
             fmt_duration(event.elapsed),
             host.cpu_pct,
-            vcpu_list(host),
+            per_vcpu(&host.vcpu_pct),
             host.rss_mib
         ));
     }
@@ -558,13 +559,18 @@ pub fn top_text(samples: &[Event]) -> String {
         let EventKind::MachineSample { host, .. } = &event.kind else {
             continue;
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{machine:<width$}  host {:.1}% of a core, vCPUs {}%, RSS {:.0} MiB",
+            "{machine:<width$}  host {:.1}% of a core, vCPUs {}%, RSS {:.0} MiB, wake-ups {:.0}/s",
             host.cpu_pct,
-            vcpu_list(host),
-            host.rss_mib
+            per_vcpu(&host.vcpu_pct),
+            host.rss_mib,
+            host.wakeups_per_sec
         );
+        if !host.vcpu_wakeups_per_sec.is_empty() {
+            let _ = write!(out, " (vCPUs {})", per_vcpu(&host.vcpu_wakeups_per_sec));
+        }
+        out.push('\n');
         let pad = "";
         match guests.get(machine) {
             Some((at, g)) => {
@@ -598,6 +604,7 @@ pub fn top_text(samples: &[Event]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::QemuUse;
     use crate::report::fixture;
 
     fn host(
