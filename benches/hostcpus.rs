@@ -3,7 +3,8 @@
 //! (boot-to-Ready), then the Ready lab left to settle for 120 s and idle for 60 s while its QEMUs'
 //! CPU time is read from /proc, then `labtest down`. Prints a row per boot: host CPUs,
 //! boot-to-Ready (or why it failed), idle CPU per machine and in total, in percent of one host
-//! core, and a line per CPU count with how many boots got Ready.
+//! core, the lab's QEMU wake-ups a second (what that idle CPU follows under TCG), and a line per
+//! CPU count with how many boots got Ready.
 //!
 //! `cargo bench --bench hostcpus` (fixture lab, TCG here; `LABTEST_LAB` for another lab). Each
 //! Ready snapshot goes to a temporary `LABTEST_SNAPSHOTS`, so the cache's own is left alone.
@@ -49,10 +50,17 @@ fn qemus_of(state: &str) -> Vec<(String, u32)> {
     found
 }
 
-/// One row of the table: boot-to-Ready and each machine's idle CPU, or why the boot failed.
+/// One machine's idle: CPU in percent of one host core, and its QEMU's wake-ups a second.
+struct Idle {
+    machine: String,
+    cpu_pct: f64,
+    wakeups_per_sec: f64,
+}
+
+/// One row of the table: boot-to-Ready and each machine's idle, or why the boot failed.
 struct Row {
     cpus: usize,
-    outcome: Result<(f64, Vec<(String, f64)>), String>,
+    outcome: Result<(f64, Vec<Idle>), String>,
 }
 
 fn measure(lab: &Path, cpus: usize) -> Row {
@@ -98,11 +106,18 @@ fn measure(lab: &Path, cpus: usize) -> Row {
         .iter()
         .zip(before)
         .map(|((machine, pid), before)| {
-            let pct = match (before, QemuReading::read(*pid)) {
-                (Some(a), Some(b)) => qemu_use(&a, &b).cpu_pct,
-                _ => f64::NAN,
+            let (cpu_pct, wakeups_per_sec) = match (before, QemuReading::read(*pid)) {
+                (Some(a), Some(b)) => {
+                    let used = qemu_use(&a, &b);
+                    (used.cpu_pct, used.wakeups_per_sec)
+                }
+                _ => (f64::NAN, f64::NAN),
             };
-            (machine.clone(), pct)
+            Idle {
+                machine: machine.clone(),
+                cpu_pct,
+                wakeups_per_sec,
+            }
         })
         .collect();
     labtest(lab, snapshots.path(), &env, &["down"]);
@@ -150,7 +165,7 @@ fn main() {
     let mut machines: Vec<String> = rows
         .iter()
         .filter_map(|r| r.outcome.as_ref().ok())
-        .flat_map(|(_, idle)| idle.iter().map(|(m, _)| m.clone()))
+        .flat_map(|(_, idle)| idle.iter().map(|i| i.machine.clone()))
         .collect();
     machines.sort();
     machines.dedup();
@@ -158,7 +173,7 @@ fn main() {
     for m in &machines {
         header.push_str(&format!("  {:>20}", format!("idle {m} %")));
     }
-    println!("{header}  {:>12}", "idle total %");
+    println!("{header}  {:>12}  {:>10}", "idle total %", "wake-ups/s");
     for row in &rows {
         match &row.outcome {
             Ok((ready, idle)) => {
@@ -166,12 +181,13 @@ fn main() {
                 for m in &machines {
                     let pct = idle
                         .iter()
-                        .find(|(name, _)| name == m)
-                        .map_or(f64::NAN, |(_, p)| *p);
+                        .find(|i| &i.machine == m)
+                        .map_or(f64::NAN, |i| i.cpu_pct);
                     line.push_str(&format!("  {pct:>20.1}"));
                 }
-                let total: f64 = idle.iter().map(|(_, p)| p).sum();
-                println!("{line}  {total:>12.1}");
+                let total: f64 = idle.iter().map(|i| i.cpu_pct).sum();
+                let woke: f64 = idle.iter().map(|i| i.wakeups_per_sec).sum();
+                println!("{line}  {total:>12.1}  {woke:>10.0}");
             }
             Err(why) => println!("{:>9}  {:>15}  {why}", row.cpus, "not Ready"),
         }
@@ -185,7 +201,8 @@ fn main() {
         );
     }
     println!(
-        "(idle: the Ready lab's QEMUs over {} s after {} s settling, in percent of one host core)",
+        "(idle: the Ready lab's QEMUs over {} s after {} s settling, in percent of one host core; \
+         wake-ups: all their threads' context switches a second)",
         IDLE.as_secs(),
         SETTLE.as_secs()
     );
